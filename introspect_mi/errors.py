@@ -1,0 +1,18 @@
+"""User-facing errors: one line naming what is wrong and how to fix it.
+
+The CLI prints `error: <problem> — <fix>` and exits with status 2 for these; anything else is a
+bug and keeps its traceback (shown in full with `--debug`). docs/errors.md maps each to its cause.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user: a path, a name, a file, a flag."""
+
+    exit_code = 2
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem} — {fix}")
+        self.problem = problem
+        self.fix = fix

@@ -1,0 +1,304 @@
+"""One loader for every model the toolkit studies, and the handle it returns.
+
+`load(spec)` takes an embedded name (`smollm2-135m-instruct`, `gemma3-270m`), a local HF
+checkpoint folder (e.g. Meta-Llama-3-8B-Instruct) or a `.gguf` file, plus an optional LoRA
+adapter folder in peft format. Device/dtype policy: CPU fp32; CUDA bf16; `device_map="auto"`
+when asked or when the weights do not fit one GPU. The attention implementation is explicit
+(default eager: TransformerBridge switches a model to eager when it boots, so eager everywhere
+keeps raw hooks, the bridge and nnsight numerically identical) and recorded in the handle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from introspect_mi import embedded
+from introspect_mi.checkfiles import check_gguf, check_safetensors
+from introspect_mi.errors import UserError
+from introspect_mi.paths import checkpoints_dir
+from introspect_mi.prompt_format import PromptFormat, format_for
+
+ADAPTER_SIDECAR = "introspect_mi_adapter.json"  # written beside our adapters: base fingerprint
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str
+    dtype: torch.dtype
+    device_map: str | None  # "auto": accelerate spreads layers over the visible GPUs
+
+
+def plan_placement(
+    weight_bytes: int,
+    stored_bytes_per_param: float,
+    device: str | None,
+    dtype: torch.dtype | None,
+    device_map: str | None,
+    gpu_bytes: list[int],
+) -> Placement:
+    """The device/dtype policy as a pure function (tested without a GPU).
+
+    `gpu_bytes` lists each visible GPU's memory; empty means CPU only.
+    """
+    device = device or ("cuda" if gpu_bytes else "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if device_map is None and device.startswith("cuda") and gpu_bytes:
+        needed = weight_bytes / stored_bytes_per_param * torch.tensor([], dtype=dtype).element_size()
+        if needed > 0.9 * gpu_bytes[0]:  # leave room for activations
+            device_map = "auto"
+    return Placement(device, dtype, device_map)
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise UserError(
+            f"{folder} has a config.json but no weights (*.safetensors or pytorch_model*.bin)",
+            "copy the weight files into the folder, or point --model at the complete checkpoint",
+        )
+    return files
+
+
+def sampled_hash(path: Path, samples: int = 16, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's size and `samples` evenly spaced 1 MiB chunks (whole file if small).
+
+    Constant time on a 140 GB checkpoint; any finetune changes every tensor, so changed
+    weights change the hash. Used for caching keys, not for security.
+    """
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        if size <= samples * chunk:
+            h.update(f.read())
+        else:
+            for i in range(samples):
+                f.seek((size - chunk) * i // (samples - 1))
+                h.update(f.read(chunk))
+    return h.hexdigest()
+
+
+def folder_hash(folder: Path, files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(folder).as_posix().encode())
+        h.update(sampled_hash(f).encode())
+    return h.hexdigest()[:16]
+
+
+def resolve(spec: str | Path) -> tuple[str, Path]:
+    """(display name, HF checkpoint folder) for a spec; prepares/converts once if needed."""
+    text = str(spec)
+    if text in embedded.EMBEDDED:
+        return text, embedded.prepare(text, log=lambda _msg: None)
+    path = Path(text).expanduser()
+    if not path.exists():
+        if "/" not in text and not text.endswith(".gguf"):
+            embedded.get_embedded(text)  # raises: unknown embedded name, lists the known ones
+        raise UserError(f"model path {path} does not exist", "check the path, or use an embedded name: " + ", ".join(embedded.EMBEDDED))
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise UserError(f"{path} is a file but not a .gguf", "give a .gguf file or an HF checkpoint folder (with config.json)")
+        return path.stem, _converted_gguf(path)
+    if not (path / "config.json").is_file():
+        raise UserError(
+            f"{path} has no config.json, so it is not an HF model checkpoint",
+            "point at the folder that holds config.json and the weights (e.g. a downloaded Meta-Llama-3-8B-Instruct)",
+        )
+    for f in _weight_files(path):
+        if f.suffix == ".safetensors":
+            check_safetensors(f)
+    return path.name, path
+
+
+def _converted_gguf(path: Path) -> Path:
+    """A .gguf is dequantized once into checkpoints/base/<stem>-<hash>/ and loaded from there."""
+    check_gguf(path)
+    out = checkpoints_dir() / "base" / f"{path.stem}-{sampled_hash(path)[:10]}"
+    if not (out / embedded.MARKER).is_file():
+        import shutil
+        import tempfile
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.partial-") as tmp:
+            staging = Path(tmp) / "checkpoint"
+            embedded.convert_gguf(path, staging)
+            (staging / embedded.MARKER).write_text(json.dumps({"source_gguf": str(path)}))
+            shutil.rmtree(out, ignore_errors=True)
+            staging.rename(out)
+    return out
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model with everything analysis needs to know about it."""
+
+    name: str
+    checkpoint: Path
+    model: torch.nn.Module
+    tokenizer: Any
+    prompt_format: PromptFormat
+    placement: Placement
+    attn_implementation: str
+    base_fingerprint: str
+    adapter: Path | None = None
+    adapter_hash: str | None = None
+    adapter_mode: str | None = None  # "merged" or "peft" (toggle with model.disable_adapter())
+    _views: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable id of the weights actually used (base + adapter), for caching."""
+        return self.base_fingerprint if self.adapter_hash is None else f"{self.base_fingerprint}+{self.adapter_hash}"
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @cached_property
+    def stop_token_ids(self) -> list[int]:
+        """Token ids that end an answer: the tokenizer's and the generation config's EOS."""
+        ids = {self.tokenizer.eos_token_id}
+        extra = getattr(self.model.generation_config, "eos_token_id", None)
+        ids.update(extra if isinstance(extra, list) else [extra])
+        return sorted(i for i in ids if i is not None)
+
+    @property
+    def pad_token_id(self) -> int:
+        """Filler for padded positions. Masks are always built from lengths, never from this id."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.stop_token_ids[0]
+
+    def bridge(self) -> Any:
+        """A TransformerBridge view of the same weights (raw HF numerics, no weight processing)."""
+        if "bridge" not in self._views:
+            if self.attn_implementation != "eager":
+                raise UserError(
+                    f"the TransformerBridge view needs eager attention, but {self.name} was loaded with {self.attn_implementation!r}",
+                    "load it with attn_implementation='eager' (the default) for analysis",
+                )
+            if self.adapter_mode == "peft":
+                raise UserError("the TransformerBridge view reads base weights only", "load the adapter merged (adapter_mode='merged') for bridge analysis")
+            from transformer_lens.model_bridge import TransformerBridge
+
+            self._views["bridge"] = TransformerBridge.boot_transformers(
+                str(self.checkpoint), hf_model=self.model, tokenizer=self.tokenizer,
+                device=None if self.placement.device_map else str(self.device), dtype=self.placement.dtype,
+            )
+        return self._views["bridge"]
+
+    def nnsight(self) -> Any:
+        """An nnsight model wrapping the very same module (no copy of the weights).
+
+        For models no single machine holds, nnsight's remote execution (NDIF) runs the same
+        traces against a hosted copy: see README "Scale".
+        """
+        if "nnsight" not in self._views:
+            from nnsight.modeling.transformers import TransformersModel
+
+            self._views["nnsight"] = TransformersModel(self.model, tokenizer=self.tokenizer, task="text-generation")
+        return self._views["nnsight"]
+
+    def provenance(self) -> dict[str, Any]:
+        """What every artifact made with this model records (PITFALLS.md: dtype and determinism)."""
+        import peft
+        import transformers
+
+        return {
+            "model": self.name, "checkpoint": str(self.checkpoint), "fingerprint": self.fingerprint,
+            "model_type": self.config.model_type, "dtype": str(self.placement.dtype).removeprefix("torch."),
+            "device": str(self.device), "device_map": self.placement.device_map,
+            "attn_implementation": self.attn_implementation, "prompt_format": self.prompt_format.name,
+            "adapter": str(self.adapter) if self.adapter else None, "adapter_hash": self.adapter_hash,
+            "adapter_mode": self.adapter_mode,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+        }
+
+
+def load(
+    spec: str | Path,
+    adapter: str | Path | None = None,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    attn_implementation: str = "eager",
+    device_map: str | None = None,
+    adapter_mode: str = "merged",
+) -> ModelHandle:
+    """Load a model (and optionally a LoRA adapter) under the toolkit's device/dtype policy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name, folder = resolve(spec)
+    weights = _weight_files(folder)
+    gpus = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+    stored = _stored_bytes_per_param(folder)
+    placement = plan_placement(sum(f.stat().st_size for f in weights), stored, device, dtype, device_map, gpus)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=placement.dtype, attn_implementation=attn_implementation, trust_remote_code=False,
+        device_map=placement.device_map or placement.device,
+    )
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    handle = ModelHandle(
+        name=name, checkpoint=folder, model=model, tokenizer=tokenizer, prompt_format=format_for(tokenizer),
+        placement=placement, attn_implementation=attn_implementation, base_fingerprint=folder_hash(folder, weights),
+    )
+    if adapter is not None:
+        attach_adapter(handle, Path(adapter), adapter_mode)
+    return handle
+
+
+def _stored_bytes_per_param(folder: Path) -> float:
+    cfg = json.loads((folder / "config.json").read_text())
+    name = str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
+    return 4.0 if "32" in name else 2.0
+
+
+def attach_adapter(handle: ModelHandle, adapter: Path, mode: str = "merged") -> None:
+    """Apply a peft LoRA adapter: merged into the weights, or kept as a toggleable PeftModel."""
+    if mode not in ("merged", "peft"):
+        raise ValueError(f"adapter_mode must be 'merged' or 'peft', not {mode!r}")
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{adapter} is not a peft adapter folder (no adapter_config.json)", "give the folder a LoRA finetune saved (checkpoints/adapters/<run>/)")
+    sidecar = adapter / ADAPTER_SIDECAR
+    if sidecar.is_file():
+        trained_on = json.loads(sidecar.read_text()).get("base_fingerprint")
+        if trained_on and trained_on != handle.base_fingerprint:
+            raise UserError(
+                f"adapter {adapter} was trained for base weights {trained_on}, not {handle.name} ({handle.base_fingerprint})",
+                "load the adapter with the model it was trained on",
+            )
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(handle.model, adapter)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise UserError(
+            f"adapter {adapter} does not fit {handle.name} ({type(exc).__name__}: {first})",
+            "it was probably trained for another base model: load it with that model",
+        ) from None
+    peft_model.eval()
+    handle.model = peft_model.merge_and_unload() if mode == "merged" else peft_model
+    handle.adapter, handle.adapter_mode = adapter, mode
+    files = sorted(p for p in adapter.iterdir() if p.is_file() and p.name != ADAPTER_SIDECAR)
+    handle.adapter_hash = folder_hash(adapter, files)[:12]

@@ -1,0 +1,21 @@
+"""The one error every task reader raises, so a user sees where a file is wrong and how to fix it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TaskFormatError(ValueError):
+    """A task file is missing or holds a bad record.
+
+    The message reads "<path>:<line>: <what is wrong> — <how to fix>" (no ":<line>" when the
+    problem is the file itself), so editors and terminals can jump to the record.
+    """
+
+    def __init__(self, path: str | Path, line: int | None, problem: str, fix: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+        self.fix = fix
+        where = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {problem} — {fix}")
