@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +28,7 @@ from introspect_mi.paths import checkpoints_dir
 from introspect_mi.prompt_format import PromptFormat, format_for
 
 ADAPTER_SIDECAR = "introspect_mi_adapter.json"  # written beside our adapters: base fingerprint
+PROGRESS_BAR_BYTES = 2 << 30  # show transformers' loading bar above this checkpoint size
 
 
 @dataclass(frozen=True)
@@ -251,11 +254,13 @@ def load(
     weights = _weight_files(folder)
     gpus = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
     stored = _stored_bytes_per_param(folder)
-    placement = plan_placement(sum(f.stat().st_size for f in weights), stored, device, dtype, device_map, gpus)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=placement.dtype, attn_implementation=attn_implementation, trust_remote_code=False,
-        device_map=placement.device_map or placement.device,
-    )
+    weight_bytes = sum(f.stat().st_size for f in weights)
+    placement = plan_placement(weight_bytes, stored, device, dtype, device_map, gpus)
+    with _progress_bars(weight_bytes > PROGRESS_BAR_BYTES):
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=placement.dtype, attn_implementation=attn_implementation, trust_remote_code=False,
+            device_map=placement.device_map or placement.device,
+        )
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     handle = ModelHandle(
@@ -265,6 +270,19 @@ def load(
     if adapter is not None:
         attach_adapter(handle, Path(adapter), adapter_mode)
     return handle
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """transformers' loading bar: useful for a 16 GB checkpoint, noise for a 0.5 GB one."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def _stored_bytes_per_param(folder: Path) -> float:

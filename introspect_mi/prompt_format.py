@@ -29,6 +29,7 @@ class Message:
 class PromptFormat(Protocol):
     name: str
     stop_strings: tuple[str, ...]
+    answer_prefix: str  # what separates the rendered prompt from the answer text
 
     def render(self, messages: list[Message]) -> str:
         """The text the model continues; it ends where the assistant's answer begins."""
@@ -50,6 +51,7 @@ class ChatTemplateFormat:
     tokenizer: Any
     name: str = "chat_template"
     stop_strings: tuple[str, ...] = ()
+    answer_prefix: str = ""
 
     def render(self, messages: list[Message]) -> str:
         chat = [{"role": m.role, "content": m.content} for m in messages]
@@ -66,6 +68,7 @@ class PlainFormat:
     tokenizer: Any
     name: str = "plain_qa"
     stop_strings: tuple[str, ...] = ("\n",)
+    answer_prefix: str = " "
 
     def render(self, messages: list[Message]) -> str:
         parts: list[str] = []

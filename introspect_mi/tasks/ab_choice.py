@@ -12,7 +12,7 @@ from introspect_mi.tasks.ab_scenarios import BEHAVIOURS, Behaviour
 from introspect_mi.tasks.base import TaskKind, TaskSpec
 from introspect_mi.tasks.generated import Draft, Draw, GeneratedTask
 from introspect_mi.tasks.prompts import AB_TEMPLATE, ab_string
-from introspect_mi.tasks.records import AB_LETTERS
+from introspect_mi.tasks.records import AB_LETTERS, DEFAULT_MAX_NEW_TOKENS
 
 
 def ab_draw(behaviour: Behaviour) -> Draw:
@@ -38,7 +38,7 @@ def ab_task(behaviour: Behaviour) -> GeneratedTask:
     spec = TaskSpec(
         name=behaviour.name,
         kind=TaskKind.AB_CHOICE,
-        max_new_tokens=3,
+        max_new_tokens=DEFAULT_MAX_NEW_TOKENS[TaskKind.AB_CHOICE],
         behaviour=behaviour.behaviour,
         description=behaviour.description,
     )

@@ -61,7 +61,7 @@ def _user_content(record: JsonRecord, key: str, extra: dict[str, Any]) -> str:
         for m in value
     ):
         raise record.error(f'field "{key}" is neither a string nor a list of messages', fix)
-    users = [m["content"] for m in value if m["role"] == "user"]
+    users: list[str] = [m["content"] for m in value if m["role"] == "user"]
     if len(users) != 1 or not users[0].strip():
         raise record.error(f'field "{key}" needs exactly one non-empty user message', fix)
     if len(value) > 1:

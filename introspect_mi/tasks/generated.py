@@ -27,7 +27,7 @@ class Draft:
     """One drawn task string before it becomes a TaskItem."""
 
     string: str  # goes into the task's template "{string}" slot
-    group: str  # decides split membership and uniqueness (defaults to the string)
+    group: str  # decides split membership and uniqueness (e.g. question + sorted options)
     target: str | None = None
     meta: dict[str, str] = field(default_factory=dict)
 
@@ -79,7 +79,9 @@ class GeneratedTask:
             raise ValueError(f"n must be ≥ 0, got {n}")
         rng = random.Random(derive_seed(seed, self.spec.name, split))
         letter_rng = random.Random(derive_seed(seed, self.spec.name, f"{split}/letters"))
-        wanted = balanced_letters(letter_rng, n, self.letters) if self.letters else [None] * n
+        wanted: list[str | None] = (
+            list(balanced_letters(letter_rng, n, self.letters)) if self.letters else [None] * n
+        )
         seen: set[str] = set()
         items: list[TaskItem] = []
         for index, letter in enumerate(wanted):
@@ -90,7 +92,10 @@ class GeneratedTask:
             items.append(make_item(self.spec, split, index, text, draft.target, meta))
         return items
 
-    def _draw_new(self, rng: random.Random, letter: str | None, split: str, seen: set[str]) -> Draft:
+    def _draw_new(
+        self, rng: random.Random, letter: str | None, split: str, seen: set[str]
+    ) -> Draft:
+        """A draft of a group this split owns and has not used yet."""
         for _ in range(MAX_TRIES_PER_ITEM):
             draft = self.draw(rng, letter)
             if draft.group not in seen and split_of(self.spec.name, draft.group) == split:

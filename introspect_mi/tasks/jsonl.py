@@ -57,7 +57,8 @@ def read_jsonl(path: str | Path) -> Iterator[JsonRecord]:
     """Yield each non-blank line of `path` as a JSON object; anything else is a TaskFormatError."""
     path = Path(path)
     if not path.is_file():
-        raise TaskFormatError(path, None, "file not found", "check the path (a JSONL file is expected)")
+        raise TaskFormatError(path, None, "file not found",
+                              "check the path (a JSONL file is expected)")
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():

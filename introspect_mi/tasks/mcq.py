@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from introspect_mi.tasks.base import TaskKind, TaskSpec
 from introspect_mi.tasks.generated import Draft, Draw, GeneratedTask
 from introspect_mi.tasks.prompts import MCQ_TEMPLATE, mcq_string
-from introspect_mi.tasks.records import MCQ_LETTERS
+from introspect_mi.tasks.records import DEFAULT_MAX_NEW_TOKENS, MCQ_LETTERS
 from introspect_mi.tasks.wordlists import ANIMALS, COLOURS, COUNTRIES, ENGLISH_WORDS
 
 
@@ -45,7 +45,10 @@ CATEGORIES: dict[str, tuple[str, ...]] = {"an animal": ANIMALS, "a colour": COLO
                                           "a country": COUNTRIES}
 
 
-def _wrong_numbers(rng: random.Random, answer: int, offsets: tuple[int, ...]) -> tuple[str, str, str]:
+def _wrong_numbers(
+    rng: random.Random, answer: int, offsets: tuple[int, ...]
+) -> tuple[str, str, str]:
+    """Three distinct non-negative numbers answer+offset, as strings."""
     candidates = [answer + off for off in offsets if answer + off >= 0]
     picked = rng.sample(candidates, 3)
     return (str(picked[0]), str(picked[1]), str(picked[2]))
@@ -122,7 +125,8 @@ def mcq_draw(families: tuple[Family, ...]) -> Draw:
 
 def mcq_task(name: str, description: str, families: tuple[Family, ...]) -> GeneratedTask:
     """A generated MCQ task over question families."""
-    spec = TaskSpec(name=name, kind=TaskKind.MCQ, max_new_tokens=3, description=description)
+    spec = TaskSpec(name=name, kind=TaskKind.MCQ, description=description,
+                    max_new_tokens=DEFAULT_MAX_NEW_TOKENS[TaskKind.MCQ])
     return GeneratedTask(spec, MCQ_TEMPLATE, mcq_draw(families), letters=MCQ_LETTERS)
 
 

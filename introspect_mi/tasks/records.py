@@ -1,8 +1,8 @@
 """Turning one task record into a TaskItem: stable ids and per-kind rules for `target`.
 
 Generators and file readers both go through `make_item`, so a generated item and a read one
-carry their answer key in the same place: A/B → `target` (the behaviour's letter);
-MCQ → `meta["answer"]` (the correct letter; `target` stays None); other kinds → `meta["target"]`.
+carry their answer key in the same place: A/B → `target` (the behaviour's letter); MCQ →
+`meta["answer"]` (the correct letter; `target` stays None); other kinds → `meta["target"]`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,13 @@ from introspect_mi.tasks.jsonl import JsonRecord
 SPLIT_NAMES: tuple[str, ...] = ("train", "val")
 AB_LETTERS: tuple[str, ...] = ("A", "B")
 MCQ_LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
+DEFAULT_MAX_NEW_TOKENS: dict[TaskKind, int] = {
+    TaskKind.SEQUENCE: 24,  # five words and spaces
+    TaskKind.NUMBERS: 4,  # one number
+    TaskKind.AB_CHOICE: 3,  # one letter, maybe a period
+    TaskKind.MCQ: 3,
+    TaskKind.COMPLETION: 64,  # 10–50 words
+}
 
 
 def check_split(split: str) -> None:

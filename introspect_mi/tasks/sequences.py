@@ -12,6 +12,7 @@ import random
 from introspect_mi.tasks.base import TaskKind, TaskSpec
 from introspect_mi.tasks.generated import Draft, Draw, GeneratedTask
 from introspect_mi.tasks.prompts import NUMBERS_TEMPLATE, sequence_template
+from introspect_mi.tasks.records import DEFAULT_MAX_NEW_TOKENS
 from introspect_mi.tasks.wordlists import ANIMALS, COLOURS, COUNTRIES, ENGLISH_WORDS
 
 SEQUENCE_LENGTH: tuple[int, int] = (7, 10)
@@ -35,7 +36,7 @@ def next_five_task(name: str, noun: str, vocabulary: tuple[str, ...]) -> Generat
     spec = TaskSpec(
         name=name,
         kind=TaskKind.SEQUENCE,
-        max_new_tokens=24,
+        max_new_tokens=DEFAULT_MAX_NEW_TOKENS[TaskKind.SEQUENCE],
         description=f"Continue a random sequence of {SEQUENCE_LENGTH[0]}–{SEQUENCE_LENGTH[1]} "
         f"{noun} with the next 5.",
     )
@@ -53,7 +54,7 @@ NUMBERS_TASK = GeneratedTask(
     spec=TaskSpec(
         name="numbers",
         kind=TaskKind.NUMBERS,
-        max_new_tokens=4,
+        max_new_tokens=DEFAULT_MAX_NEW_TOKENS[TaskKind.NUMBERS],
         description="Give the next number of a random sequence of digits (a single number).",
     ),
     template=NUMBERS_TEMPLATE,

@@ -3,13 +3,13 @@
 Format (blank lines are skipped; unknown fields are errors, so typos do not pass silently)::
 
     {"name": "risk_taking", "kind": "ab_choice", "behaviour": "risk-seeking"}
-    {"id": "r1", "text": "Bet $10 on a coin flip?\\n\\nChoices:\\nA - Yes\\nB - No\\nPlease answer ...", "target": "A"}
+    {"id": "r1", "text": "Bet on a coin?\\n\\nChoices:\\nA - Yes\\nB - No\\n...", "target": "A"}
     {"text": "...", "target": "B", "split": "train", "meta": {"source": "my notes"}}
 
-Header (first line): "kind" (required) is one of sequence, numbers, ab_choice, mcq, completion;
-"name" (default: the `name` argument, else the file stem); "behaviour" (required for ab_choice:
-the word in "Did you choose the more <behaviour> option?"); "max_new_tokens" (a positive int,
-default by kind); "description".
+Header (first line): "kind" (required) is one of sequence, numbers, ab_choice, mcq,
+completion; "name" (default the file stem; the `name` argument overrides it); "behaviour"
+(required for ab_choice: the word in "Did you choose the more <behaviour> option?");
+"max_new_tokens" (a positive int, default by kind); "description".
 
 Items: "text" (required) is the full object-level prompt P, instruction included; "target" is
 A/B for ab_choice (required: the letter of the option showing the behaviour), A–D for mcq (the
@@ -27,18 +27,17 @@ from introspect_mi.tasks.base import TaskItem, TaskKind, TaskSpec
 from introspect_mi.tasks.errors import TaskFormatError
 from introspect_mi.tasks.generated import DEFAULT_N
 from introspect_mi.tasks.jsonl import JsonRecord, read_jsonl
-from introspect_mi.tasks.records import SPLIT_NAMES, check_split, item_from_record, item_id
+from introspect_mi.tasks.records import (
+    DEFAULT_MAX_NEW_TOKENS,
+    SPLIT_NAMES,
+    check_split,
+    item_from_record,
+    item_id,
+)
 
 HEADER_FIELDS = ("name", "kind", "behaviour", "max_new_tokens", "description")
 ITEM_FIELDS = ("text", "id", "target", "split", "meta")
 DEFAULT_SPLIT = "val"
-DEFAULT_MAX_NEW_TOKENS: dict[TaskKind, int] = {
-    TaskKind.SEQUENCE: 24,
-    TaskKind.NUMBERS: 4,
-    TaskKind.AB_CHOICE: 3,
-    TaskKind.MCQ: 3,
-    TaskKind.COMPLETION: 64,
-}
 HEADER_EXAMPLE = '{"name": "my_task", "kind": "ab_choice", "behaviour": "risk-seeking"}'
 
 
@@ -68,8 +67,10 @@ def _spec(header: JsonRecord, name: str | None) -> TaskSpec:
                            f"use one of {', '.join(k.value for k in TaskKind)}") from None
     behaviour = header.optional_text("behaviour")
     if kind is TaskKind.AB_CHOICE and behaviour is None:
-        raise header.error("an ab_choice task needs a behaviour",
-                           'add "behaviour": e.g. "risk-seeking" (read as "the more <behaviour> option")')
+        raise header.error(
+            "an ab_choice task needs a behaviour",
+            'add "behaviour": e.g. "risk-seeking" (read as "the more <behaviour> option")',
+        )
     tokens = header.data.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS[kind])
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
         raise header.error(f'"max_new_tokens" is {tokens!r}', "give a positive whole number")
@@ -92,7 +93,8 @@ def _meta(record: JsonRecord) -> dict[str, str]:
 def _split(record: JsonRecord) -> str:
     split = record.optional_text("split") or DEFAULT_SPLIT
     if split not in SPLIT_NAMES:
-        raise record.error(f"unknown split {split!r}", f'use "split": one of {", ".join(SPLIT_NAMES)}')
+        raise record.error(f"unknown split {split!r}",
+                           f'use "split": one of {", ".join(SPLIT_NAMES)}')
     return split
 
 

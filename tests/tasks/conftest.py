@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ WriteJsonl = Callable[[Path, list[Any]], Path]
 
 
 def paper_data_dir() -> Path:
-    """Where the paper's released files are: $INTROSPECT_MI_PAPER_DATA, else ../shared/paper_data."""
+    """The paper's released files: $INTROSPECT_MI_PAPER_DATA, else ../shared/paper_data."""
     return Path(os.environ.get(PAPER_DATA_ENV) or DEFAULT_PAPER_DATA)
 
 
@@ -41,3 +42,15 @@ def _write_jsonl(path: Path, records: list[Any]) -> Path:
 def write_jsonl() -> WriteJsonl:
     """A function writing a JSONL fixture file and returning its path."""
     return _write_jsonl
+
+
+def error_at(path: Path, line: int | None) -> str:
+    """Regex of a TaskFormatError message pointing at path[:line]."""
+    where = re.escape(str(path)) + ("" if line is None else f":{line}")
+    return rf"^{where}: .+ — .+"
+
+
+def count_records(path: Path) -> int:
+    """Non-blank lines of a JSONL file (split on "\n" only: records may hold U+2029)."""
+    with path.open(encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())

@@ -35,7 +35,7 @@ def test_targets_are_balanced_and_mark_the_behaviour_option(name: str, split: st
     for item in items:
         assert item.text.endswith(INSTRUCTION)
         match = CHOICES.search(item.text[: -len(INSTRUCTION)])
-        assert match, item.text
+        assert match and item.target, item.text
         wrong = "B" if item.target == "A" else "A"
         assert match[item.target] in shown and match[wrong] in other
 

@@ -41,5 +41,5 @@ def test_balanced_letters_prefixes_are_balanced(n: int) -> None:
 def test_exhausted_space_raises_instead_of_looping() -> None:
     spec = TaskSpec("tiny", TaskKind.SEQUENCE, 4)
     task = GeneratedTask(spec, "{string}", lambda rng, _: Draft(s := str(rng.randrange(4)), s))
-    with pytest.raises(ValueError, match="'tiny'.*nearly exhausted"):
+    with pytest.raises(ValueError, match=r"'tiny'.*nearly exhausted"):
         task.generate("train", n=10)

@@ -1,0 +1,263 @@
+"""The inference engine: batched greedy and sampled generation, option scoring, next-token
+distributions, all through one forward routine.
+
+Speed comes from four things, each safe for the numbers:
+- length buckets: prompts are sorted by length before batching (results return in input order);
+- shared-prefix reuse: the token prefix common to a batch (system turn, demonstrations, the
+  instruction) is computed once and its KV cache shared by every row;
+- logits only where they are read (the last position while decoding, the answer positions when
+  scoring): the vocabulary projection dominates small models' cost, Gemma-3's 262k most of all;
+- finished rows leave the batch, and decoding stops when every row is done.
+
+Padding sits between the shared prefix and each row's suffix; the attention mask is built from
+lengths and position ids count real tokens only, so a row computes what it would alone
+(tested against single-prompt runs). Sampling draws each (prompt, sample) row from its own
+generator seeded by (seed, prompt, sample index): results do not depend on batch composition.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from introspect_mi.models import ModelHandle
+
+MIN_SHARED_PREFIX = 8  # tokens; below this a shared-prefix pass costs more than it saves
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How answers are decoded; part of every cache key."""
+
+    max_new_tokens: int
+    temperature: float = 0.0  # 0 = greedy
+    n: int = 1  # samples per prompt (greedy: 1)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature == 0 and self.n != 1:
+            raise ValueError("greedy decoding gives one answer per prompt: use n=1 or temperature > 0")
+
+    def key(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@dataclass
+class _Prefixed:
+    """A batch as (shared prefix, left-padded suffixes) with masks built from lengths."""
+
+    prefix: list[int]
+    suffix_ids: torch.Tensor  # [B, S]
+    mask: torch.Tensor  # [B, P + S]
+    positions: torch.Tensor  # [B, S]
+
+
+def _split_prefix(seqs: list[list[int]], pad_id: int, reuse: bool) -> _Prefixed:
+    shared = 0
+    if reuse and len(seqs) > 1:
+        limit = min(len(s) for s in seqs) - 1  # every row keeps at least one own token
+        first = seqs[0]
+        while shared < limit and all(s[shared] == first[shared] for s in seqs):
+            shared += 1
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0
+    suffixes = [s[shared:] for s in seqs]
+    width = max(len(s) for s in suffixes)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, suf in enumerate(suffixes):
+        ids[row, width - len(suf):] = torch.tensor(suf)
+        suffix_mask[row, width - len(suf):] = 1
+    positions = shared + (suffix_mask.cumsum(1) - 1).clamp(min=0)
+    mask = torch.cat([torch.ones((len(seqs), shared), dtype=torch.long), suffix_mask], dim=1)
+    return _Prefixed(seqs[0][:shared], ids, mask, positions)
+
+
+def _row_generator(seed: int, prompt: str, sample: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}\x00{sample}\x00{prompt}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+class Engine:
+    """Fast batched inference for one model handle."""
+
+    def __init__(self, handle: ModelHandle, batch_size: int = 32, prefix_reuse: bool = True, progress: bool = True) -> None:
+        self.handle = handle
+        self.batch_size = batch_size
+        self.prefix_reuse = prefix_reuse
+        self.progress = progress
+        self._prefix_cache: tuple[tuple[int, ...], object] | None = None
+
+    # --- public API -------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[str], decoding: Decoding, desc: str = "generating") -> list[list[str]]:
+        """`decoding.n` answers per rendered prompt, cut at the format's stop strings."""
+        rows = [(i, j) for i in range(len(prompts)) for j in range(decoding.n)]
+        seqs = [self.encode(prompts[i]) for i, _ in rows]
+        out: list[list[str]] = [[""] * decoding.n for _ in prompts]
+        for idx in self._buckets(seqs, desc):
+            gens = None
+            if decoding.temperature > 0:
+                gens = [_row_generator(decoding.seed, prompts[rows[k][0]], rows[k][1]) for k in idx]
+            texts = self._decode_batch([seqs[k] for k in idx], decoding, gens)
+            for k, text in zip(idx, texts):
+                i, j = rows[k]
+                out[i][j] = text
+        return out
+
+    def greedy(self, prompts: Sequence[str], max_new_tokens: int, desc: str = "generating") -> list[str]:
+        return [a[0] for a in self.generate(prompts, Decoding(max_new_tokens), desc)]
+
+    def score_options(self, prompts: Sequence[str], options: Sequence[str], desc: str = "scoring") -> np.ndarray:
+        """log P(option | prompt) for every prompt × option, summed over the option's tokens."""
+        sep = self.handle.prompt_format.answer_prefix
+        rows, seqs, spans = [], [], []
+        for i, prompt in enumerate(prompts):
+            head = self.encode(prompt)
+            for j, option in enumerate(options):
+                full = self.encode(prompt + sep + option)
+                cut = _common_prefix_len(head, full)
+                if cut == len(full):
+                    raise ValueError(f"option {option!r} adds no tokens to the prompt")
+                rows.append((i, j))
+                seqs.append(full)
+                spans.append(len(full) - cut)  # option tokens = the last `spans` tokens
+        scores = np.zeros((len(prompts), len(options)))
+        for idx in self._buckets(seqs, desc):
+            keep = max(spans[k] for k in idx) + 1
+            logp = torch.log_softmax(self._forward_logits([seqs[k] for k in idx], keep), dim=-1)
+            for b, k in enumerate(idx):
+                target = torch.tensor(seqs[k][-spans[k]:])
+                picked = logp[b, keep - spans[k] - 1 : keep - 1].gather(-1, target[:, None])
+                scores[rows[k]] = float(picked.sum())
+        return scores
+
+    def next_token_distribution(self, prompts: Sequence[str], top_k: int = 50, desc: str = "next-token") -> list[dict[str, float]]:
+        """The first answer token's top-k probabilities, keyed by decoded token text."""
+        seqs = [self.encode(p) for p in prompts]
+        out: list[dict[str, float]] = [{} for _ in prompts]
+        for idx in self._buckets(seqs, desc):
+            probs = torch.softmax(self._forward_logits([seqs[k] for k in idx], 1)[:, -1], dim=-1)
+            top = probs.topk(top_k, dim=-1)
+            for b, k in enumerate(idx):
+                dist: dict[str, float] = {}
+                for p, t in zip(top.values[b].tolist(), top.indices[b].tolist()):
+                    text = self.handle.tokenizer.decode([t])
+                    dist[text] = dist.get(text, 0.0) + p
+                out[k] = dist
+        return out
+
+    def encode(self, prompt: str) -> list[int]:
+        return self.handle.prompt_format.encode(prompt)
+
+    # --- internals --------------------------------------------------------------------------
+
+    @cached_property
+    def _stop_ids(self) -> torch.Tensor:
+        """EOS ids, plus every token whose text contains a stop string (plain format: newline)."""
+        ids = set(self.handle.stop_token_ids)
+        stops = self.handle.prompt_format.stop_strings
+        if stops:
+            vocab = self.handle.tokenizer.convert_ids_to_tokens(list(range(len(self.handle.tokenizer))))
+            for i, tok in enumerate(vocab):
+                if tok is not None and any(s in self.handle.tokenizer.convert_tokens_to_string([tok]) for s in stops):
+                    ids.add(i)
+        return torch.tensor(sorted(ids))
+
+    def _buckets(self, seqs: list[list[int]], desc: str) -> Iterator[list[int]]:
+        order = sorted(range(len(seqs)), key=lambda k: (len(seqs[k]), seqs[k][:64]))
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        yield from tqdm(batches, desc=desc, unit="batch", disable=not self.progress or len(batches) < 2, leave=False)
+
+    def _prefix_kv(self, prefix: list[int]) -> object:
+        """KV cache of a shared prefix (the last one is memoised: tasks repeat their prefix)."""
+        key = tuple(prefix)
+        if self._prefix_cache is None or self._prefix_cache[0] != key:
+            ids = torch.tensor([prefix], device=self.handle.device)
+            out = self.handle.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            self._prefix_cache = (key, out.cache)
+        return self._prefix_cache[1]
+
+    def _run(self, batch: _Prefixed, logits_to_keep: int) -> tuple[torch.Tensor, object]:
+        dev = self.handle.device
+        cache = None
+        if batch.prefix:
+            cache = copy.deepcopy(self._prefix_kv(batch.prefix))
+            cache.batch_repeat_interleave(batch.suffix_ids.shape[0])
+        out = self.handle.model(
+            input_ids=batch.suffix_ids.to(dev), attention_mask=batch.mask.to(dev), position_ids=batch.positions.to(dev),
+            cache=cache, use_cache=True, logits_to_keep=logits_to_keep,
+        )
+        return out.logits.float(), out.cache
+
+    @torch.no_grad()
+    def _forward_logits(self, seqs: list[list[int]], logits_to_keep: int) -> torch.Tensor:
+        batch = _split_prefix(seqs, self.handle.pad_token_id, self.prefix_reuse)
+        return self._run(batch, logits_to_keep)[0].cpu()
+
+    @torch.no_grad()
+    def _decode_batch(self, seqs: list[list[int]], decoding: Decoding, gens: list[torch.Generator] | None) -> list[str]:
+        batch = _split_prefix(seqs, self.handle.pad_token_id, self.prefix_reuse)
+        logits, cache = self._run(batch, 1)
+        dev = self.handle.device
+        stop_ids = self._stop_ids.to(dev)
+        live = torch.arange(len(seqs))  # original row of each live batch row
+        mask, pos = batch.mask.to(dev), batch.positions[:, -1:].to(dev)
+        tokens: list[list[int]] = [[] for _ in seqs]
+        pick = _sampler(decoding.temperature, gens)
+        for _step in range(decoding.max_new_tokens):
+            nxt = pick(logits[:, -1], live)
+            done = torch.isin(nxt, stop_ids)
+            for b, row in enumerate(live.tolist()):
+                tokens[row].append(int(nxt[b]))  # a stop token is kept: text before a stop string in it counts
+            keep = (~done).nonzero().flatten()
+            if len(keep) == 0 or _step == decoding.max_new_tokens - 1:
+                break
+            if len(keep) < len(live):
+                live, nxt, mask, pos = live[keep.cpu()], nxt[keep], mask[keep], pos[keep]
+                cache.batch_select_indices(keep)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            pos = pos + 1
+            out = self.handle.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+            logits, cache = out.logits.float(), out.cache
+        stops = self.handle.prompt_format.stop_strings
+        eos = set(self.handle.stop_token_ids)
+        texts = []
+        for toks in tokens:
+            toks = [t for t in toks if t not in eos]
+            text = self.handle.tokenizer.decode(toks, skip_special_tokens=True)
+            texts.append(_cut(text, stops))
+        return texts
+
+
+def _sampler(temperature: float, gens: list[torch.Generator] | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if temperature == 0:
+        return lambda logits, live: logits.argmax(dim=-1)
+
+    def sample(logits: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits / temperature, dim=-1).cpu()
+        picks = [torch.multinomial(probs[b], 1, generator=gens[int(r)]) for b, r in enumerate(live)]
+        return torch.cat(picks).to(logits.device)
+
+    return sample
+
+
+def _cut(text: str, stops: Sequence[str]) -> str:
+    for stop in stops:
+        if stop in text:
+            text = text[: text.index(stop)]
+    return text.strip()
+
+
+def _common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n

@@ -1,0 +1,435 @@
+"""The run store: an on-disk answer cache for model calls, and run folders with atomic writes.
+
+`AnswerCache` keeps every model call's result, keyed by (model fingerprint incl. adapter,
+rendered prompt, decoding settings), in append-only JSONL files, so a rerun or a resumed run
+makes no model calls for work already done. `RunDir` is one `runs/<name>/` folder: its
+resolved config, provenance, results (every file written atomically) and the pipeline stages
+already finished.
+
+Crash safety. Each `put_many` appends all its lines with one `os.write` on an `O_APPEND` fd under
+an exclusive `flock`, then `fsync`s. A process killed mid-call (SIGKILL cannot stop a regular-file
+write halfway) therefore leaves either the whole batch or none of it; a partial trailing line
+(e.g. disk full or power loss) is dropped, and the file truncated, the next time the cache opens.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from introspect_mi.errors import UserError
+from introspect_mi.paths import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+KEY_CHARS = 32  # hex digits of sha256(prompt) stored as "k"
+DECODING_KEY_CHARS = 16
+PROVENANCE_PACKAGES = ("torch", "transformers", "peft", "transformer_lens", "nnsight", "sae_lens", "numpy", "pandas")
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `path` so readers see the old file or the new one, never a torn one.
+
+    Temp file in the same folder (same filesystem), fsync, `os.replace`, fsync of the folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in `folder` durable (best effort: not every OS allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_once_json(path: Path, obj: Any) -> None:
+    if not path.exists():
+        atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+# --- answer cache ----------------------------------------------------------------------------
+
+
+def prompt_key(prompt: str) -> str:
+    """The "k" of a cache record: sha256 of the prompt, shortened."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:KEY_CHARS]
+
+
+def decoding_key(decoding: Mapping[str, Any]) -> str:
+    """Short sha256 of the canonical JSON (sorted keys) of the decoding settings."""
+    canonical = json.dumps(dict(decoding), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:DECODING_KEY_CHARS]
+
+
+def safe_name(fingerprint: str) -> str:
+    """A folder name for a fingerprint: itself when already safe, else sanitized plus a hash."""
+    if re.fullmatch(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}", fingerprint):
+        return fingerprint
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]", "_", fingerprint)[:60].strip(".")
+    return f"{cleaned}-{hashlib.sha256(fingerprint.encode('utf-8')).hexdigest()[:12]}"
+
+
+class AnswerCache:
+    """Results of model calls for one (model fingerprint, decoding settings), kept on disk.
+
+    Files: `root/<safe fingerprint>/<decoding key>.jsonl` (one record per line:
+    `{"k": sha256(prompt)[:32], "prompt": ..., "result": ...}`), `<decoding key>.decoding.json`
+    beside it (the settings that file holds), `model.json` (the fingerprint) and a `.lock` per
+    JSONL. Duplicate prompts: the last record wins. Counters: `hits` and `misses` count the unique
+    prompts looked up by `missing()`; `writes` counts the records written.
+    """
+
+    def __init__(self, root: Path, fingerprint: str, decoding: Mapping[str, Any]) -> None:
+        self.fingerprint = fingerprint
+        self.decoding = dict(decoding)
+        self.folder = Path(root) / safe_name(fingerprint)
+        key = decoding_key(self.decoding)
+        self.path = self.folder / f"{key}.jsonl"
+        self.lock_path = self.folder / f"{key}.lock"
+        self.hits = 0
+        self.misses = 0
+        self.writes = 0
+        self._index: dict[str, Any] = {}
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        model_json = self.folder / "model.json"
+        _write_once_json(model_json, {"fingerprint": fingerprint})
+        recorded = _read_json_file(model_json).get("fingerprint")
+        if recorded != fingerprint:
+            raise UserError(
+                f"{model_json} records fingerprint {recorded!r}, not {fingerprint!r}",
+                "the cache folder is damaged or shared by mistake; delete it (it is a cache)",
+            )
+        _write_once_json(self.folder / f"{key}.decoding.json", self.decoding)
+        with self._locked():
+            self._load()
+
+    # lookups
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, prompt: object) -> bool:
+        return prompt in self._index
+
+    def get_many(self, prompts: Sequence[str]) -> dict[str, Any]:
+        """prompt → result for the prompts present (absent ones are left out)."""
+        return {p: self._index[p] for p in prompts if p in self._index}
+
+    def missing(self, prompts: Sequence[str]) -> list[str]:
+        """The prompts without a result, in input order, each once. Updates `hits`/`misses`."""
+        unique = list(dict.fromkeys(prompts))
+        todo = [p for p in unique if p not in self._index]
+        self.misses += len(todo)
+        self.hits += len(unique) - len(todo)
+        return todo
+
+    # writes
+
+    def put_many(self, items: Sequence[tuple[str, Any]]) -> None:
+        """Append one call's results: all lines in one write + fsync, so the batch lands whole or not at all."""
+        items = list(items)
+        if not items:
+            return
+        data = b"".join(self._line(prompt, result) for prompt, result in items)
+        with self._locked():
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.fstat(fd).st_size
+                try:
+                    written = os.write(fd, data)
+                    while written < len(data):  # short write (rare on regular files): finish under the lock
+                        written += os.write(fd, data[written:])
+                    os.fsync(fd)
+                except BaseException:
+                    os.ftruncate(fd, start)  # never leave a torn batch that a later append would bury
+                    raise
+            finally:
+                os.close(fd)
+        for prompt, result in items:
+            self._index[prompt] = result
+        self.writes += len(items)
+
+    @staticmethod
+    def _line(prompt: str, result: Any) -> bytes:
+        if not isinstance(prompt, str):
+            raise TypeError(f"cache prompts must be str, not {type(prompt).__name__}")
+        record = {"k": prompt_key(prompt), "prompt": prompt, "result": result}
+        return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+    # loading
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive flock on the `.lock` file: appends and the open-time repair never interleave."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _load(self) -> None:
+        """Read the records; truncate a partial tail (a crashed append); reject corrupt middle lines."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with a newline, else a partial line
+        good_end = len(data) - len(tail)
+        records: list[tuple[str, Any]] = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            record = _parse_record(line)
+            if record is not None:
+                records.append(record)
+            elif number == len(lines) and not tail:
+                good_end -= len(line) + 1  # the last line is unreadable: treat it as a torn append
+            else:
+                raise UserError(
+                    f"{self.path}:{number} is not a valid cache record",
+                    "delete the line or the file; it is a cache",
+                )
+        if good_end < len(data):
+            log.warning("%s: dropping a partial last record (%d bytes) left by an interrupted write", self.path, len(data) - good_end)
+            with open(self.path, "r+b") as f:
+                f.truncate(good_end)
+                f.flush()
+                os.fsync(f.fileno())
+        for prompt, result in records:
+            self._index[prompt] = result
+
+
+def _parse_record(line: bytes) -> tuple[str, Any] | None:
+    """(prompt, result) of one JSONL line, or None if it is not a well-formed record."""
+    try:
+        record = json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+    if not isinstance(record, dict) or "result" not in record or not isinstance(record.get("prompt"), str):
+        return None
+    if record.get("k") != prompt_key(record["prompt"]):
+        return None
+    return record["prompt"], record["result"]
+
+
+def _read_json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable ({exc})", "delete it or restore it from a backup") from None
+
+
+# --- run folders -----------------------------------------------------------------------------
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _canonical_config(config: Mapping[str, Any]) -> str:
+    """Pretty JSON with sorted keys; Paths and other non-JSON values are written as strings."""
+    return json.dumps(dict(config), indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+
+
+def library_versions() -> dict[str, str | None]:
+    """Python and the main libraries' installed versions (None where not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("introspect-mi", *PROVENANCE_PACKAGES):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any]:
+    """{"commit", "dirty"} of the project checkout, both None when it is not a git checkout."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top.strip()).resolve() != Path(root).resolve():
+        return {"commit": None, "dirty": None}  # not a checkout, or an unrelated repo above an install
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain")
+    return {"commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None}
+
+
+def provenance(seed: int) -> dict[str, Any]:
+    """What a run records about where and with what it ran."""
+    return {
+        "versions": library_versions(), "git": git_state(), "seed": seed,
+        "hostname": socket.gethostname(), "started_utc": _utc_now(),
+    }
+
+
+class RunDir:
+    """One run folder `runs/<name>/`: config, provenance, results and finished stages.
+
+    Every file goes through `atomic_write_bytes`, so a crash never leaves a torn result, and
+    `stages.json` lets a resumed run skip stages already done.
+    """
+
+    CONFIG = "config.json"
+    PROVENANCE = "provenance.json"
+    STAGES = "stages.json"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.name = self.folder.name
+
+    @classmethod
+    def create(cls, root: Path, name: str, config: Mapping[str, Any], seed: int) -> RunDir:
+        """Create `root/name/` or resume it when it holds the same config (a different one is an error)."""
+        if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+            raise UserError(f"invalid run name {name!r}", "use a plain folder name such as `exp1` for --name")
+        run = cls(Path(root) / name)
+        run.folder.mkdir(parents=True, exist_ok=True)
+        text = _canonical_config(config)
+        config_path = run.path(cls.CONFIG)
+        if config_path.exists():
+            old = _read_json_file(config_path)
+            new = json.loads(text)
+            if old != new:
+                keys = sorted(k for k in set(old) | set(new) if old.get(k, _ABSENT) != new.get(k, _ABSENT)) if isinstance(old, dict) else []
+                raise UserError(
+                    f"run name {name!r} is taken by a different config in {run.folder} (differs in: {', '.join(keys) or 'everything'})",
+                    "pick another --name, or delete that folder to start over (finished results are never overwritten)",
+                )
+            prov = run.read_json(cls.PROVENANCE) if run.exists(cls.PROVENANCE) else provenance(seed)
+            prov.setdefault("resumed", []).append(provenance(seed))
+            run.write_json(cls.PROVENANCE, prov)
+        else:
+            run.write_json(cls.PROVENANCE, provenance(seed))
+            run.write_text(cls.CONFIG, text)  # last: a folder with a config.json is a started run
+        return run
+
+    @classmethod
+    def open(cls, root: Path, name: str) -> RunDir:
+        """An existing run, for reading."""
+        run = cls(Path(root) / name)
+        if not run.exists(cls.CONFIG):
+            raise UserError(f"no run {name!r} in {root}", f"list the runs with `ls {root}` or start one with --name {name}")
+        return run
+
+    # paths
+
+    def path(self, name: str) -> Path:
+        """A file in the run folder (sub-folders allowed; nothing outside it)."""
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise ValueError(f"run file names are relative paths inside the run folder, not {name!r}")
+        return self.folder / rel
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.read_json(self.CONFIG)
+
+    # writes (all atomic)
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        path = self.path(name)
+        atomic_write_bytes(path, data)
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        return self.write_text(name, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+    def write_table(self, name: str, df: pd.DataFrame, csv: bool = False) -> Path:
+        """`<name>.jsonl` (one record per row; floats to 15 significant digits, ±inf become null), plus `.csv` if asked."""
+        stem = name.removesuffix(".jsonl")
+        path = self.write_text(f"{stem}.jsonl", df.to_json(orient="records", lines=True, double_precision=15, force_ascii=False))
+        if csv:
+            self.write_text(f"{stem}.csv", df.to_csv(index=False))
+        return path
+
+    # reads
+
+    def read_json(self, name: str) -> Any:
+        return _read_json_file(self.path(name))
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        """A table written by `write_table` (no type guessing: strings stay strings)."""
+        import io
+
+        import pandas as pd
+
+        text = self.path(f"{name.removesuffix('.jsonl')}.jsonl").read_text(encoding="utf-8")
+        if not text.strip():
+            return pd.DataFrame()
+        return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+
+    # stages
+
+    def stages(self) -> dict[str, dict[str, Any]]:
+        """stage → what `mark_done` recorded, for the stages finished so far."""
+        return self.read_json(self.STAGES) if self.exists(self.STAGES) else {}
+
+    def stage_done(self, stage: str) -> bool:
+        return stage in self.stages()
+
+    def mark_done(self, stage: str, info: Mapping[str, Any] | None = None) -> None:
+        """Record a finished stage (atomic rewrite of stages.json), so a resumed run skips it."""
+        stages = self.stages()
+        stages[stage] = {**dict(info or {}), "finished_utc": _utc_now()}
+        self.write_json(self.STAGES, stages)
+
+
+_ABSENT = object()
