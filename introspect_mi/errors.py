@@ -16,3 +16,10 @@ class UserError(Exception):
         super().__init__(f"{problem} — {fix}")
         self.problem = problem
         self.fix = fix
+
+
+class UnknownName(UserError, ValueError):
+    """A name (task, property, preset, model) that is not in its registry."""
+
+    def __init__(self, kind: str, name: str, known: list[str] | tuple[str, ...]) -> None:
+        super().__init__(f"unknown {kind} {name!r}", f"known {kind}s: {', '.join(known)}")

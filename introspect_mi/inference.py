@@ -2,7 +2,8 @@
 distributions, all through one forward routine.
 
 Speed comes from four things, each safe for the numbers:
-- length buckets: prompts are sorted by length before batching (results return in input order);
+- buckets: prompts are sorted by their tokens before batching, so each batch holds prompts with
+  a long common prefix and similar lengths (results return in input order);
 - shared-prefix reuse: the token prefix common to a batch (system turn, demonstrations, the
   instruction) is computed once and its KV cache shared by every row;
 - logits only where they are read (the last position while decoding, the answer positions when
@@ -59,10 +60,11 @@ class _Prefixed:
     positions: torch.Tensor  # [B, S]
 
 
-def _split_prefix(seqs: list[list[int]], pad_id: int, reuse: bool) -> _Prefixed:
+def _split_prefix(seqs: list[list[int]], pad_id: int, reuse: bool, keep: int = 1) -> _Prefixed:
+    """`keep`: own (suffix) tokens every row keeps at least, the positions whose logits are read."""
     shared = 0
     if reuse and len(seqs) > 1:
-        limit = min(len(s) for s in seqs) - 1  # every row keeps at least one own token
+        limit = min(len(s) for s in seqs) - keep
         first = seqs[0]
         while shared < limit and all(s[shared] == first[shared] for s in seqs):
             shared += 1
@@ -78,6 +80,15 @@ def _split_prefix(seqs: list[list[int]], pad_id: int, reuse: bool) -> _Prefixed:
     positions = shared + (suffix_mask.cumsum(1) - 1).clamp(min=0)
     mask = torch.cat([torch.ones((len(seqs), shared), dtype=torch.long), suffix_mask], dim=1)
     return _Prefixed(seqs[0][:shared], ids, mask, positions)
+
+
+def _sliding_window(config: object) -> int | None:
+    """The sliding-attention window of a model that has sliding layers (Gemma-3, Mistral), else None."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if window is None or (types is not None and "sliding_attention" not in types):
+        return None
+    return int(window)
 
 
 def _row_generator(seed: int, prompt: str, sample: int) -> torch.Generator:
@@ -172,7 +183,9 @@ class Engine:
         return torch.tensor(sorted(ids))
 
     def _buckets(self, seqs: list[list[int]], desc: str) -> Iterator[list[int]]:
-        order = sorted(range(len(seqs)), key=lambda k: (len(seqs[k]), seqs[k][:64]))
+        # Token order (not length) groups prompts that share a prefix (same task, property and
+        # demonstrations) into the same batches; lengths within such a group are close anyway.
+        order = sorted(range(len(seqs)), key=lambda k: seqs[k])
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         yield from tqdm(batches, desc=desc, unit="batch", disable=not self.progress or len(batches) < 2, leave=False)
 
@@ -184,6 +197,16 @@ class Engine:
             out = self.handle.model(input_ids=ids, use_cache=True, logits_to_keep=1)
             self._prefix_cache = (key, out.cache)
         return self._prefix_cache[1]
+
+    def _split(self, seqs: list[list[int]], keep: int, new_tokens: int) -> _Prefixed:
+        """The batch split for the forward pass. Padding between the shared prefix and the suffixes
+        shifts columns against positions, and sliding-window masks count columns: reuse the prefix
+        only when every column fed (prompt + new tokens but the last) fits in one window."""
+        reuse = self.prefix_reuse
+        window = _sliding_window(self.handle.config)
+        if window is not None and max(len(s) for s in seqs) + max(new_tokens - 1, 0) > window:
+            reuse = False
+        return _split_prefix(seqs, self.handle.pad_token_id, reuse, keep)
 
     def _run(self, batch: _Prefixed, logits_to_keep: int) -> tuple[torch.Tensor, object]:
         dev = self.handle.device
@@ -199,12 +222,12 @@ class Engine:
 
     @torch.no_grad()
     def _forward_logits(self, seqs: list[list[int]], logits_to_keep: int) -> torch.Tensor:
-        batch = _split_prefix(seqs, self.handle.pad_token_id, self.prefix_reuse)
+        batch = self._split(seqs, keep=logits_to_keep, new_tokens=0)
         return self._run(batch, logits_to_keep)[0].cpu()
 
     @torch.no_grad()
     def _decode_batch(self, seqs: list[list[int]], decoding: Decoding, gens: list[torch.Generator] | None) -> list[str]:
-        batch = _split_prefix(seqs, self.handle.pad_token_id, self.prefix_reuse)
+        batch = self._split(seqs, keep=1, new_tokens=decoding.max_new_tokens)
         logits, cache = self._run(batch, 1)
         dev = self.handle.device
         stop_ids = self._stop_ids.to(dev)

@@ -32,6 +32,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from introspect_mi.errors import UnknownName
 from introspect_mi.tasks.base import TaskKind, TaskSpec
 
 _ANSWER_PREFIX = re.compile(r"^[\W_]*(?:final\s+)?answer[\s*_]*:", re.IGNORECASE)
@@ -251,8 +252,7 @@ def get_property(name: str) -> Property:
     try:
         return PROPERTIES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown property {name!r}; known properties: {', '.join(PROPERTIES)}") from None
+        raise UnknownName("property", name, list(PROPERTIES)) from None
 
 
 def properties_for(task: TaskSpec) -> list[Property]:

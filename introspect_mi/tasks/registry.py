@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from introspect_mi.errors import UnknownName
 from introspect_mi.tasks.ab_choice import AB_TASKS
 from introspect_mi.tasks.base import TaskItem, TaskSpec
 from introspect_mi.tasks.generated import DEFAULT_N
@@ -31,7 +32,7 @@ def get_task(name: str) -> TaskSource:
     try:
         return TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}") from None
+        raise UnknownName("task", name, sorted(TASKS)) from None
 
 
 def task_spec(name: str) -> TaskSpec:

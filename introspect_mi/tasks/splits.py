@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from introspect_mi.errors import UnknownName
+
 
 @dataclass(frozen=True)
 class TaskSplit:
@@ -31,4 +33,4 @@ def get_split(name: str) -> TaskSplit:
     try:
         return SPLITS[name]
     except KeyError:
-        raise ValueError(f"unknown split preset {name!r}; known: {', '.join(SPLITS)}") from None
+        raise UnknownName("split preset", name, list(SPLITS)) from None

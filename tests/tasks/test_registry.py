@@ -29,7 +29,7 @@ def test_registry_holds_the_generated_tasks() -> None:
 
 
 def test_unknown_task_lists_known_names() -> None:
-    with pytest.raises(ValueError, match=r"unknown task 'nope'; known: .*animals.*wealth_seeking"):
+    with pytest.raises(ValueError, match=r"unknown task 'nope' — known tasks: .*animals.*wealth_seeking"):
         get_task("nope")
 
 

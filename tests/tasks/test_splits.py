@@ -25,5 +25,5 @@ def test_presets_are_disjoint_and_cover_registered_tasks(preset: str) -> None:
 
 
 def test_unknown_preset_lists_known() -> None:
-    with pytest.raises(ValueError, match="unknown split preset 'x'; known: paper"):
+    with pytest.raises(ValueError, match="unknown split preset 'x' — known split presets: paper"):
         get_split("x")

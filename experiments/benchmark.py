@@ -1,0 +1,40 @@
+"""Benchmarks, one subcommand each: `python -m experiments.benchmark <what> [options]`.
+
+    inference   naive per-prompt generate vs the batched Engine vs a plain batched forward
+
+Each benchmark lives in its own module (`experiments/bench_<what>.py`) exposing
+`add_parser(subparsers)`, which registers its subcommand and sets `run` to the function that
+executes it. Planned: finetune, capture, patching.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BENCHMARKS = ("bench_inference",)  # modules under experiments/, one subcommand each
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The dispatcher's parser, one subparser per benchmark module."""
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name in BENCHMARKS:
+        importlib.import_module(f"experiments.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

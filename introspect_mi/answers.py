@@ -1,0 +1,64 @@
+"""Model calls through the run store: nothing already answered is asked again.
+
+Results are cached per (model fingerprint incl. adapter, dtype, attention implementation,
+decoding settings, rendered prompt). New answers are appended chunk by chunk, so a run killed at
+any moment loses at most the chunk in flight and a rerun resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from introspect_mi.inference import Decoding, Engine
+from introspect_mi.store import AnswerCache
+
+
+@dataclass
+class CallCounter:
+    """How many prompts needed the model vs came from the cache, over a whole run."""
+
+    model_calls: int = 0
+    cached: int = 0
+
+    def add(self, missing: int, total: int) -> None:
+        self.model_calls += missing
+        self.cached += total - missing
+
+
+def _cache(engine: Engine, root: Path, what: str, settings: dict[str, Any]) -> AnswerCache:
+    handle = engine.handle
+    key = {"what": what, **settings, "dtype": str(handle.placement.dtype), "attn": handle.attn_implementation}
+    return AnswerCache(root, handle.fingerprint, key)
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def generate(engine: Engine, prompts: Sequence[str], decoding: Decoding, root: Path,
+             counter: CallCounter | None = None, desc: str = "answers") -> list[list[str]]:
+    """`decoding.n` answers per prompt, from the cache where present."""
+    cache = _cache(engine, root, "generate", decoding.key())
+    todo = cache.missing(prompts)
+    if counter is not None:
+        counter.add(len(todo), len(set(prompts)))
+    for chunk in _chunks(todo, engine.batch_size * 4):
+        cache.put_many(list(zip(chunk, engine.generate(chunk, decoding, desc=desc))))
+    found = cache.get_many(prompts)
+    return [found[p] for p in prompts]
+
+
+def next_token_distributions(engine: Engine, prompts: Sequence[str], root: Path, top_k: int = 50,
+                             counter: CallCounter | None = None) -> list[dict[str, float]]:
+    """The first answer token's top-k distribution per prompt, from the cache where present."""
+    cache = _cache(engine, root, "next_token", {"top_k": top_k})
+    todo = cache.missing(prompts)
+    if counter is not None:
+        counter.add(len(todo), len(set(prompts)))
+    for chunk in _chunks(todo, engine.batch_size * 4):
+        cache.put_many(list(zip(chunk, engine.next_token_distribution(chunk, top_k=top_k))))
+    found = cache.get_many(prompts)
+    return [found[p] for p in prompts]

@@ -1,0 +1,156 @@
+"""Self- and cross-prediction evaluation: tasks → prompts → answers → properties → rows.
+
+One row per (item, property): the target's object-level answer and its property value (None:
+non-compliant, dropped by the metrics), the predictor's hypothetical answer and its normalised
+value (None: non-compliant, counted wrong), and whether they match. `metrics` turns rows into
+tables; nothing here knows about figures.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from introspect_mi import answers
+from introspect_mi.answers import CallCounter
+from introspect_mi.inference import Decoding, Engine
+from introspect_mi.metrics import calibration_curve, calibration_pairs, mad, sample_distribution
+from introspect_mi.prompts import PromptConfig, hypothetical_prompt, object_prompt
+from introspect_mi.properties import Property, get_property, properties_for
+from introspect_mi.tasks import load_items, task_spec
+from introspect_mi.tasks.base import TaskItem, TaskSpec
+
+HYPOTHETICAL_MAX_NEW_TOKENS = 8  # property answers are one character / word / letter
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One (item, property) cell of an evaluation."""
+
+    item: TaskItem
+    spec: TaskSpec
+    prop: Property
+
+
+def load_task_items(tasks: Sequence[str], split: str, n_items: int, seed: int) -> list[tuple[TaskItem, TaskSpec]]:
+    out = []
+    for name in tasks:
+        spec = task_spec(name)
+        out += [(item, spec) for item in load_items(name, split, n=n_items, seed=seed)]
+    return out
+
+
+def make_pairs(items: Sequence[tuple[TaskItem, TaskSpec]], properties: Sequence[str] | None) -> list[Pair]:
+    """Every applicable (item, property); `properties=None` means all that apply to each task."""
+    chosen = None if properties is None else {get_property(p).name for p in properties}
+    return [Pair(item, spec, prop) for item, spec in items for prop in properties_for(spec)
+            if chosen is None or prop.name in chosen]
+
+
+def object_answers(engine: Engine, items: Sequence[tuple[TaskItem, TaskSpec]], config: PromptConfig,
+                   root: Path, counter: CallCounter | None = None, decoding: Decoding | None = None) -> dict[str, list[str]]:
+    """item_id → the model's object-level answers (greedy: one), per task's answer length."""
+    by_task: dict[str, list[tuple[TaskItem, TaskSpec]]] = defaultdict(list)
+    for item, spec in items:
+        by_task[spec.name].append((item, spec))
+    out: dict[str, list[str]] = {}
+    for group in by_task.values():
+        spec = group[0][1]
+        dec = decoding or Decoding(spec.max_new_tokens)
+        prompts = [object_prompt(engine.handle.prompt_format, item, spec, config).text for item, _ in group]
+        got = answers.generate(engine, prompts, dec, root, counter, desc=f"{engine.handle.name} · {spec.name} object-level")
+        out.update({item.item_id: a for (item, _), a in zip(group, got)})
+    return out
+
+
+def hypothetical_prompts(engine: Engine, pairs: Sequence[Pair], config: PromptConfig) -> list[str]:
+    fmt = engine.handle.prompt_format
+    return [hypothetical_prompt(fmt, p.item, p.spec, p.prop, config).text for p in pairs]
+
+
+def hypothetical_answers(engine: Engine, pairs: Sequence[Pair], config: PromptConfig, root: Path,
+                         counter: CallCounter | None = None, decoding: Decoding | None = None) -> list[list[str]]:
+    """The predictor's answers to each pair's hypothetical question."""
+    prompts = hypothetical_prompts(engine, pairs, config)
+    dec = decoding or Decoding(HYPOTHETICAL_MAX_NEW_TOKENS)
+    return answers.generate(engine, prompts, dec, root, counter, desc=f"{engine.handle.name} · hypothetical")
+
+
+def object_value(prop: Property, answer: str, target: str | None) -> str | None:
+    """Ground truth of one object answer: None when it is non-compliant."""
+    return prop.extract(answer, target) if prop.is_compliant_object(answer) else None
+
+
+def score_rows(pairs: Sequence[Pair], objects: dict[str, list[str]], hypotheticals: Sequence[list[str]]) -> pd.DataFrame:
+    """The evaluation table's rows (see the module docstring)."""
+    rows = []
+    for pair, hyp in zip(pairs, hypotheticals):
+        obj = objects[pair.item.item_id][0]
+        value = object_value(pair.prop, obj, pair.item.target)
+        predicted = pair.prop.normalize_hypothetical(hyp[0])
+        rows.append({
+            "item_id": pair.item.item_id, "task": pair.spec.name, "property": pair.prop.name,
+            "object_answer": obj, "object_value": value, "hypothetical_answer": hyp[0],
+            "hypothetical_value": predicted, "correct": value is not None and predicted == value,
+        })
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Calibration of a predictor about a target on one task × property (PROTOCOL.md)."""
+
+    mad_sampled: float
+    mad_exact: float
+    curve_sampled: pd.DataFrame
+    curve_exact: pd.DataFrame
+    n_prompts: int
+
+
+def calibration(predictor: Engine, target: Engine, pairs: Sequence[Pair], config: PromptConfig, root: Path,
+                n_samples: int, seed: int, counter: CallCounter | None = None, n_bins: int = 10) -> Calibration:
+    """MAD from T=1 samples, and the exact variant from first-token probabilities."""
+    obj_dec = Decoding(pairs[0].spec.max_new_tokens, temperature=1.0, n=n_samples, seed=seed)
+    hyp_dec = Decoding(HYPOTHETICAL_MAX_NEW_TOKENS, temperature=1.0, n=n_samples, seed=seed)
+    items = [(p.item, p.spec) for p in pairs]
+    obj_samples = object_answers(target, items, config, root, counter, decoding=obj_dec)
+    hyp_samples = hypothetical_answers(predictor, pairs, config, root, counter, decoding=hyp_dec)
+    obj_dists = [sample_distribution([object_value(p.prop, a, p.item.target) for a in obj_samples[p.item.item_id]], drop_none=True)
+                 for p in pairs]
+    hyp_dists = [sample_distribution([p.prop.normalize_hypothetical(a) for a in s]) for p, s in zip(pairs, hyp_samples)]
+    sampled = calibration_pairs(obj_dists, hyp_dists)
+
+    fmt = target.handle.prompt_format
+    obj_next = answers.next_token_distributions(target, [object_prompt(fmt, p.item, p.spec, config).text for p in pairs], root, counter=counter)
+    hyp_next = answers.next_token_distributions(predictor, hypothetical_prompts(predictor, pairs, config), root, counter=counter)
+    exact = calibration_pairs(
+        [_value_distribution(d, lambda t, p=p: object_value(p.prop, t, p.item.target)) for p, d in zip(pairs, obj_next)],
+        [_value_distribution(d, lambda t, p=p: p.prop.normalize_hypothetical(t)) for p, d in zip(pairs, hyp_next)],
+    )
+    return Calibration(mad(sampled, n_bins), mad(exact, n_bins), calibration_curve(sampled, n_bins), calibration_curve(exact, n_bins), len(pairs))
+
+
+def _value_distribution(token_probs: dict[str, float], value_of) -> dict[str, float]:
+    """Token probabilities → property-value probabilities, over the tokens that decide a value.
+
+    Exact only when the first token decides the property (e.g. " cat" decides the second
+    character; " c" does not): undecided mass is left out and the rest renormalised.
+    """
+    dist: dict[str, float] = defaultdict(float)
+    for token, p in token_probs.items():
+        value = value_of(token)
+        if value is not None:
+            dist[value] += p
+    total = sum(dist.values())
+    return {v: p / total for v, p in dist.items()} if total > 0 else {}
+
+
+def changed_fraction(before: dict[str, list[str]], after: dict[str, list[str]]) -> float:
+    """Share of items whose (first) object-level answer differs between two models."""
+    keys = sorted(set(before) & set(after))
+    return float(np.mean([before[k][0] != after[k][0] for k in keys])) if keys else float("nan")

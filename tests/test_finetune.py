@@ -1,0 +1,228 @@
+"""LoRA finetuning: the loss mask, the logits-only-where-the-loss-is loss, saving, resuming."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from introspect_mi.errors import UserError
+from introspect_mi.finetune import (
+    PRESETS,
+    Example,
+    FinetuneConfig,
+    answer_loss,
+    collate,
+    encode_example,
+    end_of_answer_ids,
+    split_examples,
+    train,
+)
+from introspect_mi.models import ADAPTER_SIDECAR, ModelHandle, load
+from introspect_mi.prompt_format import Message
+
+WORDS = ["cat", "dog", "fox", "owl", "bee", "true", "false", "even", "odd", "Paris"]
+TINY = FinetuneConfig(rank=4, alpha=8.0, lr=1e-2, epochs=2, batch_size=2, grad_accum=1, save_every=0, warmup_ratio=0.0)
+
+
+def examples(handle: ModelHandle, n: int, offset: int = 0) -> list[Example]:
+    fmt = handle.prompt_format
+    out = []
+    for i in range(offset, offset + n):
+        words = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(2 + i % 4))
+        prompt = fmt.render([Message("user", f"What is the next animal in the following text? {words}")])
+        out.append(Example(prompt, WORDS[(3 * i + 1) % len(WORDS)]))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is faster, and 10x faster when another process holds a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0]
+
+
+@pytest.fixture()
+def llama(tiny_llama_dir: Path) -> ModelHandle:
+    return load(tiny_llama_dir)
+
+
+@pytest.fixture()
+def gemma(tiny_gemma_dir: Path) -> ModelHandle:
+    return load(tiny_gemma_dir)
+
+
+@pytest.mark.parametrize(("which", "expected"), [("llama", "Paris<|im_end|>"), ("gemma", " Paris\n")])
+def test_loss_mask_covers_exactly_the_answer_and_the_end_token(which: str, expected: str, request: pytest.FixtureRequest) -> None:
+    handle = request.getfixturevalue(which)
+    fmt, tok = handle.prompt_format, handle.tokenizer
+    end = end_of_answer_ids(fmt, tok)
+    long = Example(fmt.render([Message("user", "The capital of France is? Respond only with that word.")]), "Paris")
+    short = Example(fmt.render([Message("user", "hello")]), "Paris")
+    enc = [encode_example(fmt, end, e) for e in (long, short)]
+    batch = collate(enc, handle.pad_token_id)
+    labels = batch.hf_labels()
+    for row, e in enumerate(enc):
+        selected = batch.targets[batch.rows == row].tolist()
+        assert tok.decode(selected) == expected
+        # the hidden states used are one column left of the tokens they predict
+        cols = batch.cols[batch.rows == row]
+        assert batch.input_ids[row, cols + 1].tolist() == selected
+        assert tok.decode(labels[row][labels[row] != -100].tolist()) == expected
+        # everything before the answer is the prompt, exactly as the format encodes it
+        real = batch.input_ids[row][batch.attention_mask[row].bool()].tolist()
+        assert real[: e.n_prompt] == fmt.encode((long, short)[row].prompt)
+    # left padding: the mask comes from lengths (SmolLM2-like pad == EOS is real content here)
+    assert batch.attention_mask[1].sum() == len(enc[1].ids) and batch.attention_mask[1, 0] == 0
+
+
+def test_a_prompt_whose_tokens_merge_with_the_answer_is_refused(llama: ModelHandle) -> None:
+    fmt = llama.prompt_format
+    end = end_of_answer_ids(fmt, llama.tokenizer)
+    bad = Example(fmt.render([Message("user", "next animal?")]) + "ca", "t")  # "ca" + "t" tokenizes as "cat"
+    assert fmt.encode(bad.prompt + bad.answer)[-1] == fmt.encode("cat")[-1]
+    with pytest.raises(ValueError, match="example 3.*not a prefix"):
+        encode_example(fmt, end, bad, 3)
+    with pytest.raises(ValueError, match="empty answer"):
+        encode_example(fmt, end, Example(bad.prompt, ""), 0)
+
+
+@pytest.mark.parametrize(("which", "softcap"), [("llama", None), ("gemma", None), ("gemma", 2.0)])
+def test_answer_only_loss_equals_hf_full_forward_loss(which: str, softcap: float | None, request: pytest.FixtureRequest) -> None:
+    handle = request.getfixturevalue(which)
+    if softcap is not None:
+        handle.model.config.final_logit_softcapping = softcap  # a cap small enough to matter
+    fmt = handle.prompt_format
+    end = end_of_answer_ids(fmt, handle.tokenizer)
+    exs = examples(handle, 3) + [Example(examples(handle, 1)[0].prompt, "cat dog fox")]
+    enc = [encode_example(fmt, end, e) for e in exs]
+    batch = collate(enc, handle.pad_token_id)
+    # independent oracle: HF's own forward and loss, labels -100 outside each row's last n_target tokens
+    labels = torch.full_like(batch.input_ids, -100)
+    for row, e in enumerate(enc):
+        labels[row, -e.n_target :] = torch.tensor(e.ids[e.n_prompt :])
+    with torch.no_grad():
+        ref = handle.model(**batch.model_inputs(), labels=labels).loss
+        total, n = answer_loss(handle.model, batch)
+    assert n == sum(e.n_target for e in enc)
+    assert torch.allclose(total / n, ref, atol=1e-5, rtol=0), (float(total / n), float(ref))
+
+
+def test_lora_steps_memorise_eight_examples_and_leave_the_model_untouched(llama: ModelHandle, tmp_path: Path) -> None:
+    # A random tiny model's logits span about ±1 and LoRA cannot grow the hidden state past the
+    # final RMSNorm's weight: scale that weight so confident (memorised) predictions are reachable.
+    with torch.no_grad():
+        llama.model.model.norm.weight.mul_(10)
+    probe = llama.prompt_format.encode(examples(llama, 1)[0].prompt)
+    before = logits(llama.model, probe)
+    modules = [n for n, _ in llama.model.named_modules()]
+    cfg = replace(TINY, rank=8, alpha=16.0, epochs=40, batch_size=8, lr_schedule="constant")
+    result = train(llama, examples(llama, 8), examples(llama, 2, offset=8), cfg, tmp_path / "a", progress=False)
+    first, last = result.losses[0]["loss"], result.losses[-1]["loss"]
+    assert last < 0.1 * first, (first, last)
+    assert [v["epoch"] for v in result.val_losses] == list(range(1, 41))
+    # the caller's model computes what it did before: LoRA unloaded, flags restored
+    assert [n for n, _ in llama.model.named_modules()] == modules
+    assert all(p.requires_grad for p in llama.model.parameters()) and not llama.model.training
+    assert torch.equal(logits(llama.model, probe), before)
+
+
+@pytest.mark.parametrize("which", ["llama", "gemma"])
+def test_saved_adapter_reproduces_the_trained_model(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    handle = request.getfixturevalue(which)
+    probe = handle.prompt_format.encode(examples(handle, 1)[0].prompt + " cat")
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(step: int, loss: float, peft_model) -> None:
+        seen["logits"] = logits(peft_model, probe)
+
+    out = tmp_path / "adapter"
+    result = train(handle, examples(handle, 4), [], replace(TINY, epochs=1), out, progress=False, on_step=grab)
+    assert (out / "adapter_config.json").is_file() and (out / ADAPTER_SIDECAR).is_file() and (out / "losses.jsonl").is_file()
+    assert result.sidecar["base_fingerprint"] == handle.base_fingerprint and result.sidecar["n_train"] == 4
+    assert not torch.allclose(seen["logits"], logits(handle.model, probe), atol=1e-3)  # training changed something
+    for mode in ("merged", "peft"):
+        again = load(handle.checkpoint, adapter=out, adapter_mode=mode)
+        assert torch.allclose(logits(again.model, probe), seen["logits"], atol=1e-5, rtol=0)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_where_it_stopped_and_matches_an_uninterrupted_one(llama: ModelHandle, tmp_path: Path) -> None:
+    # dropout > 0 and warm-up/decay: the RNG, optimizer and scheduler states all have to come back
+    cfg = replace(TINY, dropout=0.1, epochs=2, batch_size=2, save_every=2, warmup_ratio=0.25)
+    train_ex, val_ex = examples(llama, 7), examples(llama, 2, offset=7)  # 4 steps per epoch, the last short
+    whole = train(llama, train_ex, val_ex, cfg, tmp_path / "whole", progress=False)
+    assert [x["step"] for x in whole.losses] == list(range(1, 9))
+
+    def stop_after_4(step: int, loss: float, model) -> None:
+        if step == 4:
+            raise Interrupted
+
+    out = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        train(llama, train_ex, val_ex, cfg, out, progress=False, on_step=stop_after_4)
+    assert not out.exists() and (tmp_path / ".resumed.resume").is_file()
+    assert not any("lora" in n for n, _ in llama.model.named_modules())  # unloaded despite the error
+
+    steps: list[int] = []
+    resumed = train(llama, train_ex, val_ex, cfg, out, progress=False, on_step=lambda s, loss, m: steps.append(s))
+    assert resumed.resumed_from == 4 and steps == [5, 6, 7, 8]
+    assert not (tmp_path / ".resumed.resume").exists()
+    assert [x["step"] for x in resumed.losses] == list(range(1, 9))
+    assert [x["lr"] for x in resumed.losses] == [x["lr"] for x in whole.losses]
+    assert [x["loss"] for x in resumed.losses] == pytest.approx([x["loss"] for x in whole.losses], abs=1e-6)
+    assert [v["val_loss"] for v in resumed.val_losses] == pytest.approx([v["val_loss"] for v in whole.val_losses], abs=1e-6)
+    a, b = load_file(whole.adapter_dir / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+
+
+def test_rerun_is_idempotent_and_other_data_never_overwrites(llama: ModelHandle, tmp_path: Path) -> None:
+    out = tmp_path / "adapter"
+    exs = examples(llama, 2)
+    cfg = replace(TINY, epochs=1)
+    first = train(llama, exs, [], cfg, out, progress=False)
+    weights = (out / "adapter_model.safetensors").read_bytes()
+    again = train(llama, exs, [], cfg, out, progress=False, on_step=lambda *a: pytest.fail("trained again"))
+    assert not again.trained and again.losses == first.losses and again.data_hash == first.data_hash
+    with pytest.raises(UserError, match="different data_hash"):
+        train(llama, examples(llama, 2, offset=1), [], cfg, out, progress=False)
+    with pytest.raises(UserError, match="different config"):
+        train(llama, exs, [], replace(cfg, lr=1e-3), out, progress=False)
+    assert (out / "adapter_model.safetensors").read_bytes() == weights
+    (tmp_path / "foreign").mkdir()
+    with pytest.raises(UserError, match="no finished adapter"):
+        train(llama, exs, [], cfg, tmp_path / "foreign", progress=False)
+
+
+def test_split_is_deterministic_disjoint_and_ordered() -> None:
+    exs = [Example(f"p{i}", f"a{i}") for i in range(20)]
+    train_a, val_a = split_examples(exs, 0.2, seed=1)
+    assert (train_a, val_a) == split_examples(exs, 0.2, seed=1)
+    assert len(val_a) == 4 and sorted(train_a + val_a, key=exs.index) == exs
+    assert train_a == [e for e in exs if e in train_a]  # input order kept
+    assert split_examples(exs, 0.2, seed=2)[1] != val_a
+    assert split_examples(exs, 0.0, seed=1) == (exs, [])
+
+
+def test_presets_and_config_checks() -> None:
+    paper = PRESETS["paper"]
+    assert (paper.rank, paper.lr, paper.epochs, paper.effective_batch_size) == (32, 2e-5, 1, 16)
+    assert PRESETS["quick"].target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        FinetuneConfig(lr_schedule="cosine")
+    assert FinetuneConfig(target_modules=["q_proj"]).target_modules == ("q_proj",)
