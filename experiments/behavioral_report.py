@@ -2,41 +2,72 @@
 
 from __future__ import annotations
 
+import pandas as pd
+import plotly.graph_objects as go
+
 from introspect_mi.store import RunDir
-from introspect_mi.viz import Section, Table, accuracy_figure, calibration_figure, compliance_figure, write_report
+from introspect_mi.viz import Section, Table, accuracy_figure, calibration_figure, compliance_figure, loss_figure, write_report
 
 TABLE_COLUMNS = ["task", "property", "n_items", "n_dropped_object", "object_compliance", "hypothetical_compliance",
                  "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mode_value", "mode_baseline"]
 
 
-def write_evaluate_report(run: RunDir) -> None:
+def write_report_for(run: RunDir) -> None:
     metrics = run.read_json("metrics.json")
     predictors = metrics["predictors"]
     tables = {label: run.read_table(f"table_{p['slug']}") for label, p in predictors.items()}
-    first = next(iter(tables.values()))
     sections = [Section(
         "Accuracy vs mode baseline",
         figures=[accuracy_figure(tables)],
         tables=[Table(t[TABLE_COLUMNS], caption=label) for label, t in tables.items()],
-        text="Hypothetical accuracy per held-out task × property with 95% bootstrap CIs; the dash is "
-             "the target's mode baseline (always guessing its most common property value).",
+        text="Hypothetical accuracy per held-out task × property with 95% bootstrap CIs; the dash is the first "
+             "predictor's target's mode baseline (always guessing its most common property value).",
     )]
     if "comparison" in metrics:
         c = metrics["comparison"]
         sections.append(Section("Comparison", text=(
             f"{c['first']} minus {c['second']}: {c['diff']:+.1%} (95% CI {c['diff_ci_low']:+.1%} to {c['diff_ci_high']:+.1%}), "
             f"two-proportion z = {c['z']:.2f}, p = {c['p_value']:.3g}.")))
-    sections.append(Section("Target behaviour", figures=[compliance_figure(first)],
-                            text="Object-level compliance and mode baseline of the target per task × property."))
-    if metrics["calibration"]:
-        curves, mads = {}, {}
-        for label, cal in metrics["calibration"].items():
-            slug = predictors[label]["slug"]
-            for variant in ("sampled", "exact"):
-                key = f"{label} ({variant})"
-                curves[key] = run.read_table(f"calibration_{slug}_{variant}")
-                mads[key] = cal[f"mad_{variant}"]
-        sections.append(Section("Calibration", figures=[calibration_figure(curves, mads)],
-                                text="Object-level vs hypothetical probability of the target's top-3 property values, "
-                                     "10 equal-frequency bins; MAD × 100, lower is better (PROTOCOL.md)."))
-    write_report(run.path("report.html"), f"Behavioural evaluation · {metrics['run']}", sections)
+    sections.append(Section("Target behaviour", figures=[compliance_figure(t) for t in tables.values()],
+                            text="Object-level compliance and mode baseline of each predictor's target per task × property."))
+    if "changed" in metrics:
+        sections.append(Section("Finetuning changes behaviour", tables=[Table(pd.DataFrame(metrics["changed"]), percent_columns=["fraction_changed"])],
+                                text="Share of held-out object-level answers that differ after each finetune."))
+    if metrics.get("calibration"):
+        sections.append(_calibration_section(run, metrics))
+    losses = {name: run.read_table(f"loss_{name}") for name in metrics.get("finetunes", {}) if run.exists(f"loss_{name}.jsonl")}
+    if losses:
+        sections.append(Section("Training", figures=[loss_figure(losses)],
+                                tables=[Table(pd.DataFrame([{"finetune": k, **v} for k, v in metrics["finetunes"].items()]))],
+                                text="Training loss per optimizer step (answer tokens only) and validation loss per epoch."))
+    if "behaviour_change" in metrics:
+        sections.append(_behaviour_change_section(metrics["behaviour_change"]))
+    write_report(run.path("report.html"), f"Behavioural study · {metrics['run']}", sections)
+
+
+def _calibration_section(run: RunDir, metrics: dict) -> Section:
+    curves, mads = {}, {}
+    for label, cal in metrics["calibration"].items():
+        slug = metrics["predictors"][label]["slug"]
+        for variant in ("sampled", "exact"):
+            key = f"{label} ({variant})"
+            curves[key] = run.read_table(f"calibration_{slug}_{variant}")
+            mads[key] = cal[f"mad_{variant}"]
+    return Section("Calibration", figures=[calibration_figure(curves, mads)],
+                   text="Object-level vs hypothetical probability of the target's top-3 property values, 10 equal-frequency "
+                        "bins; MAD × 100, lower is better (PROTOCOL.md). 'sampled': T=1 samples; 'exact': first-token probabilities.")
+
+
+def _behaviour_change_section(bc: dict) -> Section:
+    fig = go.Figure(go.Bar(
+        x=["predicts new behaviour", "predicts old behaviour"], y=[bc["new"]["value"], bc["old"]["value"]],
+        error_y={"type": "data", "symmetric": False,
+                 "array": [bc["new"]["ci_high"] - bc["new"]["value"], bc["old"]["ci_high"] - bc["old"]["value"]],
+                 "arrayminus": [bc["new"]["value"] - bc["new"]["ci_low"], bc["old"]["value"] - bc["old"]["ci_low"]]},
+    ))
+    fig.update_layout(title=f"Behaviour change: M_C's self-predictions on {bc['n_changed']} items whose property changed",
+                      yaxis={"tickformat": ".0%", "range": [0, 1]})
+    return Section("Behaviour change", figures=[fig], text=(
+        f"M_C = self-trained M1 finetuned on {bc['n_train']} object-level answers of {bc['source']}. On {bc['n_changed']} held-out "
+        f"(item, property) pairs whose property value changed, M_C's hypothetical answers match its new behaviour "
+        f"{bc['new']['value']:.1%} of the time and its old behaviour {bc['old']['value']:.1%}."))

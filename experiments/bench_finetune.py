@@ -177,11 +177,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark finetune", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def add_parser(sub: Any) -> None:
+    """Register the `finetune` subcommand."""
+    p = sub.add_parser("finetune", help="LoRA training tokens/s: logits only where the loss is vs full-sequence logits")
+    add_arguments(p)
+    p.set_defaults(run=run)

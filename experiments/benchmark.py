@@ -1,10 +1,11 @@
 """Benchmarks, one subcommand each: `python -m experiments.benchmark <what> [options]`.
 
     inference   naive per-prompt generate vs the batched Engine vs a plain batched forward
+    finetune    LoRA training tokens/s, logits only where the loss is vs full-sequence logits
 
 Each benchmark lives in its own module (`experiments/bench_<what>.py`) exposing
 `add_parser(subparsers)`, which registers its subcommand and sets `run` to the function that
-executes it. Planned: finetune, capture, patching.
+executes it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-BENCHMARKS = ("bench_inference",)  # modules under experiments/, one subcommand each
+BENCHMARKS = ("bench_inference", "bench_finetune")  # modules under experiments/, one subcommand each
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_main(func: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     """Run an experiment: user errors are one line and exit status 2; Ctrl-C keeps finished work."""
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not results
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from introspect_mi.cli import run_cli

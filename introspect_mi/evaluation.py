@@ -112,22 +112,23 @@ class Calibration:
     n_prompts: int
 
 
-def calibration(predictor: Engine, target: Engine, pairs: Sequence[Pair], config: PromptConfig, root: Path,
-                n_samples: int, seed: int, counter: CallCounter | None = None, n_bins: int = 10) -> Calibration:
+def calibration(predictor: Engine, target: Engine, pairs: Sequence[Pair], object_config: PromptConfig,
+                hypothetical_config: PromptConfig, root: Path, n_samples: int, seed: int,
+                counter: CallCounter | None = None, n_bins: int = 10) -> Calibration:
     """MAD from T=1 samples, and the exact variant from first-token probabilities."""
     obj_dec = Decoding(pairs[0].spec.max_new_tokens, temperature=1.0, n=n_samples, seed=seed)
     hyp_dec = Decoding(HYPOTHETICAL_MAX_NEW_TOKENS, temperature=1.0, n=n_samples, seed=seed)
     items = [(p.item, p.spec) for p in pairs]
-    obj_samples = object_answers(target, items, config, root, counter, decoding=obj_dec)
-    hyp_samples = hypothetical_answers(predictor, pairs, config, root, counter, decoding=hyp_dec)
+    obj_samples = object_answers(target, items, object_config, root, counter, decoding=obj_dec)
+    hyp_samples = hypothetical_answers(predictor, pairs, hypothetical_config, root, counter, decoding=hyp_dec)
     obj_dists = [sample_distribution([object_value(p.prop, a, p.item.target) for a in obj_samples[p.item.item_id]], drop_none=True)
                  for p in pairs]
     hyp_dists = [sample_distribution([p.prop.normalize_hypothetical(a) for a in s]) for p, s in zip(pairs, hyp_samples)]
     sampled = calibration_pairs(obj_dists, hyp_dists)
 
     fmt = target.handle.prompt_format
-    obj_next = answers.next_token_distributions(target, [object_prompt(fmt, p.item, p.spec, config).text for p in pairs], root, counter=counter)
-    hyp_next = answers.next_token_distributions(predictor, hypothetical_prompts(predictor, pairs, config), root, counter=counter)
+    obj_next = answers.next_token_distributions(target, [object_prompt(fmt, p.item, p.spec, object_config).text for p in pairs], root, counter=counter)
+    hyp_next = answers.next_token_distributions(predictor, hypothetical_prompts(predictor, pairs, hypothetical_config), root, counter=counter)
     exact = calibration_pairs(
         [_value_distribution(d, lambda t, p=p: object_value(p.prop, t, p.item.target)) for p, d in zip(pairs, obj_next)],
         [_value_distribution(d, lambda t, p=p: p.prop.normalize_hypothetical(t)) for p, d in zip(pairs, hyp_next)],
@@ -148,6 +149,17 @@ def _value_distribution(token_probs: dict[str, float], value_of) -> dict[str, fl
             dist[value] += p
     total = sum(dist.values())
     return {v: p / total for v, p in dist.items()} if total > 0 else {}
+
+
+def changed_pairs(pairs: Sequence[Pair], old: dict[str, list[str]], new: dict[str, list[str]]) -> list[Pair]:
+    """Pairs whose property value differs between two models' behaviour (both compliant)."""
+    out = []
+    for p in pairs:
+        before = object_value(p.prop, old[p.item.item_id][0], p.item.target)
+        after = object_value(p.prop, new[p.item.item_id][0], p.item.target)
+        if before is not None and after is not None and before != after:
+            out.append(p)
+    return out
 
 
 def changed_fraction(before: dict[str, list[str]], after: dict[str, list[str]]) -> float:

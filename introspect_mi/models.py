@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -151,15 +151,20 @@ class ModelHandle:
     placement: Placement
     attn_implementation: str
     base_fingerprint: str
-    adapter: Path | None = None
-    adapter_hash: str | None = None
+    adapters: list[Path] = field(default_factory=list)
+    adapter_hashes: list[str] = field(default_factory=list)
     adapter_mode: str | None = None  # "merged" or "peft" (toggle with model.disable_adapter())
     _views: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def fingerprint(self) -> str:
-        """Stable id of the weights actually used (base + adapter), for caching."""
-        return self.base_fingerprint if self.adapter_hash is None else f"{self.base_fingerprint}+{self.adapter_hash}"
+        """Stable id of the weights actually used (base + adapters in order), for caching."""
+        return "+".join([self.base_fingerprint, *self.adapter_hashes])
+
+    @property
+    def adapter(self) -> Path | None:
+        """The last adapter applied (None: base weights)."""
+        return self.adapters[-1] if self.adapters else None
 
     @property
     def config(self) -> Any:
@@ -231,7 +236,7 @@ class ModelHandle:
             "model_type": self.config.model_type, "dtype": str(self.placement.dtype).removeprefix("torch."),
             "device": str(self.device), "device_map": self.placement.device_map,
             "attn_implementation": self.attn_implementation, "prompt_format": self.prompt_format.name,
-            "adapter": str(self.adapter) if self.adapter else None, "adapter_hash": self.adapter_hash,
+            "adapters": [str(a) for a in self.adapters], "adapter_hashes": self.adapter_hashes,
             "adapter_mode": self.adapter_mode,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
         }
@@ -239,7 +244,7 @@ class ModelHandle:
 
 def load(
     spec: str | Path,
-    adapter: str | Path | None = None,
+    adapter: str | Path | Sequence[str | Path] | None = None,
     device: str | None = None,
     dtype: torch.dtype | None = None,
     *,
@@ -247,7 +252,11 @@ def load(
     device_map: str | None = None,
     adapter_mode: str = "merged",
 ) -> ModelHandle:
-    """Load a model (and optionally a LoRA adapter) under the toolkit's device/dtype policy."""
+    """Load a model (and optionally LoRA adapters) under the toolkit's device/dtype policy.
+
+    A list of adapters is merged in order: an adapter trained on top of another (the
+    behaviour-change finetune of a self-trained model) is loaded as `[parent, child]`.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name, folder = resolve(spec)
@@ -267,8 +276,11 @@ def load(
         name=name, checkpoint=folder, model=model, tokenizer=tokenizer, prompt_format=format_for(tokenizer),
         placement=placement, attn_implementation=attn_implementation, base_fingerprint=folder_hash(folder, weights),
     )
-    if adapter is not None:
-        attach_adapter(handle, Path(adapter), adapter_mode)
+    chain = [] if adapter is None else [adapter] if isinstance(adapter, (str, Path)) else list(adapter)
+    if len(chain) > 1 and adapter_mode != "merged":
+        raise UserError("a chain of adapters can only be merged", "load it with adapter_mode='merged'")
+    for path in chain:
+        attach_adapter(handle, Path(path), adapter_mode)
     return handle
 
 
@@ -299,11 +311,19 @@ def attach_adapter(handle: ModelHandle, adapter: Path, mode: str = "merged") -> 
         raise UserError(f"{adapter} is not a peft adapter folder (no adapter_config.json)", "give the folder a LoRA finetune saved (checkpoints/adapters/<run>/)")
     sidecar = adapter / ADAPTER_SIDECAR
     if sidecar.is_file():
-        trained_on = json.loads(sidecar.read_text()).get("base_fingerprint")
+        meta = json.loads(sidecar.read_text())
+        trained_on = meta.get("base_fingerprint")
         if trained_on and trained_on != handle.base_fingerprint:
             raise UserError(
                 f"adapter {adapter} was trained for base weights {trained_on}, not {handle.name} ({handle.base_fingerprint})",
                 "load the adapter with the model it was trained on",
+            )
+        weights = meta.get("weights_fingerprint")
+        if weights and weights != handle.fingerprint:
+            parent = meta.get("parent_adapter")
+            raise UserError(
+                f"adapter {adapter} was trained on weights {weights}, not {handle.fingerprint}",
+                f"load it after its parent adapter: adapter=[{parent!r}, {str(adapter)!r}]" if parent else "load it on the plain base model, without other adapters",
             )
     from peft import PeftModel
 
@@ -317,6 +337,7 @@ def attach_adapter(handle: ModelHandle, adapter: Path, mode: str = "merged") -> 
         ) from None
     peft_model.eval()
     handle.model = peft_model.merge_and_unload() if mode == "merged" else peft_model
-    handle.adapter, handle.adapter_mode = adapter, mode
-    files = sorted(p for p in adapter.iterdir() if p.is_file() and p.name != ADAPTER_SIDECAR)
-    handle.adapter_hash = folder_hash(adapter, files)[:12]
+    handle.adapter_mode = mode
+    files = sorted(p for p in adapter.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin") and p.name != ADAPTER_SIDECAR)
+    handle.adapters.append(adapter)
+    handle.adapter_hashes.append(folder_hash(adapter, files)[:12])

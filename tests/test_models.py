@@ -132,3 +132,20 @@ def bad_spec(case: str, good: Path, tmp: Path) -> str:
         (tmp / "cut.gguf").write_bytes(_smollm2_gguf(tmp).read_bytes()[: 3 << 20])
         return str(tmp / "cut.gguf")
     return "smollm3-9000"
+
+
+def test_adapter_trained_on_top_of_another_loads_as_a_chain(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    parent = make_adapter(tiny_llama_dir, tmp_path / "parent", seed=1)
+    child = make_adapter(tiny_llama_dir, tmp_path / "child", seed=2)
+    on_parent = load(tiny_llama_dir, adapter=parent)
+    (child / ADAPTER_SIDECAR).write_text(json.dumps({
+        "base_fingerprint": on_parent.base_fingerprint, "weights_fingerprint": on_parent.fingerprint, "parent_adapter": str(parent)}))
+    with pytest.raises(UserError, match="load it after its parent adapter"):
+        load(tiny_llama_dir, adapter=child)
+    chained = load(tiny_llama_dir, adapter=[parent, child])
+    assert chained.fingerprint.startswith(on_parent.fingerprint + "+") and chained.adapter == child
+    ids = torch.tensor([[5, 17, 33, 2]])
+    with torch.no_grad():
+        assert (chained.model(ids).logits - on_parent.model(ids).logits).abs().max() > 1e-3
+    with pytest.raises(UserError, match="can only be merged"):
+        load(tiny_llama_dir, adapter=[parent, child], adapter_mode="peft")

@@ -12,7 +12,7 @@ import pytest
 from introspect_mi.tasks import TASKS, TaskKind, get_task, load_items, task_spec
 
 NAMES = sorted(TASKS)
-EXPECTED_TOKENS = {TaskKind.SEQUENCE: 24, TaskKind.NUMBERS: 4, TaskKind.AB_CHOICE: 3,
+EXPECTED_TOKENS = {TaskKind.SEQUENCE: 16, TaskKind.NUMBERS: 4, TaskKind.AB_CHOICE: 3,
                    TaskKind.MCQ: 3}
 
 

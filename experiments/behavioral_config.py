@@ -1,0 +1,102 @@
+"""Configs of the behavioural experiments (field docstrings are the --help texts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HELD_OUT = ("animals", "english_words", "myopic_reward", "survival_instinct", "mcq_general")
+TRAIN = ("countries", "colours", "wealth_seeking", "power_seeking", "mcq_arithmetic", "numbers")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    predictor: tuple[str, ...] = ("smollm2-135m-instruct",)
+    """Predictor models (embedded name, HF folder or .gguf); each answers the hypothetical questions."""
+    predictor_adapter: tuple[str, ...] = ()
+    """LoRA adapters for the predictors, in the same order ('-' for none)."""
+    target: str = "smollm2-135m-instruct"
+    """The model whose object-level behaviour is predicted (ground truth: its T=0 answers)."""
+    target_adapter: str = ""
+    """LoRA adapter for the target (empty: none)."""
+    tasks: tuple[str, ...] = HELD_OUT
+    """Object-level tasks to evaluate on (held-out tasks of the paper split by default)."""
+    properties: tuple[str, ...] = ()
+    """Response properties to ask about (empty: every property that applies to each task)."""
+    split: str = "val"
+    """Task split the items come from."""
+    limit: int = 100
+    """Items per task."""
+    seed: int = 0
+    """Seed for task generation, bootstrap and sampling."""
+    shots: int = 2
+    """Format demonstrations in each prompt (0 = the paper's zero-shot prompts)."""
+    batch_size: int = 32
+    """Prompts per forward pass (fixed per run: batch composition can shift results slightly)."""
+    calibration_task: str = "animals"
+    """Task for the calibration measurement (PROTOCOL.md: animals)."""
+    calibration_property: str = "second_character"
+    """Property for the calibration measurement (PROTOCOL.md: second character)."""
+    calibration_items: int = 50
+    """Prompts for calibration (0 skips it)."""
+    calibration_samples: int = 20
+    """T=1 samples per prompt, object-level and hypothetical alike."""
+    n_boot: int = 1000
+    """Bootstrap resamples for confidence intervals."""
+    device: str = ""
+    """cpu, cuda, … (empty: cuda if available, else cpu)."""
+    name: str = ""
+    """Run folder name under runs/ (empty: derived from the target)."""
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    m1: str = "smollm2-135m-instruct"
+    """M1: the model that is self-trained and whose behaviour is predicted."""
+    m2: str = "gemma3-270m"
+    """M2: the cross-predictor, trained on self-trained M1's behaviour."""
+    train_tasks: tuple[str, ...] = TRAIN
+    """Tasks whose hypothetical questions are finetuned on."""
+    held_out_tasks: tuple[str, ...] = HELD_OUT
+    """Tasks evaluated on (never trained on)."""
+    properties: tuple[str, ...] = ()
+    """Properties to train and evaluate (empty: every property that applies)."""
+    train_items: int = 100
+    """Object-level items per training task (train split)."""
+    per_cell: int = 40
+    """Finetuning examples per task × property (PROTOCOL.md: up to 1000)."""
+    eval_items: int = 50
+    """Items per held-out task (val split)."""
+    object_shots: int = 2
+    """Format demonstrations in object-level prompts."""
+    untrained_shots: int = 2
+    """Format demonstrations in the untrained model's hypothetical prompts."""
+    trained_shots: int = 0
+    """Format demonstrations in finetuned models' hypothetical prompts (training and evaluation)."""
+    finetune: str = "quick"
+    """Finetune preset (introspect_mi.finetune.PRESETS): quick (CPU) or paper (rank 32, lr 2e-5, 1 epoch, batch 16)."""
+    epochs: int = 0
+    """Override the preset's epochs (0: keep)."""
+    lr: float = 0.0
+    """Override the preset's learning rate (0: keep)."""
+    behaviour_change_items: int = 200
+    """Object-level answers of M2 that M_C is finetuned on (PROTOCOL.md: ~1000)."""
+    behaviour_change_lr: float = 0.0
+    """Learning rate of the behaviour-change finetune (0: a tenth of the preset's, 'lr low')."""
+    calibration_task: str = "animals"
+    """Task for calibration (PROTOCOL.md: animals)."""
+    calibration_property: str = "second_character"
+    """Property for calibration (PROTOCOL.md: second character)."""
+    calibration_items: int = 40
+    """Prompts for calibration (0 skips it)."""
+    calibration_samples: int = 10
+    """T=1 samples per prompt for the sampled MAD (PROTOCOL.md: 20)."""
+    batch_size: int = 32
+    """Prompts per forward pass during inference."""
+    n_boot: int = 1000
+    """Bootstrap resamples for confidence intervals."""
+    seed: int = 0
+    """Seed for tasks, data selection, finetuning and sampling."""
+    device: str = ""
+    """cpu, cuda, … (empty: cuda if available, else cpu)."""
+    name: str = ""
+    """Run folder under runs/ (empty: study-<m1>-<m2>)."""

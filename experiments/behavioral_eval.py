@@ -1,0 +1,134 @@
+"""Scoring predictors against targets, shared by `evaluate` and the study."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.behavioral_config import EvalConfig
+from introspect_mi import config as cfg
+from introspect_mi import evaluation as ev
+from introspect_mi.answers import CallCounter
+from introspect_mi.errors import UserError
+from introspect_mi.inference import Engine
+from introspect_mi.metrics import evaluate_table, two_proportion_ztest
+from introspect_mi.prompts import PromptConfig
+from introspect_mi.store import RunDir
+
+
+@dataclass
+class Predictor:
+    """Who predicts whom: a predictor model, its hypothetical prompts, and the target's behaviour."""
+
+    label: str
+    engine: Engine
+    prompts: PromptConfig
+    target: Engine
+    target_objects: dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Shared settings of one scoring pass."""
+
+    pairs: list[ev.Pair]
+    calibration_pairs: list[ev.Pair]
+    object_prompts: PromptConfig
+    cache_root: Path
+    counter: CallCounter
+    calibration_samples: int
+    n_boot: int
+    seed: int
+
+
+def score(run: RunDir, predictors: list[Predictor], s: Scoring) -> dict[str, Any]:
+    """Rows, tables and calibration of each predictor, written to `run`; returns their metrics."""
+    out: dict[str, Any] = {"predictors": {}, "calibration": {}}
+    for i, p in enumerate(predictors):
+        rows = ev.score_rows(s.pairs, p.target_objects, ev.hypothetical_answers(p.engine, s.pairs, p.prompts, s.cache_root, s.counter))
+        table = evaluate_table(rows[["task", "property", "object_value", "hypothetical_value"]], n_boot=s.n_boot, seed=s.seed)
+        slug = str(i)
+        run.write_table(f"rows_{slug}", rows)
+        run.write_table(f"table_{slug}", table, csv=True)
+        out["predictors"][p.label] = {"slug": slug, "overall": _jsonable(table.iloc[-1].to_dict())}
+        if s.calibration_pairs:
+            cal = ev.calibration(p.engine, p.target, s.calibration_pairs, s.object_prompts, p.prompts, s.cache_root,
+                                 s.calibration_samples, s.seed, s.counter)
+            run.write_table(f"calibration_{slug}_sampled", cal.curve_sampled)
+            run.write_table(f"calibration_{slug}_exact", cal.curve_exact)
+            out["calibration"][p.label] = {"mad_sampled": cal.mad_sampled, "mad_exact": cal.mad_exact, "n_prompts": cal.n_prompts}
+    return out
+
+
+def compare(metrics: dict[str, Any], first: str, second: str) -> dict[str, Any]:
+    """Two-proportion z-test of two predictors' micro-averaged accuracy."""
+    a, b = (metrics["predictors"][label]["overall"] for label in (first, second))
+    z = two_proportion_ztest(int(a["n_correct"]), int(a["n_items"]), int(b["n_correct"]), int(b["n_items"]))
+    return {"first": first, "second": second, **z.to_dict()}
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=lambda v: None if v != v else str(v)))
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """Plain-text table of the micro-averaged results."""
+    lines = [f"{'predictor → target':<64} {'accuracy':>8} {'95% CI':>15} {'mode':>6} {'n':>5}"]
+    for label, p in metrics["predictors"].items():
+        o = p["overall"]
+        lines.append(f"{label:<64} {o['accuracy']:>8.1%} {o['accuracy_ci_low']:>7.1%}–{o['accuracy_ci_high']:<7.1%} {o['mode_baseline']:>6.1%} {int(o['n_items']):>5}")
+    if "comparison" in metrics:
+        c = metrics["comparison"]
+        lines.append(f"{c['first']} minus {c['second']}: {c['diff']:+.1%} (z = {c['z']:.2f}, p = {c['p_value']:.3g})")
+    for label, cal in metrics.get("calibration", {}).items():
+        lines.append(f"calibration MAD, {label}: sampled {cal['mad_sampled']:.1f}, exact {cal['mad_exact']:.1f}")
+    return "\n".join(lines)
+
+
+def calls_line(counter: CallCounter) -> str:
+    if counter.model_calls == 0:
+        return "zero model calls: every answer came from the cache"
+    return f"{counter.model_calls} new model calls, {counter.cached} answers from the cache"
+
+
+def evaluate(config: EvalConfig) -> dict[str, Any]:
+    """`python -m experiments.behavioral evaluate`: writes runs/<name>/ and prints a summary."""
+    from experiments.behavioral_report import write_report_for
+    from introspect_mi.models import load
+    from introspect_mi.paths import runs_dir
+
+    adapters = list(config.predictor_adapter) or ["-"] * len(config.predictor)
+    if len(adapters) != len(config.predictor):
+        raise UserError(f"{len(config.predictor)} predictors but {len(adapters)} predictor adapters", "give one adapter per predictor ('-' for none)")
+    name = config.name or f"evaluate-{config.target.rstrip('/').split('/')[-1]}"
+    run = RunDir.create(runs_dir(), name, cfg.to_dict(config), seed=config.seed)
+    prompts = PromptConfig(shots=config.shots)
+    device = config.device or None
+    target = Engine(load(config.target, adapter=config.target_adapter or None, device=device), config.batch_size)
+    items = ev.load_task_items(config.tasks, config.split, config.limit, config.seed)
+    pairs = ev.make_pairs(items, config.properties or None)
+    if not pairs:
+        raise UserError("no (task, property) pair applies", "check --tasks and --properties (e.g. ethical_stance applies to A/B tasks only)")
+    cal_pairs: list[ev.Pair] = []
+    if config.calibration_items:
+        cal_items = ev.load_task_items([config.calibration_task], config.split, config.calibration_items, config.seed)
+        cal_pairs = ev.make_pairs(cal_items, [config.calibration_property])
+    counter = CallCounter()
+    scoring = Scoring(pairs, cal_pairs, prompts, runs_dir() / "cache", counter, config.calibration_samples, config.n_boot, config.seed)
+    objects = ev.object_answers(target, items, prompts, scoring.cache_root, counter)
+
+    predictors = []
+    for model, adapter in zip(config.predictor, adapters):
+        same = model == config.target and adapter in ("-", config.target_adapter or "-")
+        engine = target if same else Engine(load(model, adapter=None if adapter == "-" else adapter, device=device), config.batch_size)
+        predictors.append(Predictor(f"{model} → {config.target}", engine, prompts, target, objects))
+    metrics: dict[str, Any] = {"run": name, "target": config.target, **score(run, predictors, scoring)}
+    if len(predictors) >= 2:
+        metrics["comparison"] = compare(metrics, predictors[0].label, predictors[1].label)
+    run.write_json("metrics.json", metrics)
+    write_report_for(run)
+    print(summary(metrics))
+    print(f"\n{calls_line(counter)}\nreport: {run.path('report.html')}")
+    return metrics

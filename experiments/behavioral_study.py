@@ -1,0 +1,179 @@
+"""The whole behavioural study (see experiments/behavioral.py for the stages)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import pandas as pd
+
+from experiments.behavioral_config import StudyConfig
+from experiments.behavioral_eval import Predictor, Scoring, calls_line, compare, score, summary
+from introspect_mi import config as cfg
+from introspect_mi import evaluation as ev
+from introspect_mi import finetune_data as fd
+from introspect_mi.answers import CallCounter
+from introspect_mi.errors import UserError
+from introspect_mi.finetune import PRESETS, FinetuneConfig, TrainResult, split_examples, train
+from introspect_mi.inference import Engine
+from introspect_mi.metrics import accuracy
+from introspect_mi.models import ModelHandle, load
+from introspect_mi.paths import checkpoints_dir, runs_dir
+from introspect_mi.prompts import PromptConfig
+from introspect_mi.store import RunDir
+
+
+def _finetune_config(config: StudyConfig, lr: float = 0.0) -> FinetuneConfig:
+    if config.finetune not in PRESETS:
+        raise UserError(f"unknown finetune preset {config.finetune!r}", f"use one of: {', '.join(PRESETS)}")
+    base = PRESETS[config.finetune]
+    changes: dict[str, Any] = {"seed": config.seed}
+    if config.epochs:
+        changes["epochs"] = config.epochs
+    if lr or config.lr:
+        changes["lr"] = lr or config.lr
+    return dataclasses.replace(base, **changes)
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Study:
+    """State shared by the stages; each stage reads cached answers or finished adapters when present."""
+
+    def __init__(self, config: StudyConfig) -> None:
+        self.config = config
+        self.name = config.name or f"study-{config.m1}-{config.m2}".replace("/", "_")
+        self.run = RunDir.create(runs_dir(), self.name, cfg.to_dict(config), seed=config.seed)
+        self.adapters = checkpoints_dir() / "adapters" / self.name
+        self.cache = runs_dir() / "cache"
+        self.counter = CallCounter()
+        self.object_prompts = PromptConfig(shots=config.object_shots)
+        self.untrained_prompts = PromptConfig(shots=config.untrained_shots)
+        self.trained_prompts = PromptConfig(shots=config.trained_shots)
+        props = config.properties or None
+        self.train_items = ev.load_task_items(config.train_tasks, "train", config.train_items, config.seed)
+        self.train_pairs = ev.make_pairs(self.train_items, props)
+        self.eval_items = ev.load_task_items(config.held_out_tasks, "val", config.eval_items, config.seed)
+        self.eval_pairs = ev.make_pairs(self.eval_items, props)
+        if not self.train_pairs or not self.eval_pairs:
+            raise UserError("no (task, property) pair applies", "check the tasks and properties of the preset")
+        self.finetunes: dict[str, Any] = {}
+
+    def engine(self, handle: ModelHandle) -> Engine:
+        return Engine(handle, self.config.batch_size)
+
+    def load(self, spec: str, adapter: Any = None) -> ModelHandle:
+        return load(spec, adapter=adapter, device=self.config.device or None)
+
+    def objects(self, engine: Engine, items: list, label: str) -> dict[str, list[str]]:
+        _log(f"object-level answers: {label}")
+        return ev.object_answers(engine, items, self.object_prompts, self.cache, self.counter)
+
+    def finetune(self, name: str, handle: ModelHandle, examples: list, config: FinetuneConfig) -> TrainResult:
+        if not examples:
+            raise UserError(f"no compliant object-level answers of {handle.name} to build the {name} finetuning data from",
+                            "raise --train-items, or use format demonstrations (--object-shots 2) so the model answers in format")
+        train_ex, val_ex = split_examples(examples, config.val_fraction, config.seed)
+        _log(f"finetune {name}: {len(train_ex)} train / {len(val_ex)} validation examples on {handle.name}")
+        result = train(handle, train_ex, val_ex, config, self.adapters / name)
+        curve = pd.DataFrame(result.losses)
+        if result.val_losses:
+            curve = pd.concat([curve, pd.DataFrame(result.val_losses)], ignore_index=True)
+        self.run.write_table(f"loss_{name}", curve)
+        final_val = result.val_losses[-1]["val_loss"] if result.val_losses else None
+        self.finetunes[name] = {"adapter": str(result.adapter_dir), "n_train": len(train_ex), "n_val": len(val_ex),
+                                "final_loss": result.losses[-1]["loss"] if result.losses else None, "final_val_loss": final_val,
+                                "trained_now": result.trained, "resumed_from": result.resumed_from}
+        return result
+
+
+def study(config: StudyConfig) -> dict[str, Any]:
+    """Run (or resume) the study; returns the metrics written to metrics.json."""
+    s = Study(config)
+    c = config
+    ft = _finetune_config(c)
+
+    m1 = s.load(c.m1)
+    m1_engine = s.engine(m1)
+    m1_train_objects = s.objects(m1_engine, s.train_items, f"{c.m1} on training tasks")
+    self_data = fd.label_pairs(s.train_pairs, m1_train_objects, c.per_cell, c.seed)
+    self_result = s.finetune("self", m1, fd.hypothetical_examples(m1.prompt_format, self_data, s.trained_prompts), ft)
+
+    m1_self = s.load(c.m1, adapter=self_result.adapter_dir)
+    m1_self_engine = s.engine(m1_self)
+    m1_self_train_objects = s.objects(m1_self_engine, s.train_items, f"self-trained {c.m1} on training tasks")
+    cross_data, dropped = fd.relabel(self_data, m1_self_train_objects)
+    m2 = s.load(c.m2)
+    cross_result = s.finetune("cross", m2, fd.hypothetical_examples(m2.prompt_format, cross_data, s.trained_prompts), ft)
+    s.finetunes["cross"]["dropped_noncompliant"] = dropped
+
+    m1_eval = s.objects(m1_engine, s.eval_items, f"{c.m1} on held-out tasks")
+    m1_self_eval = s.objects(m1_self_engine, s.eval_items, f"self-trained {c.m1} on held-out tasks")
+    m2_engine = s.engine(m2)
+    m2_cross = s.load(c.m2, adapter=cross_result.adapter_dir)
+    m2_cross_engine = s.engine(m2_cross)
+    m2_eval = s.objects(m2_engine, s.eval_items, f"{c.m2} on held-out tasks")
+    m2_cross_eval = s.objects(m2_cross_engine, s.eval_items, f"cross-trained {c.m2} on held-out tasks")
+
+    labels = {"untrained": f"untrained {c.m1} → itself", "self": f"self-trained {c.m1} → itself",
+              "cross": f"cross-trained {c.m2} → self-trained {c.m1}"}
+    predictors = [
+        Predictor(labels["untrained"], m1_engine, s.untrained_prompts, m1_engine, m1_eval),
+        Predictor(labels["self"], m1_self_engine, s.trained_prompts, m1_self_engine, m1_self_eval),
+        Predictor(labels["cross"], m2_cross_engine, s.trained_prompts, m1_self_engine, m1_self_eval),
+    ]
+    cal_pairs: list[ev.Pair] = []
+    if c.calibration_items:
+        cal_items = ev.load_task_items([c.calibration_task], "val", c.calibration_items, c.seed)
+        cal_pairs = ev.make_pairs(cal_items, [c.calibration_property])
+    _log("evaluating untrained / self / cross predictors on held-out tasks")
+    scoring = Scoring(s.eval_pairs, cal_pairs, s.object_prompts, s.cache, s.counter, c.calibration_samples, c.n_boot, c.seed)
+    metrics: dict[str, Any] = {"run": s.name, "m1": c.m1, "m2": c.m2, **score(s.run, predictors, scoring)}
+    metrics["comparison"] = compare(metrics, labels["self"], labels["cross"])
+    metrics["changed"] = [
+        {"finetune": f"self ({c.m1})", "fraction_changed": ev.changed_fraction(m1_eval, m1_self_eval), "n_items": len(m1_eval)},
+        {"finetune": f"cross ({c.m2})", "fraction_changed": ev.changed_fraction(m2_eval, m2_cross_eval), "n_items": len(m2_eval)},
+    ]
+
+    metrics["behaviour_change"] = behaviour_change(s, m1_self, m1_self_eval, m2_engine)
+    metrics["finetunes"] = s.finetunes
+    s.run.write_json("metrics.json", metrics)
+    from experiments.behavioral_report import write_report_for
+
+    write_report_for(s.run)
+    print("\n" + summary(metrics))
+    bc = metrics["behaviour_change"]
+    print(f"behaviour change: M_C predicts its new behaviour {bc['new']['value']:.1%}, its old {bc['old']['value']:.1%} "
+          f"(n = {bc['n_changed']} changed items)")
+    for row in metrics["changed"]:
+        print(f"object-level answers changed by the {row['finetune']} finetune: {row['fraction_changed']:.0%} of {row['n_items']}")
+    print(f"\n{calls_line(s.counter)}\nreport: {s.run.path('report.html')}")
+    return metrics
+
+
+def behaviour_change(s: Study, m1_self: ModelHandle, m1_self_eval: dict[str, list[str]], m2_engine: Engine) -> dict[str, Any]:
+    """PROTOCOL.md "Behaviour change": finetune self-trained M1 on M2's object-level answers → M_C;
+    on held-out pairs whose property changed, does M_C predict its new or its old behaviour?"""
+    c = s.config
+    m2_train_objects = s.objects(m2_engine, s.train_items, f"{c.m2} on training tasks (behaviour-change data)")
+    examples = fd.object_examples(m1_self.prompt_format, s.train_pairs, m2_train_objects, s.object_prompts)[: c.behaviour_change_items]
+    lr = c.behaviour_change_lr or _finetune_config(c).lr / 10
+    result = s.finetune("behaviour_change", m1_self, examples, dataclasses.replace(_finetune_config(c, lr), epochs=1))
+    mc = s.load(c.m1, adapter=[m1_self.adapter, result.adapter_dir])
+    mc_engine = s.engine(mc)
+    mc_eval = s.objects(mc_engine, s.eval_items, f"M_C ({c.m1}, behaviour-changed) on held-out tasks")
+    changed = ev.changed_pairs(s.eval_pairs, old=m1_self_eval, new=mc_eval)
+    if not changed:
+        return {"n_changed": 0, "n_train": len(examples), "source": c.m2,
+                "new": {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}, "old": {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}}
+    _log(f"behaviour change: {len(changed)} held-out pairs changed their property")
+    hyps = ev.hypothetical_answers(mc_engine, changed, s.trained_prompts, s.cache, s.counter)
+    new_rows = ev.score_rows(changed, mc_eval, hyps)
+    old_rows = ev.score_rows(changed, m1_self_eval, hyps)
+    s.run.write_table("behaviour_change_rows", new_rows.assign(old_object_answer=old_rows["object_answer"], old_value=old_rows["object_value"],
+                                                               correct_old=old_rows["correct"]))
+    new, old = accuracy(new_rows["correct"].tolist(), seed=c.seed), accuracy(old_rows["correct"].tolist(), seed=c.seed)
+    return {"n_changed": len(changed), "n_train": len(examples), "source": c.m2, "new": new.to_dict(), "old": old.to_dict()}

@@ -1,0 +1,86 @@
+"""Self-, cross-prediction and behaviour-change training data (PROTOCOL.md "Finetuning").
+
+Self data: hypothetical prompt → property value of the target's own T=0 object answer, for
+compliant object answers only, up to `per_cell` per task × property. Cross data: the same
+hypothetical questions, labelled with another model's behaviour (the self-finetuned target's),
+rendered in the cross model's own prompt format. Deduplication is per task × property (the same
+item asked about two properties stays in both), so no property silently loses items to another.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from introspect_mi.evaluation import Pair, object_value
+from introspect_mi.finetune import Example
+from introspect_mi.prompt_format import PromptFormat
+from introspect_mi.prompts import PromptConfig, hypothetical_prompt, hypothetical_question, object_prompt
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A hypothetical question with the property value a model's behaviour gives it."""
+
+    pair: Pair
+    label: str
+
+    @property
+    def cell(self) -> tuple[str, str]:
+        return (self.pair.spec.name, self.pair.prop.name)
+
+
+def label_pairs(pairs: Sequence[Pair], objects: dict[str, list[str]], per_cell: int, seed: int) -> list[Labelled]:
+    """Up to `per_cell` labelled pairs per task × property, compliant object answers only."""
+    seen: set[tuple[str, str, str]] = set()
+    by_cell: dict[tuple[str, str], list[Labelled]] = defaultdict(list)
+    for pair in pairs:
+        key = (pair.spec.name, pair.prop.name, pair.item.text)
+        value = object_value(pair.prop, objects[pair.item.item_id][0], pair.item.target)
+        if value is None or key in seen:
+            continue
+        seen.add(key)
+        by_cell[(pair.spec.name, pair.prop.name)].append(Labelled(pair, value))
+    rng = random.Random(seed)
+    chosen: list[Labelled] = []
+    for cell in sorted(by_cell):
+        rows = by_cell[cell]
+        chosen += rows if len(rows) <= per_cell else rng.sample(rows, per_cell)
+    return chosen
+
+
+def relabel(data: Sequence[Labelled], objects: dict[str, list[str]]) -> tuple[list[Labelled], int]:
+    """The same questions labelled with another model's behaviour; drops (and counts) the
+    questions whose new object answer is non-compliant."""
+    out = []
+    for row in data:
+        p = row.pair
+        value = object_value(p.prop, objects[p.item.item_id][0], p.item.target)
+        if value is not None:
+            out.append(Labelled(p, value))
+    return out, len(data) - len(out)
+
+
+def hypothetical_examples(fmt: PromptFormat, data: Sequence[Labelled], config: PromptConfig) -> list[Example]:
+    """Training examples: the hypothetical prompt rendered for `fmt` → the label."""
+    return [Example(hypothetical_prompt(fmt, r.pair.item, r.pair.spec, r.pair.prop, config).text, r.label) for r in data]
+
+
+def object_examples(fmt: PromptFormat, pairs: Sequence[Pair], objects: dict[str, list[str]], config: PromptConfig) -> list[Example]:
+    """Behaviour-change data: object-level prompt → another model's answer (one per item)."""
+    seen: set[str] = set()
+    out = []
+    for p in pairs:
+        answer = objects[p.item.item_id][0]
+        if p.item.item_id in seen or not p.prop.is_compliant_object(answer):
+            continue
+        seen.add(p.item.item_id)
+        out.append(Example(object_prompt(fmt, p.item, p.spec, config).text, answer))
+    return out
+
+
+def questions(data: Sequence[Labelled], config: PromptConfig) -> list[tuple[str, str, str]]:
+    """(item id, property, hypothetical question text): what must match between self and cross data."""
+    return [(r.pair.item.item_id, r.pair.prop.name, hypothetical_question(r.pair.item.text, r.pair.prop, r.pair.spec, config)) for r in data]
