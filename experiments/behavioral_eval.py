@@ -43,13 +43,14 @@ class Scoring:
     seed: int
 
 
-def score(run: RunDir, predictors: list[Predictor], s: Scoring) -> dict[str, Any]:
-    """Rows, tables and calibration of each predictor, written to `run`; returns their metrics."""
+def score(run: RunDir, predictors: list[Predictor], s: Scoring, prefix: str = "") -> dict[str, Any]:
+    """Rows, tables and calibration of each predictor, written to `run` (file names start with
+    `prefix`); returns their metrics."""
     out: dict[str, Any] = {"predictors": {}, "calibration": {}}
     for i, p in enumerate(predictors):
         rows = ev.score_rows(s.pairs, p.target_objects, ev.hypothetical_answers(p.engine, s.pairs, p.prompts, s.cache_root, s.counter))
         table = evaluate_table(rows[["task", "property", "object_value", "hypothetical_value"]], n_boot=s.n_boot, seed=s.seed)
-        slug = str(i)
+        slug = f"{prefix}{i}"
         run.write_table(f"rows_{slug}", rows)
         run.write_table(f"table_{slug}", table, csv=True)
         out["predictors"][p.label] = {"slug": slug, "overall": _jsonable(table.iloc[-1].to_dict())}

@@ -16,12 +16,14 @@ def write_report_for(run: RunDir) -> None:
     metrics = run.read_json("metrics.json")
     predictors = metrics["predictors"]
     tables = {label: run.read_table(f"table_{p['slug']}") for label, p in predictors.items()}
+    baseline = metrics.get("comparison", {}).get("first")  # self vs cross share their target
     sections = [Section(
         "Accuracy vs mode baseline",
-        figures=[accuracy_figure(tables)],
+        figures=[accuracy_figure(tables, baseline_from=baseline)],
         tables=[Table(t[TABLE_COLUMNS], caption=label) for label, t in tables.items()],
-        text="Hypothetical accuracy per held-out task × property with 95% bootstrap CIs; the dash is the first "
-             "predictor's target's mode baseline (always guessing its most common property value).",
+        text="Hypothetical accuracy per held-out task × property with 95% bootstrap CIs. The dash is the mode "
+             f"baseline of {baseline or 'the first predictor'}'s target (always guessing its most common property "
+             "value); each table below has its own target's baseline.",
     )]
     if "comparison" in metrics:
         c = metrics["comparison"]
@@ -30,6 +32,13 @@ def write_report_for(run: RunDir) -> None:
             f"two-proportion z = {c['z']:.2f}, p = {c['p_value']:.3g}.")))
     sections.append(Section("Target behaviour", figures=[compliance_figure(t) for t in tables.values()],
                             text="Object-level compliance and mode baseline of each predictor's target per task × property."))
+    if "training_tasks" in metrics:
+        train_tables = {label: run.read_table(f"table_{p['slug']}") for label, p in metrics["training_tasks"].items()}
+        sections.append(Section(
+            "Training tasks (the finetunes' validation questions)",
+            figures=[accuracy_figure(train_tables, baseline_from=baseline, title="Accuracy on training tasks, held-out questions")],
+            text="The same predictors on questions from the training tasks that the finetunes held out for validation: "
+                 "does self-prediction training raise accuracy in distribution?"))
     if "changed" in metrics:
         sections.append(Section("Finetuning changes behaviour", tables=[Table(pd.DataFrame(metrics["changed"]), percent_columns=["fraction_changed"])],
                                 text="Share of held-out object-level answers that differ after each finetune."))

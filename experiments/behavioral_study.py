@@ -15,7 +15,7 @@ from introspect_mi import evaluation as ev
 from introspect_mi import finetune_data as fd
 from introspect_mi.answers import CallCounter
 from introspect_mi.errors import UserError
-from introspect_mi.finetune import PRESETS, FinetuneConfig, TrainResult, split_examples, train
+from introspect_mi.finetune import PRESETS, Example, FinetuneConfig, TrainResult, split_examples, train
 from introspect_mi.inference import Engine
 from introspect_mi.metrics import accuracy
 from introspect_mi.models import ModelHandle, load
@@ -72,11 +72,14 @@ class Study:
         _log(f"object-level answers: {label}")
         return ev.object_answers(engine, items, self.object_prompts, self.cache, self.counter)
 
-    def finetune(self, name: str, handle: ModelHandle, examples: list, config: FinetuneConfig) -> TrainResult:
-        if not examples:
+    def examples(self, handle: ModelHandle, rows: list[fd.Labelled]) -> list[Example]:
+        """Hypothetical training examples rendered in `handle`'s prompt format."""
+        return fd.hypothetical_examples(handle.prompt_format, rows, self.trained_prompts)
+
+    def finetune(self, name: str, handle: ModelHandle, train_ex: list, val_ex: list, config: FinetuneConfig) -> TrainResult:
+        if not train_ex:
             raise UserError(f"no compliant object-level answers of {handle.name} to build the {name} finetuning data from",
                             "raise --train-items, or use format demonstrations (--object-shots 2) so the model answers in format")
-        train_ex, val_ex = split_examples(examples, config.val_fraction, config.seed)
         _log(f"finetune {name}: {len(train_ex)} train / {len(val_ex)} validation examples on {handle.name}")
         result = train(handle, train_ex, val_ex, config, self.adapters / name)
         curve = pd.DataFrame(result.losses)
@@ -99,16 +102,16 @@ def study(config: StudyConfig) -> dict[str, Any]:
     m1 = s.load(c.m1)
     m1_engine = s.engine(m1)
     m1_train_objects = s.objects(m1_engine, s.train_items, f"{c.m1} on training tasks")
-    self_data = fd.label_pairs(s.train_pairs, m1_train_objects, c.per_cell, c.seed)
-    self_result = s.finetune("self", m1, fd.hypothetical_examples(m1.prompt_format, self_data, s.trained_prompts), ft)
+    self_train, self_val = split_examples(fd.label_pairs(s.train_pairs, m1_train_objects, c.per_cell, c.seed), ft.val_fraction, ft.seed)
+    self_result = s.finetune("self", m1, s.examples(m1, self_train), s.examples(m1, self_val), ft)
 
     m1_self = s.load(c.m1, adapter=self_result.adapter_dir)
     m1_self_engine = s.engine(m1_self)
     m1_self_train_objects = s.objects(m1_self_engine, s.train_items, f"self-trained {c.m1} on training tasks")
-    cross_data, dropped = fd.relabel(self_data, m1_self_train_objects)
+    (cross_train, dropped_train), (cross_val, dropped_val) = (fd.relabel(rows, m1_self_train_objects) for rows in (self_train, self_val))
     m2 = s.load(c.m2)
-    cross_result = s.finetune("cross", m2, fd.hypothetical_examples(m2.prompt_format, cross_data, s.trained_prompts), ft)
-    s.finetunes["cross"]["dropped_noncompliant"] = dropped
+    cross_result = s.finetune("cross", m2, s.examples(m2, cross_train), s.examples(m2, cross_val), ft)
+    s.finetunes["cross"]["dropped_noncompliant"] = dropped_train + dropped_val
 
     m1_eval = s.objects(m1_engine, s.eval_items, f"{c.m1} on held-out tasks")
     m1_self_eval = s.objects(m1_self_engine, s.eval_items, f"self-trained {c.m1} on held-out tasks")
@@ -133,6 +136,15 @@ def study(config: StudyConfig) -> dict[str, Any]:
     scoring = Scoring(s.eval_pairs, cal_pairs, s.object_prompts, s.cache, s.counter, c.calibration_samples, c.n_boot, c.seed)
     metrics: dict[str, Any] = {"run": s.name, "m1": c.m1, "m2": c.m2, **score(s.run, predictors, scoring)}
     metrics["comparison"] = compare(metrics, labels["self"], labels["cross"])
+
+    _log("evaluating on the finetunes' validation questions (training tasks, never trained on)")
+    on_training_tasks = [
+        Predictor(labels["untrained"], m1_engine, s.untrained_prompts, m1_engine, m1_train_objects),
+        Predictor(labels["self"], m1_self_engine, s.trained_prompts, m1_self_engine, m1_self_train_objects),
+        Predictor(labels["cross"], m2_cross_engine, s.trained_prompts, m1_self_engine, m1_self_train_objects),
+    ]
+    val_scoring = dataclasses.replace(scoring, pairs=[r.pair for r in self_val], calibration_pairs=[])
+    metrics["training_tasks"] = score(s.run, on_training_tasks, val_scoring, prefix="train_")["predictors"]
     metrics["changed"] = [
         {"finetune": f"self ({c.m1})", "fraction_changed": ev.changed_fraction(m1_eval, m1_self_eval), "n_items": len(m1_eval)},
         {"finetune": f"cross ({c.m2})", "fraction_changed": ev.changed_fraction(m2_eval, m2_cross_eval), "n_items": len(m2_eval)},
@@ -161,7 +173,8 @@ def behaviour_change(s: Study, m1_self: ModelHandle, m1_self_eval: dict[str, lis
     m2_train_objects = s.objects(m2_engine, s.train_items, f"{c.m2} on training tasks (behaviour-change data)")
     examples = fd.object_examples(m1_self.prompt_format, s.train_pairs, m2_train_objects, s.object_prompts)[: c.behaviour_change_items]
     lr = c.behaviour_change_lr or _finetune_config(c).lr / 10
-    result = s.finetune("behaviour_change", m1_self, examples, dataclasses.replace(_finetune_config(c, lr), epochs=1))
+    bc_config = dataclasses.replace(_finetune_config(c, lr), epochs=1)
+    result = s.finetune("behaviour_change", m1_self, *split_examples(examples, bc_config.val_fraction, bc_config.seed), bc_config)
     mc = s.load(c.m1, adapter=[m1_self.adapter, result.adapter_dir])
     mc_engine = s.engine(mc)
     mc_eval = s.objects(mc_engine, s.eval_items, f"M_C ({c.m1}, behaviour-changed) on held-out tasks")

@@ -22,7 +22,7 @@ from introspect_mi.inference import Decoding, Engine
 from introspect_mi.metrics import calibration_curve, calibration_pairs, mad, sample_distribution
 from introspect_mi.prompts import PromptConfig, hypothetical_prompt, object_prompt
 from introspect_mi.properties import Property, get_property, properties_for
-from introspect_mi.tasks import load_items, task_spec
+from introspect_mi.tasks import get_task, read_user_tasks
 from introspect_mi.tasks.base import TaskItem, TaskSpec
 
 HYPOTHETICAL_MAX_NEW_TOKENS = 8  # property answers are one character / word / letter
@@ -38,10 +38,12 @@ class Pair:
 
 
 def load_task_items(tasks: Sequence[str], split: str, n_items: int, seed: int) -> list[tuple[TaskItem, TaskSpec]]:
+    """Items of each task: a registered task name, or a user task file (`*.jsonl`, see
+    introspect_mi/tasks/user_tasks.py for the format)."""
     out = []
     for name in tasks:
-        spec = task_spec(name)
-        out += [(item, spec) for item in load_items(name, split, n=n_items, seed=seed)]
+        source = read_user_tasks(name) if name.endswith(".jsonl") else get_task(name)
+        out += [(item, source.spec) for item in source.generate(split, n_items, seed)]
     return out
 
 

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -60,6 +60,8 @@ from introspect_mi.errors import UserError
 from introspect_mi.models import ADAPTER_SIDECAR, ModelHandle
 from introspect_mi.prompt_format import ChatTemplateFormat, PlainFormat, PromptFormat
 from introspect_mi.store import atomic_write_text
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +126,8 @@ def data_hash(train_examples: Sequence[Example], val_examples: Sequence[Example]
     return hashlib.sha256(json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
-def split_examples(examples: Sequence[Example], val_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Deterministic train/val split; both parts keep the input order.
+def split_examples(examples: Sequence[T], val_fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """Deterministic train/val split of any sequence; both parts keep the input order.
 
     `round(n * val_fraction)` examples (at least one when val_fraction > 0 and n > 1) go to val.
     """

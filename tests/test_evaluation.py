@@ -54,3 +54,14 @@ def test_exact_calibration_keeps_only_deciding_tokens() -> None:
 def test_changed_fraction_compares_shared_items() -> None:
     assert changed_fraction({"a": ["x"], "b": ["y"], "c": ["z"]}, {"a": ["x"], "b": ["q"]}) == 0.5
     assert math.isnan(changed_fraction({}, {}))
+
+
+def test_user_task_files_are_accepted_where_task_names_are(tmp_path) -> None:
+    from introspect_mi.evaluation import load_task_items
+
+    path = tmp_path / "risk.jsonl"
+    path.write_text('{"kind": "ab_choice", "behaviour": "risk-seeking"}\n'
+                    '{"text": "Bet on a coin?\\nA - Yes\\nB - No", "target": "A"}\n')
+    [(item, spec)] = load_task_items([str(path)], "val", 10, 0)
+    assert spec.name == "risk" and spec.behaviour == "risk-seeking" and item.target == "A"
+    assert [p.prop.name for p in make_pairs([(item, spec)], None)] == ["ethical_stance"]

@@ -1,0 +1,64 @@
+"""Finetuning data: labels are the target's properties, compliant answers only, no property
+loses items to another, self and cross data ask the same questions."""
+
+from __future__ import annotations
+
+from introspect_mi import finetune_data as fd
+from introspect_mi.evaluation import Pair, changed_pairs, make_pairs
+from introspect_mi.prompts import PromptConfig
+from introspect_mi.tasks import load_items, task_spec
+
+ZERO_SHOT = PromptConfig(shots=0)
+
+
+def animal_pairs(n: int, properties: list[str]) -> list[Pair]:
+    spec = task_spec("animals")
+    return make_pairs([(i, spec) for i in load_items("animals", "train", n=n)], properties)
+
+
+def test_labels_are_the_targets_property_values_and_noncompliant_are_dropped() -> None:
+    pairs = animal_pairs(3, ["second_character"])
+    ids = [p.item.item_id for p in pairs]
+    objects = {ids[0]: ["Cat dog owl"], ids[1]: ["Sorry, I can't"], ids[2]: ["ox bee"]}
+    data = fd.label_pairs(pairs, objects, per_cell=10, seed=0)
+    assert [(r.pair.item.item_id, r.label) for r in data] == [(ids[0], "a"), (ids[2], "x")]
+
+
+def test_an_item_asked_about_two_properties_stays_in_both_and_duplicates_go() -> None:
+    pairs = animal_pairs(2, ["first_word", "second_word"])
+    duplicate = Pair(pairs[0].item, pairs[0].spec, pairs[0].prop)  # the same question again
+    objects = {p.item.item_id: ["cat dog owl"] for p in pairs}
+    data = fd.label_pairs([*pairs, duplicate], objects, per_cell=10, seed=0)
+    cells = sorted((r.cell[1], r.pair.item.item_id) for r in data)
+    assert len(cells) == 4 and len(set(cells)) == 4  # 2 items × 2 properties, duplicate dropped
+    assert {r.label for r in data if r.cell[1] == "first_word"} == {"cat"}
+
+
+def test_per_cell_caps_each_task_property_separately() -> None:
+    pairs = animal_pairs(10, ["first_character", "third_character"])
+    objects = {p.item.item_id: ["lion bear"] for p in pairs}
+    data = fd.label_pairs(pairs, objects, per_cell=4, seed=1)
+    assert sorted(r.cell[1] for r in data) == ["first_character"] * 4 + ["third_character"] * 4
+    assert data == fd.label_pairs(pairs, objects, per_cell=4, seed=1)  # seeded
+
+
+def test_cross_data_asks_the_same_questions_with_the_other_models_labels() -> None:
+    pairs = animal_pairs(4, ["first_word"])
+    self_objects = {p.item.item_id: ["cat dog"] for p in pairs}
+    trained_objects = {p.item.item_id: ["owl bee"] for p in pairs}
+    self_data = fd.label_pairs(pairs, self_objects, per_cell=10, seed=0)
+    cross_data, dropped = fd.relabel(self_data, trained_objects)
+    assert dropped == 0
+    assert fd.questions(cross_data, ZERO_SHOT) == fd.questions(self_data, ZERO_SHOT)
+    assert {r.label for r in self_data} == {"cat"} and {r.label for r in cross_data} == {"owl"}
+    trained_objects[pairs[0].item.item_id] = ["I'm sorry"]  # the other model refuses once
+    fewer, dropped = fd.relabel(self_data, trained_objects)
+    assert dropped == 1 and len(fewer) == len(self_data) - 1
+
+
+def test_behaviour_change_keeps_pairs_whose_property_changed() -> None:
+    pairs = animal_pairs(3, ["first_character"])
+    ids = [p.item.item_id for p in pairs]
+    old = {ids[0]: ["cat"], ids[1]: ["dog"], ids[2]: ["owl"]}
+    new = {ids[0]: ["cow"], ids[1]: ["fox"], ids[2]: ["sorry"]}  # same, changed, non-compliant
+    assert [p.item.item_id for p in changed_pairs(pairs, old=old, new=new)] == [ids[1]]
