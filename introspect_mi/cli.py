@@ -40,11 +40,13 @@ def _cmd_models_list(args: argparse.Namespace) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
-    from introspect_mi.generate import greedy, user_prompt
+    from introspect_mi.generate import user_prompt
+    from introspect_mi.inference import Engine
     from introspect_mi.models import load
 
     handle = load(args.model, adapter=args.adapter, device=args.device)
-    answers = greedy(handle, [user_prompt(handle, p, system=args.system) for p in args.prompts], args.max_new_tokens)
+    prompts = [user_prompt(handle, p, system=args.system) for p in args.prompts]
+    answers = Engine(handle, progress=False).greedy(prompts, args.max_new_tokens)
     for answer in answers:
         print(answer)
 

@@ -1,4 +1,7 @@
-"""Greedy answers through a model's prompt format (the reference path; `inference` batches it)."""
+"""Rendering a single question, and the reference greedy path (HF `generate`).
+
+The fast path is `introspect_mi.inference.Engine`; `greedy` here is its test oracle.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +11,12 @@ import torch
 
 from introspect_mi.batching import left_pad
 from introspect_mi.models import ModelHandle
-from introspect_mi.prompt_format import Message
+from introspect_mi.prompt_format import Message, cut_at_stop
 
 
 def user_prompt(handle: ModelHandle, text: str, system: str = "") -> str:
     """Render one user question (empty system message by default, as in the paper)."""
     return handle.prompt_format.render([Message("system", system), Message("user", text)])
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    """The answer up to the first stop string (plain format answers end at a newline)."""
-    for stop in stops:
-        if stop in text:
-            text = text[: text.index(stop)]
-    return text.strip()
 
 
 @torch.no_grad()

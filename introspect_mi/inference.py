@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from introspect_mi.batching import left_pad
 from introspect_mi.models import ModelHandle
+from introspect_mi.prompt_format import cut_at_stop
 
 MIN_SHARED_PREFIX = 8  # tokens; below this a shared-prefix pass costs more than it saves
 
@@ -70,16 +72,9 @@ def _split_prefix(seqs: list[list[int]], pad_id: int, reuse: bool, keep: int = 1
             shared += 1
         if shared < MIN_SHARED_PREFIX:
             shared = 0
-    suffixes = [s[shared:] for s in seqs]
-    width = max(len(s) for s in suffixes)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    suffix_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, suf in enumerate(suffixes):
-        ids[row, width - len(suf):] = torch.tensor(suf)
-        suffix_mask[row, width - len(suf):] = 1
-    positions = shared + (suffix_mask.cumsum(1) - 1).clamp(min=0)
-    mask = torch.cat([torch.ones((len(seqs), shared), dtype=torch.long), suffix_mask], dim=1)
-    return _Prefixed(seqs[0][:shared], ids, mask, positions)
+    suffix = left_pad([s[shared:] for s in seqs], pad_id)
+    mask = torch.cat([torch.ones((len(seqs), shared), dtype=torch.long), suffix.attention_mask], dim=1)
+    return _Prefixed(seqs[0][:shared], suffix.input_ids, mask, shared + suffix.position_ids)
 
 
 def _sliding_window(config: object) -> int | None:
@@ -235,13 +230,13 @@ class Engine:
         mask, pos = batch.mask.to(dev), batch.positions[:, -1:].to(dev)
         tokens: list[list[int]] = [[] for _ in seqs]
         pick = _sampler(decoding.temperature, gens)
-        for _step in range(decoding.max_new_tokens):
+        for step in range(decoding.max_new_tokens):
             nxt = pick(logits[:, -1], live)
             done = torch.isin(nxt, stop_ids)
             for b, row in enumerate(live.tolist()):
                 tokens[row].append(int(nxt[b]))  # a stop token is kept: text before a stop string in it counts
             keep = (~done).nonzero().flatten()
-            if len(keep) == 0 or _step == decoding.max_new_tokens - 1:
+            if len(keep) == 0 or step == decoding.max_new_tokens - 1:
                 break
             if len(keep) < len(live):
                 live, nxt, mask, pos = live[keep.cpu()], nxt[keep], mask[keep], pos[keep]
@@ -256,7 +251,7 @@ class Engine:
         for toks in tokens:
             toks = [t for t in toks if t not in eos]
             text = self.handle.tokenizer.decode(toks, skip_special_tokens=True)
-            texts.append(_cut(text, stops))
+            texts.append(cut_at_stop(text, stops))
         return texts
 
 
@@ -270,13 +265,6 @@ def _sampler(temperature: float, gens: list[torch.Generator] | None) -> Callable
         return torch.cat(picks).to(logits.device)
 
     return sample
-
-
-def _cut(text: str, stops: Sequence[str]) -> str:
-    for stop in stops:
-        if stop in text:
-            text = text[: text.index(stop)]
-    return text.strip()
 
 
 def _common_prefix_len(a: list[int], b: list[int]) -> int:

@@ -17,6 +17,7 @@ Token ids of the plain format get the tokenizer's own BOS once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 
@@ -92,3 +93,10 @@ def format_for(tokenizer: Any) -> PromptFormat:
     """The chat template if the tokenizer has one, otherwise the plain Q/A format."""
     return ChatTemplateFormat(tokenizer) if getattr(tokenizer, "chat_template", None) else PlainFormat(tokenizer)
 
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """The answer up to the first stop string (plain-format answers end at a newline), stripped."""
+    for stop in stops:
+        if stop in text:
+            text = text[: text.index(stop)]
+    return text.strip()

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from introspect_mi.generate import cut_at_stop, greedy
+from introspect_mi.generate import greedy
 from introspect_mi.inference import MIN_SHARED_PREFIX, Decoding, Engine, _row_generator
 from introspect_mi.models import ModelHandle, load
-from introspect_mi.prompt_format import Message
+from introspect_mi.prompt_format import Message, cut_at_stop
 
 SYSTEM = "The capital of France is Paris. Respond only with that word."
 DEMO = ("What is the next 5 animals in the following text? cat dog", "fox owl bee")
