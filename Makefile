@@ -27,7 +27,7 @@ models: setup
 	$(VENV)/bin/introspect-mi models prepare
 
 study: models
-	$(PY) -m experiments.demo
+	$(PY) -m experiments.behavioral --preset quick
 
 test: models
 	$(PY) -m pytest -q -ra

@@ -107,6 +107,27 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def convert_once(final: Path, gguf: Callable[[Path], Path], provenance: dict[str, object]) -> Path:
+    """Convert the GGUF that `gguf(scratch)` yields into `final`, atomically.
+
+    Everything is written into a hidden `.<name>.partial-*` sibling and renamed into place with
+    the marker inside, so `final` either holds a complete checkpoint or does not exist.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.partial-*"):  # left by a killed conversion
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.name}.partial-") as tmp:
+        staging = Path(tmp) / "checkpoint"
+        gguf_path = gguf(Path(tmp))
+        convert_gguf(gguf_path, staging)
+        marker = {**provenance, "source_gguf": gguf_path.name, "gguf_bytes": gguf_path.stat().st_size}
+        (staging / MARKER).write_text(json.dumps(marker, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    return final
+
+
 def prepare(name: str, force: bool = False, log: Callable[[str], None] = print) -> Path:
     """Convert embedded model `name` once; a second call returns at once (no work)."""
     model = get_embedded(name)
@@ -114,21 +135,9 @@ def prepare(name: str, force: bool = False, log: Callable[[str], None] = print) 
     if is_prepared(name) and not force:
         log(f"{name}: ready at {final}")
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{name}.partial-*"):  # left by a killed conversion
-        shutil.rmtree(stale, ignore_errors=True)
     start = time.monotonic()
     log(f"{name}: converting GGUF to safetensors (one time, ~1 min on a laptop CPU)…")
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{name}.partial-") as tmp:
-        staging = Path(tmp) / "checkpoint"
-        gguf_path = model.gguf(Path(tmp))
-        convert_gguf(gguf_path, staging)
-        marker = {"embedded": name, "source_gguf": gguf_path.name, "package": model.package,
-                  "gguf_bytes": gguf_path.stat().st_size}
-        (staging / MARKER).write_text(json.dumps(marker, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+    convert_once(final, model.gguf, {"embedded": name, "package": model.package})
     log(f"{name}: done in {time.monotonic() - start:.0f}s → {final}")
     return final
 

@@ -126,16 +126,7 @@ def _converted_gguf(path: Path) -> Path:
     check_gguf(path)
     out = checkpoints_dir() / "base" / f"{path.stem}-{sampled_hash(path)[:10]}"
     if not (out / embedded.MARKER).is_file():
-        import shutil
-        import tempfile
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.partial-") as tmp:
-            staging = Path(tmp) / "checkpoint"
-            embedded.convert_gguf(path, staging)
-            (staging / embedded.MARKER).write_text(json.dumps({"source_gguf": str(path)}))
-            shutil.rmtree(out, ignore_errors=True)
-            staging.rename(out)
+        embedded.convert_once(out, lambda _scratch: path, {"source_path": str(path)})
     return out
 
 

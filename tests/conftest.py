@@ -32,8 +32,3 @@ def checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("INTROSPECT_MI_CHECKPOINTS", str(tmp_path / "checkpoints"))
     return tmp_path / "checkpoints"
 
-
-def embedded_ready(name: str) -> bool:
-    from introspect_mi.embedded import is_prepared
-
-    return is_prepared(name)

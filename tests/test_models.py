@@ -149,3 +149,16 @@ def test_adapter_trained_on_top_of_another_loads_as_a_chain(tiny_llama_dir: Path
         assert (chained.model(ids).logits - on_parent.model(ids).logits).abs().max() > 1e-3
     with pytest.raises(UserError, match="can only be merged"):
         load(tiny_llama_dir, adapter=[parent, child], adapter_mode="peft")
+
+
+@pytest.mark.slow
+def test_a_gguf_file_is_converted_once_to_the_same_weights_as_the_embedded_model(checkpoints: Path, tmp_path: Path) -> None:
+    from introspect_mi import embedded
+
+    embedded.prepare("smollm2-135m-instruct", log=lambda _m: None)  # into this test's checkpoints folder
+    gguf = embedded._smollm2_gguf(tmp_path)
+    first = load(gguf)
+    assert first.checkpoint.parent == checkpoints / "base" and first.checkpoint.name.startswith(gguf.stem)
+    assert first.base_fingerprint == load("smollm2-135m-instruct").base_fingerprint
+    mtime = first.checkpoint.stat().st_mtime_ns
+    assert load(gguf).checkpoint.stat().st_mtime_ns == mtime  # not converted again
