@@ -82,6 +82,10 @@ class Study:
                             "raise --train-items, or use format demonstrations (--object-shots 2) so the model answers in format")
         _log(f"finetune {name}: {len(train_ex)} train / {len(val_ex)} validation examples on {handle.name}")
         result = train(handle, train_ex, val_ex, config, self.adapters / name)
+        if not result.trained:
+            _log(f"finetune {name}: reused the finished adapter {result.adapter_dir}")
+        elif result.resumed_from:
+            _log(f"finetune {name}: resumed at optimizer step {result.resumed_from} and finished")
         curve = pd.DataFrame(result.losses)
         if result.val_losses:
             curve = pd.concat([curve, pd.DataFrame(result.val_losses)], ignore_index=True)

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         )
         del handle
     doc = {
-        "benchmark": "finetune", "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
+        "benchmark": "finetune", "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not callable(v)},
         "lora": PRESETS[args.preset].canonical(), "device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__,
         "results": results,

@@ -14,11 +14,8 @@ import torch
 from introspect_mi.places import ModuleSite, Place, hf_prefix, hf_site
 
 def site_of(model: torch.nn.Module, place: Place) -> ModuleSite:
-    return hf_site(place, _model_type(model), hf_prefix(model))
-
-
-def _model_type(model: torch.nn.Module) -> str:
-    return model.config.model_type
+    """Where `place` lives in this (possibly peft-wrapped) HF model."""
+    return hf_site(place, model.config.model_type, hf_prefix(model))
 
 
 def _pick(site: ModuleSite, args: tuple, kwargs: dict, output: Any) -> torch.Tensor:
@@ -32,7 +29,7 @@ def recording(model: torch.nn.Module, places: Sequence[Place]) -> Iterator[dict[
     """Record each place's activation (detached) during the forward passes inside the block.
 
     A place seen again in a later forward pass (generation) is overwritten: read it after a
-    single forward, or use `edits` for interventions.
+    single forward.
     """
     store: dict[Place, torch.Tensor] = {}
     handles = []
