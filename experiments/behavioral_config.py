@@ -9,7 +9,31 @@ TRAIN = ("countries", "colours", "wealth_seeking", "power_seeking", "mcq_arithme
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class RunSettings:
+    """Settings every behavioural run shares (inherited by both configs)."""
+
+    calibration_task: str = "animals"
+    """Task for the calibration measurement (PROTOCOL.md: animals)."""
+    calibration_property: str = "second_character"
+    """Property for the calibration measurement (PROTOCOL.md: second character)."""
+    calibration_items: int = 50
+    """Prompts for calibration (0 skips it)."""
+    calibration_samples: int = 20
+    """T=1 samples per prompt for the sampled MAD, object-level and hypothetical alike (PROTOCOL.md: 20)."""
+    batch_size: int = 32
+    """Prompts per forward pass (fixed per run: batch composition can shift results slightly)."""
+    n_boot: int = 1000
+    """Bootstrap resamples for confidence intervals."""
+    seed: int = 0
+    """Seed for tasks, data selection, finetuning, bootstrap and sampling."""
+    device: str = ""
+    """cpu, cuda, … (empty: cuda if available, else cpu)."""
+    name: str = ""
+    """Run folder name under runs/ (empty: derived from the models)."""
+
+
+@dataclass(frozen=True)
+class EvalConfig(RunSettings):
     predictor: tuple[str, ...] = ("smollm2-135m-instruct",)
     """Predictor models (embedded name, HF folder or .gguf); each answers the hypothetical questions."""
     predictor_adapter: tuple[str, ...] = ()
@@ -26,30 +50,12 @@ class EvalConfig:
     """Task split the items come from."""
     limit: int = 100
     """Items per task."""
-    seed: int = 0
-    """Seed for task generation, bootstrap and sampling."""
     shots: int = 2
     """Format demonstrations in each prompt (0 = the paper's zero-shot prompts)."""
-    batch_size: int = 32
-    """Prompts per forward pass (fixed per run: batch composition can shift results slightly)."""
-    calibration_task: str = "animals"
-    """Task for the calibration measurement (PROTOCOL.md: animals)."""
-    calibration_property: str = "second_character"
-    """Property for the calibration measurement (PROTOCOL.md: second character)."""
-    calibration_items: int = 50
-    """Prompts for calibration (0 skips it)."""
-    calibration_samples: int = 20
-    """T=1 samples per prompt, object-level and hypothetical alike."""
-    n_boot: int = 1000
-    """Bootstrap resamples for confidence intervals."""
-    device: str = ""
-    """cpu, cuda, … (empty: cuda if available, else cpu)."""
-    name: str = ""
-    """Run folder name under runs/ (empty: derived from the target)."""
 
 
 @dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(RunSettings):
     m1: str = "smollm2-135m-instruct"
     """M1: the model that is self-trained and whose behaviour is predicted."""
     m2: str = "gemma3-270m"
@@ -82,21 +88,3 @@ class StudyConfig:
     """Object-level answers of M2 that M_C is finetuned on (PROTOCOL.md: ~1000)."""
     behaviour_change_lr: float = 0.0
     """Learning rate of the behaviour-change finetune (0: a tenth of the preset's, 'lr low')."""
-    calibration_task: str = "animals"
-    """Task for calibration (PROTOCOL.md: animals)."""
-    calibration_property: str = "second_character"
-    """Property for calibration (PROTOCOL.md: second character)."""
-    calibration_items: int = 40
-    """Prompts for calibration (0 skips it)."""
-    calibration_samples: int = 10
-    """T=1 samples per prompt for the sampled MAD (PROTOCOL.md: 20)."""
-    batch_size: int = 32
-    """Prompts per forward pass during inference."""
-    n_boot: int = 1000
-    """Bootstrap resamples for confidence intervals."""
-    seed: int = 0
-    """Seed for tasks, data selection, finetuning and sampling."""
-    device: str = ""
-    """cpu, cuda, … (empty: cuda if available, else cpu)."""
-    name: str = ""
-    """Run folder under runs/ (empty: study-<m1>-<m2>)."""
