@@ -7,7 +7,7 @@ any moment loses at most the chunk in flight and a rerun resumes where it stoppe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,37 +28,31 @@ class CallCounter:
         self.cached += total - missing
 
 
-def _cache(engine: Engine, root: Path, what: str, settings: dict[str, Any]) -> AnswerCache:
+def _cached(engine: Engine, root: Path, what: str, settings: dict[str, Any], prompts: Sequence[str],
+            compute: Callable[[list[str]], list[Any]], counter: CallCounter | None) -> list[Any]:
+    """One result per prompt: cached ones read, missing ones computed and appended chunk by chunk."""
     handle = engine.handle
     key = {"what": what, **settings, "dtype": str(handle.placement.dtype), "attn": handle.attn_implementation}
-    return AnswerCache(root, handle.fingerprint, key)
-
-
-def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+    cache = AnswerCache(root, handle.fingerprint, key)
+    todo = cache.missing(prompts)
+    if counter is not None:
+        counter.add(len(todo), len(set(prompts)))
+    size = engine.batch_size * 4
+    for chunk in (todo[i : i + size] for i in range(0, len(todo), size)):
+        cache.put_many(list(zip(chunk, compute(chunk))))
+    found = cache.get_many(prompts)
+    return [found[p] for p in prompts]
 
 
 def generate(engine: Engine, prompts: Sequence[str], decoding: Decoding, root: Path,
              counter: CallCounter | None = None, desc: str = "answers") -> list[list[str]]:
     """`decoding.n` answers per prompt, from the cache where present."""
-    cache = _cache(engine, root, "generate", decoding.key())
-    todo = cache.missing(prompts)
-    if counter is not None:
-        counter.add(len(todo), len(set(prompts)))
-    for chunk in _chunks(todo, engine.batch_size * 4):
-        cache.put_many(list(zip(chunk, engine.generate(chunk, decoding, desc=desc))))
-    found = cache.get_many(prompts)
-    return [found[p] for p in prompts]
+    return _cached(engine, root, "generate", decoding.key(), prompts,
+                   lambda chunk: engine.generate(chunk, decoding, desc=desc), counter)
 
 
 def next_token_distributions(engine: Engine, prompts: Sequence[str], root: Path, top_k: int = 50,
                              counter: CallCounter | None = None) -> list[dict[str, float]]:
     """The first answer token's top-k distribution per prompt, from the cache where present."""
-    cache = _cache(engine, root, "next_token", {"top_k": top_k})
-    todo = cache.missing(prompts)
-    if counter is not None:
-        counter.add(len(todo), len(set(prompts)))
-    for chunk in _chunks(todo, engine.batch_size * 4):
-        cache.put_many(list(zip(chunk, engine.next_token_distribution(chunk, top_k=top_k))))
-    found = cache.get_many(prompts)
-    return [found[p] for p in prompts]
+    return _cached(engine, root, "next_token", {"top_k": top_k}, prompts,
+                   lambda chunk: engine.next_token_distribution(chunk, top_k=top_k), counter)
