@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup models study test test-fast clean-models
+.PHONY: setup models study test test-fast clean-models browser
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -29,8 +29,12 @@ models: setup
 study: models
 	$(PY) -m experiments.behavioral --preset quick
 
-test: models
+# The explorer's browser test drives the Debian chromium through Playwright (never `playwright install`).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: models browser
 	$(PY) -m pytest -q -ra
 
-test-fast: setup
+test-fast: setup browser
 	$(PY) -m pytest -q -m "not slow"

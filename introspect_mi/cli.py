@@ -51,6 +51,15 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         print(answer)
 
 
+def _cmd_explore(args: argparse.Namespace) -> None:
+    from introspect_mi.explorer import serve, write_static
+
+    if args.static:
+        print(write_static(args.run_dir, args.static))
+    else:
+        serve(args.run_dir, port=args.port, open_browser=not args.no_browser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="introspect-mi",
@@ -75,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--system", default="", help="system message (default: empty, as in the paper)")
     gen.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit in tokens (default: %(default)s)")
     gen.set_defaults(func=_cmd_generate)
+
+    exp = sub.add_parser("explore", help="interactive explorer of a capture run (tokens, norms, cosine, logit lens)")
+    exp.add_argument("run_dir", metavar="RUN_DIR", help="run folder with <label>/explorer.json (from experiments.capture)")
+    exp.add_argument("--static", metavar="OUT.html", default=None, help="write the page as one self-contained HTML file instead of serving it")
+    exp.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: %(default)s; 0: any free port)")
+    exp.add_argument("--no-browser", action="store_true", help="do not open a browser; just print the URL")
+    exp.set_defaults(func=_cmd_explore)
     return parser
 
 

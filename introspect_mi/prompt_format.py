@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any, Protocol
+
+from tokenizers import decoders
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,58 @@ class PromptFormat(Protocol):
         """Token ids of a rendered text, with exactly one BOS where the model wants one."""
         ...
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode(text)` plus each token's character span; added BOS/EOS get (0, 0)."""
+        ...
+
 
 def _ids(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def _byte_of_char() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte (GPT-2's bytes_to_unicode), inverted."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
+
+
+_BYTE_OF_CHAR = _byte_of_char()
+
+
+def _ids_and_spans(tokenizer: Any, text: str, add_special_tokens: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids (as `_ids`) and the characters each token really covers.
+
+    The tokenizer's offsets are exact except for byte-level BPE with `trim_offsets`, where
+    "Ġword" may report "word" without its space. For byte-level tokenizers the spans are
+    therefore rebuilt from each token's own bytes, checked against the text byte by byte; a
+    token that starts or ends inside a multi-byte character covers that whole character.
+    Tokens the tokenizer adds (BOS) cover nothing: (0, 0).
+    """
+    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = [(int(s), int(e)) if e > s else (0, 0) for s, e in enc["offset_mapping"]]
+    backend = tokenizer.backend_tokenizer
+    if not isinstance(backend.decoder, decoders.ByteLevel):
+        return ids, offsets
+    data = text.encode()
+    byte_at = list(accumulate((len(ch.encode()) for ch in text), initial=0))  # char index -> byte index
+    char_at = [i for i, ch in enumerate(text) for _ in ch.encode()]  # byte index -> char index
+    added = backend.get_added_tokens_decoder()
+    spans: list[tuple[int, int]] = []
+    cursor = 0  # bytes of `text` covered so far
+    for token_id, (start, end) in zip(ids, offsets):
+        if token_id in added:  # matched literally in the text (exact offsets) or added: (0, 0)
+            spans.append((start, end))
+            cursor = byte_at[end] if end > start else cursor
+            continue
+        piece = bytes(_BYTE_OF_CHAR[c] for c in backend.id_to_token(token_id))
+        if not piece or data[cursor : cursor + len(piece)] != piece:
+            raise ValueError(f"token {backend.id_to_token(token_id)!r} does not match the text at byte {cursor}: "
+                             "a byte-level tokenizer with a normalizer or an added prefix space is not supported")
+        spans.append((char_at[cursor], char_at[cursor + len(piece) - 1] + 1))
+        cursor += len(piece)
+    return ids, spans
 
 
 @dataclass
@@ -60,6 +112,9 @@ class ChatTemplateFormat:
 
     def encode(self, text: str) -> list[int]:
         return _ids(self.tokenizer, text, add_special_tokens=False)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        return _ids_and_spans(self.tokenizer, text, add_special_tokens=False)
 
 
 @dataclass
@@ -87,6 +142,9 @@ class PlainFormat:
 
     def encode(self, text: str) -> list[int]:
         return _ids(self.tokenizer, text, add_special_tokens=True)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        return _ids_and_spans(self.tokenizer, text, add_special_tokens=True)
 
 
 def format_for(tokenizer: Any) -> PromptFormat:

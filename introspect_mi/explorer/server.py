@@ -1,0 +1,93 @@
+"""Serve the explorer page and the run folder's files, read-only, on 127.0.0.1.
+
+`/` (and `/index.html`) is the explorer page, built once at start (restart to see new results);
+any other path is a file of the run folder (reports, tables), never one outside it: `..`,
+encoded `..` and symbolic links that lead out are answered 404. Only GET and HEAD exist.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+import webbrowser
+from functools import partial
+from http import HTTPStatus
+from io import BytesIO
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from introspect_mi.errors import UserError
+from introspect_mi.explorer.page import build_page
+
+HOST = "127.0.0.1"
+PAGE_PATHS = ("/", "/index.html")
+
+
+def resolve_inside(root: Path, url_path: str) -> Path | None:
+    """The path under `root` that a URL path names, or None if it would lead outside `root`."""
+    root = root.resolve()
+    try:
+        target = (root / unquote(urlsplit(url_path).path).lstrip("/")).resolve()
+    except (OSError, ValueError):  # e.g. an embedded NUL byte
+        return None
+    return target if target == root or root in target.parents else None
+
+
+class ExplorerHandler(SimpleHTTPRequestHandler):
+    """The page at `/`, the run folder's files elsewhere; quiet (no per-request log lines)."""
+
+    def __init__(self, *args, page: bytes, root: Path, **kwargs) -> None:
+        self.page = page
+        self.root = root
+        super().__init__(*args, directory=str(root), **kwargs)
+
+    def send_head(self):
+        if urlsplit(self.path).path in PAGE_PATHS:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(self.page)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            return BytesIO(self.page)
+        if resolve_inside(self.root, self.path) is None:
+            self.send_error(HTTPStatus.NOT_FOUND, "outside the run folder")
+            return None
+        return super().send_head()
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+
+def make_server(run_dir: Path | str, port: int = 0) -> ThreadingHTTPServer:
+    """A server for the run folder on 127.0.0.1:`port` (0: any free port), not yet serving."""
+    root = Path(run_dir).resolve()
+    page = build_page(root).encode("utf-8")
+    handler = partial(ExplorerHandler, page=page, root=root)
+    try:
+        return ThreadingHTTPServer((HOST, port), handler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} is in use", "pass another --port, or --port 0 for any free one") from exc
+        raise
+
+
+def url_of(server: ThreadingHTTPServer) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}/"
+
+
+def serve(run_dir: Path | str, port: int = 0, open_browser: bool = True) -> None:
+    """Serve until Ctrl-C; prints the URL on stdout, everything else on stderr."""
+    server = make_server(run_dir, port)
+    url = url_of(server)
+    print(f"explorer for {Path(run_dir)} at {url} (Ctrl-C stops it)", file=sys.stderr)
+    print(url, flush=True)
+    if open_browser:
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("explorer stopped", file=sys.stderr)
+    finally:
+        server.server_close()
