@@ -1,0 +1,221 @@
+"""Capture activations on the behavioural study's held-out items (issue 5).
+
+    python -m experiments.capture --preset quick
+
+For each subject (untrained M1, self-trained M1; `cross` = cross-trained M2 on request) it
+captures, for every held-out item, the object-level prompt P and, for every property the study
+scored, the hypothetical prompt quoting P: resid_post of every layer at P's last token, the
+final prompt token and the first greedy answer token, with the study's labels and the P-token
+alignment. Then the logit lens at those positions and the explorer's per-item token views.
+Output: runs/mech-<study>/<subject>/{store/, logit_lens*.jsonl, explorer.json},
+runs/mech-<study>/logit_lens/report.html; `introspect-mi explore runs/mech-<study>` browses it.
+Resumable: a killed capture continues after its last complete shard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from experiments.common import add_common_arguments, preset_path, run_main
+from experiments.mech import SUBJECTS, PromptPair, StudyView, Subject, prompt_pairs, study_name
+from introspect_mi import config as cfg
+from introspect_mi.alignment import Alignment, align
+from introspect_mi.capture import CapturePrompt, CaptureSpec, all_places, capture
+from introspect_mi.errors import UserError
+from introspect_mi.explorer.data import ExplorerItem, LogitLens, TokenTrack, explorer_path, write_explorer_data
+from introspect_mi.logit_lens import first_rise, first_token, lens_summary, lens_table
+from introspect_mi.models import ModelHandle
+from introspect_mi.paths import runs_dir
+from introspect_mi.store import RunDir
+from introspect_mi.token_views import token_views
+from introspect_mi.viz import Section, Table, write_report
+from introspect_mi.viz.lens import lens_rank_figure
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    study: str = ""
+    """The behavioural study run to analyse (empty: the one the preset's [study] section makes)."""
+    subjects: tuple[str, ...] = ("untrained", "self")
+    """Models to capture: untrained (M1), self (self-trained M1), cross (cross-trained M2)."""
+    positions: tuple[str, ...] = ("p_last", "final", "answer_first")
+    """Token positions to store: p_last, final, answer_first, p_tokens, all."""
+    place_kinds: tuple[str, ...] = ("resid_post",)
+    """Place kinds captured at every layer: resid_post, resid_pre, attn_out, mlp_out."""
+    dtype: str = "float16"
+    """Storage dtype of the activations: float16, bfloat16 or float32."""
+    batch_size: int = 8
+    """Prompts per forward pass."""
+    shard_records: int = 128
+    """Prompts per shard (the most the capture holds in memory)."""
+    top_k: int = 5
+    """Top tokens kept per layer by the logit lens."""
+    explorer_items: int = 40
+    """Item × property pairs with per-token views in the explorer (spread over tasks)."""
+    name: str = ""
+    """Run folder under runs/ (empty: mech-<study>)."""
+    seed: int = 0
+    """Recorded for provenance (capture itself is deterministic)."""
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def capture_prompts(handle: ModelHandle, pairs: Sequence[PromptPair]) -> list[CapturePrompt]:
+    """Object records (one per item, first) then hypothetical records (one per pair)."""
+    fmt = handle.prompt_format
+    objects: dict[str, CapturePrompt] = {}
+    values: dict[str, dict] = {}
+    for p in pairs:
+        values.setdefault(p.item_id, {})[p.property] = p.labels["object_value"]
+        if p.item_id not in objects:
+            objects[p.item_id] = CapturePrompt(p.object_prompt.text, p.object_prompt.p_span, {
+                "item_id": p.item_id, "kind": "object", "task": p.task, "property": None,
+                "object_answer": p.labels["object_answer"]})
+    out = [CapturePrompt(o.text, o.p_span, {**o.record, "values": values[i]}) for i, o in objects.items()]
+    for p in pairs:
+        o_ids, o_off = fmt.encode_with_offsets(p.object_prompt.text)
+        h_ids, h_off = fmt.encode_with_offsets(p.hypothetical_prompt.text)
+        alignment = align(o_off, p.object_prompt.p_span, h_off, p.hypothetical_prompt.p_span, o_ids, h_ids)
+        out.append(CapturePrompt(p.hypothetical_prompt.text, p.hypothetical_prompt.p_span, {
+            "item_id": p.item_id, "kind": "hypothetical", "task": p.task, "property": p.property, **p.labels,
+            "alignment": alignment.to_dict()}))
+    return out
+
+
+def run_lens(handle: ModelHandle, run: RunDir, subject: Subject, store, top_k: int) -> tuple[pd.DataFrame, dict]:
+    """Logit lens at the object run's P-last and final tokens and the hypothetical final token."""
+    records = store.records
+    answer_of = {r.item_id: r.answer_token_id for r in records.itertuples() if r.kind == "object"}
+    tables = []
+    obj = records["kind"] == "object"
+    for position in ("p_last", "final"):
+        targets = {"answer": [answer_of[i] for i in records.loc[obj, "item_id"]]}
+        tables.append(lens_table(handle, store, position, targets, filter={"kind": "object"}, top_k=top_k).assign(run="object", position=position))
+    hyp = records[~obj]
+    targets = {"answer": [answer_of[i] for i in hyp["item_id"]],
+               "property": [first_token(handle, v) for v in hyp["object_value"]]}
+    hyp_table = lens_table(handle, store, "final", targets, filter={"kind": "hypothetical"}, top_k=top_k).assign(run="hypothetical", position="final")
+    tables.append(hyp_table)
+    table = pd.concat(tables, ignore_index=True)
+    run.write_table(f"{subject.label}/logit_lens", table)
+    summary = lens_summary(hyp_table, ["answer", "property"])
+    run.write_table(f"{subject.label}/logit_lens_summary", summary, csv=True)
+    return table, {"answer_first_top10_layer": first_rise(summary, "answer"),
+                   "property_first_top10_layer": first_rise(summary, "property"), "n_hypothetical": int(len(hyp))}
+
+
+def spread(pairs: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Up to `n` rows taking each task in turn, so every task shows up in the explorer."""
+    order = pairs.assign(_turn=pairs.groupby("task").cumcount()).sort_values(["_turn", "record"], kind="stable")
+    return order.head(n).drop(columns="_turn")
+
+
+def _track(rows: pd.DataFrame, name: str, token: str | None) -> TokenTrack | None:
+    if token is None or rows[f"{name}_rank"].isna().any():
+        return None
+    return TokenTrack(token, [int(r) + 1 for r in rows[f"{name}_rank"]], rows[f"{name}_prob"].tolist())
+
+
+def _lens(rows: pd.DataFrame, position: int, answer: str | None, value: str | None) -> LogitLens:
+    rows = rows.sort_values("layer")
+    top = [list(zip(t, p)) for t, p in zip(rows["top_tokens"], rows["top_probs"])]
+    property_track = _track(rows, "property", value) if "property_rank" in rows else None
+    return LogitLens(position, top, _track(rows, "answer", answer), property_track)
+
+
+def write_explorer(handle: ModelHandle, run: RunDir, label: str, store, table: pd.DataFrame, prompts: Sequence[CapturePrompt],
+                   n_items: int) -> int:
+    """The explorer's per-item views for `n_items` hypothetical records spread over tasks."""
+    records = store.records
+    objects = records[records["kind"] == "object"].set_index("item_id")
+    chosen = spread(records[records["kind"] == "hypothetical"], n_items)
+    lens = table.groupby(["record", "run", "position"])
+    items = []
+    for hyp in tqdm(list(chosen.itertuples()), desc=f"explorer views {label}", unit="item"):
+        obj = objects.loc[hyp.item_id]
+        alignment = Alignment.from_dict(hyp.alignment)
+        views = token_views(handle, prompts[int(obj.record)], prompts[int(hyp.record)], alignment)
+        answer = obj.answer_token
+        value_token = None if hyp.object_value is None else handle.tokenizer.decode([first_token(handle, hyp.object_value)])
+        items.append(ExplorerItem(
+            item_id=hyp.item_id, task=hyp.task, property=hyp.property, label=label, object_tokens=list(obj.tokens),
+            hypothetical_tokens=list(hyp.tokens), alignment=alignment, object_answer=hyp.object_answer,
+            object_value=hyp.object_value, hypothetical_answer=hyp.hypothetical_answer, correct=bool(hyp.correct),
+            norms_object=views.norms_object, norms_hypothetical=views.norms_hypothetical, cosine=views.cosine,
+            logit_lens={"object": _lens(lens.get_group((int(obj.record), "object", "p_last")), int(obj.positions["p_last"][0]), answer, None),
+                        "hypothetical": _lens(lens.get_group((int(hyp.record), "hypothetical", "final")), int(hyp.positions["final"][0]), answer, value_token)},
+        ))
+    write_explorer_data(explorer_path(run.folder, label), items, {"model": handle.name, "layers": list(range(handle.n_layers))})
+    return len(items)
+
+
+def capture_subject(view: StudyView, run: RunDir, label: str, config: CaptureConfig) -> dict:
+    subject = view.subject(label)
+    handle = view.load(subject)
+    pairs = prompt_pairs(view, subject, handle)
+    prompts = capture_prompts(handle, pairs)
+    spec = CaptureSpec(places=tuple(map(str, all_places(handle, config.place_kinds))), positions=config.positions,
+                       dtype=config.dtype, batch_size=config.batch_size, shard_records=config.shard_records)
+    _log(f"capture {label}: {len(prompts)} prompts ({sum(c.record['kind'] == 'object' for c in prompts)} object-level) on {handle.name}")
+    store = capture(handle, prompts, spec, run.path(f"{label}/store"), extra_info={"study": view.name, "subject": label})
+    _log(f"logit lens {label}")
+    table, lens = run_lens(handle, run, subject, store, config.top_k)
+    n_views = write_explorer(handle, run, label, store, table, prompts, config.explorer_items)
+    return {"n_records": len(store.records), "lens": lens, "explorer_items": n_views}
+
+
+def main_capture(config: CaptureConfig, preset: str) -> dict:
+    unknown = [s for s in config.subjects if s not in SUBJECTS]
+    if unknown:
+        raise UserError(f"unknown subject(s) {', '.join(unknown)}", f"use some of: {', '.join(SUBJECTS)}")
+    view = StudyView(study_name(preset, config.study))
+    run = RunDir.create(runs_dir(), config.name or f"mech-{view.name}", cfg.to_dict(config), seed=config.seed)
+    results = {label: capture_subject(view, run, label, config) for label in config.subjects}
+    run.write_json("capture.json", results)
+    write_lens_report(run, config.subjects)
+    print(f"\nstores: {', '.join(str(run.path(s + '/store')) for s in config.subjects)}\nexplore: introspect-mi explore {run.folder}")
+    return results
+
+
+def write_lens_report(run: RunDir, subjects: Sequence[str]) -> None:
+    """logit_lens/report.html from the saved lens summaries."""
+    summaries = {s: run.read_table(f"{s}/logit_lens_summary") for s in subjects}
+    lines = []
+    for label, summary in summaries.items():
+        answer, prop = first_rise(summary, "answer"), first_rise(summary, "property")
+        lines.append(f"{label}: the object answer's first token first reaches a median rank within the top 10 at layer {answer}; "
+                     f"the correct property token at layer {prop} (None: never).")
+    text = ("At the hypothetical prompt's final token, each layer's resid_post read through the final norm and "
+            "unembedding. Self-simulation predicts the object answer's token (e.g. 'dolphin') rises before the "
+            "property token (e.g. 'd').\n\n" + "\n".join(lines))
+    tables = [Table(s, caption=label) for label, s in summaries.items()]
+    write_report(run.path("logit_lens/report.html"), "Logit lens: answer vs property token",
+                 [Section("Median rank per layer", figures=[lens_rank_figure(summaries)], tables=tables, text=text)])
+    for line in lines:
+        print(line)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.capture", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    cfg.add_arguments(parser, CaptureConfig)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(lambda a: main_capture(cfg.build(CaptureConfig, cfg.load_preset(preset_path(a.preset), "capture"), a), a.preset), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

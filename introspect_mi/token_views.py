@@ -1,0 +1,38 @@
+"""Per-token views of one item for the explorer: residual norms per layer of both prompts, and
+the cosine similarity of P's tokens "as asked" (object-level run) and "as quoted" (hypothetical
+run) at each aligned token pair, per layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from introspect_mi.alignment import Alignment
+from introspect_mi.capture import CapturePrompt, encode, forward
+from introspect_mi.models import ModelHandle
+from introspect_mi.places import resid_post
+
+
+@dataclass(frozen=True)
+class TokenViews:
+    norms_object: list[list[float]]  # [layer][object token]
+    norms_hypothetical: list[list[float]]  # [layer][hypothetical token]
+    cosine: list[list[float]]  # [layer][aligned pair]
+
+
+def token_views(handle: ModelHandle, obj: CapturePrompt, hyp: CapturePrompt, alignment: Alignment,
+                adapter_enabled: bool = True) -> TokenViews:
+    """One forward of both prompts (a batch of two) with every layer's resid_post recorded."""
+    places = [resid_post(layer) for layer in range(handle.n_layers)]
+    fw = forward(handle, [encode(handle, obj), encode(handle, hyp)], places, answer_step=False, adapter_enabled=adapter_enabled)
+    # [layer, token, d] of each prompt's real tokens
+    grids = [torch.stack([fw.acts[p][row, fw.width - len(fw.encoded[row].ids):] for p in places]).float() for row in (0, 1)]
+    o_idx = torch.tensor([o for o, _ in alignment.pairs], dtype=torch.long)
+    h_idx = torch.tensor([h for _, h in alignment.pairs], dtype=torch.long)
+    cosine = torch.nn.functional.cosine_similarity(grids[0][:, o_idx], grids[1][:, h_idx], dim=-1)
+    return TokenViews(_rounded(grids[0].norm(dim=-1)), _rounded(grids[1].norm(dim=-1)), _rounded(cosine))
+
+
+def _rounded(x: torch.Tensor, digits: int = 4) -> list[list[float]]:
+    return [[round(float(v), digits) for v in row] for row in x]
