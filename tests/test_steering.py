@@ -1,0 +1,122 @@
+"""Steering: vectors from group means, equal-norm random controls, exact additions where asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from introspect_mi.batching import left_pad
+from introspect_mi.hooks import recording
+from introspect_mi.models import load
+from introspect_mi.places import Place, PlaceKind, resid_post
+from introspect_mi.steering import Steer, random_like, steering, steering_vector
+
+IDS = [[17, 40, 5, 99, 230, 12, 8, 61, 77, 150], [33, 2, 91, 120, 64, 18]]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_llama_dir: Path) -> torch.nn.Module:
+    return load(tiny_llama_dir).model
+
+
+def unit(seed: int, d: int = 64) -> torch.Tensor:
+    v = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    return v / v.norm()
+
+
+def test_steering_vector_is_the_difference_of_group_means() -> None:
+    x = np.array([[1.0, 2.0], [3.0, 6.0]])
+    y = torch.tensor([[0.0, 1.0], [0.0, 3.0], [3.0, 2.0]])
+    assert steering_vector(x, y).tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match="equal width"):
+        steering_vector(x, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="non-empty"):
+        steering_vector(x, torch.zeros(0, 2))
+
+
+def test_random_control_has_the_same_norm_and_is_seeded() -> None:
+    v = 3.5 * unit(0)
+    r1, r2, r3 = random_like(v, 1), random_like(v, 1), random_like(v, 2)
+    torch.testing.assert_close(r1.norm(), v.norm())
+    assert torch.equal(r1, r2) and not torch.allclose(r1, r3)
+    assert abs(float(r1 @ v)) < 0.5 * float(v.norm() ** 2)  # a different direction
+    assert random_like(v.to(torch.bfloat16), 1).dtype == torch.bfloat16
+
+
+@torch.no_grad()
+def test_zero_vector_is_the_identity(model: torch.nn.Module) -> None:
+    ids = torch.tensor([IDS[0]])
+    clean = model(ids).logits
+    with steering(model, [Steer(Place(k, 1), torch.zeros(64), 5.0) for k in PlaceKind if k is not PlaceKind.FINAL_NORM]):
+        assert torch.equal(model(ids).logits, clean)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("place", [resid_post(0), Place(PlaceKind.RESID_PRE, 2), Place(PlaceKind.ATTN_OUT, 1), Place(PlaceKind.FINAL_NORM)])
+def test_steering_adds_exactly_scale_times_vector_at_the_chosen_positions(model: torch.nn.Module, place: Place) -> None:
+    ids, v, scale = torch.tensor([IDS[0]]), unit(3), 4.0
+    with recording(model, [place]) as clean:
+        clean_logits = model(ids).logits
+    with steering(model, Steer(place, v, scale, positions=(2, 7))), recording(model, [place]) as steered:
+        steered_logits = model(ids).logits
+    want = clean[place].clone()
+    want[0, [2, 7]] = clean[place][0, [2, 7]] + scale * v
+    assert torch.equal(steered[place], want)
+    assert torch.equal(steered_logits[0, :2], clean_logits[0, :2])  # causal: earlier tokens untouched
+    assert not torch.allclose(steered_logits[0, 7], clean_logits[0, 7])
+
+
+@torch.no_grad()
+def test_positions_count_real_tokens_under_left_padding(model: torch.nn.Module) -> None:
+    batch = left_pad(IDS, pad_id=0)
+    place, v = resid_post(1), unit(4)
+    with recording(model, [place]) as clean:
+        model(**batch.model_inputs())
+    with steering(model, Steer(place, v, 2.0, positions=(3,))), recording(model, [place]) as steered:
+        model(**batch.model_inputs())
+    diff = (steered[place] != clean[place]).any(-1)
+    for row in range(2):
+        real = batch.real_slice(row)
+        assert diff[row, real].nonzero().flatten().tolist() == [3]  # token 3 of each prompt
+
+
+@torch.no_grad()
+def test_generated_tokens_are_steered_by_their_positions(model: torch.nn.Module) -> None:
+    """Steering position len(prompt) (the first generated token, fed back at step 2) leaves the
+    first step alone and changes the second."""
+    ids = torch.tensor([IDS[0]])
+    kwargs = {"max_new_tokens": 2, "do_sample": False, "output_logits": True, "return_dict_in_generate": True, "pad_token_id": 0}
+    clean = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    with steering(model, Steer(resid_post(0), 20 * unit(5), positions=(len(IDS[0]),))):
+        steered = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    assert torch.equal(steered.logits[0], clean.logits[0])
+    assert not torch.allclose(steered.logits[1], clean.logits[1])
+    with steering(model, Steer(resid_post(0), 20 * unit(5))):  # everywhere: the prompt too
+        everywhere = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    assert not torch.allclose(everywhere.logits[0], clean.logits[0])
+
+
+@torch.no_grad()
+def test_steering_a_peft_model_with_the_adapter_off_equals_the_base_model(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from tests.test_models import make_adapter
+
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter")
+    base, peft = load(tiny_llama_dir).model, load(tiny_llama_dir, adapter=adapter, adapter_mode="peft").model
+    ids, steer = torch.tensor([IDS[0]]), Steer(Place(PlaceKind.MLP_OUT, 1), unit(6), 3.0, positions=(4, 5))
+    with steering(base, steer):
+        want = base(ids).logits
+    with steering(peft, steer):
+        on = peft(ids).logits
+        with peft.disable_adapter():
+            off = peft(ids).logits
+    assert torch.equal(off, want)
+    assert (on - off).abs().max() > 1e-2
+
+
+def test_a_vector_of_the_wrong_width_is_refused(model: torch.nn.Module) -> None:
+    with pytest.raises(ValueError, match="d_model is 64"):
+        with steering(model, Steer(resid_post(0), torch.zeros(10))):
+            pass
