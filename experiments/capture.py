@@ -133,27 +133,29 @@ def _lens(rows: pd.DataFrame, position: int, answer: str | None, value: str | No
 
 
 def write_explorer(handle: ModelHandle, run: RunDir, label: str, store, table: pd.DataFrame, prompts: Sequence[CapturePrompt],
-                   n_items: int) -> int:
+                   n_items: int, batch_size: int) -> int:
     """The explorer's per-item views for `n_items` hypothetical records spread over tasks."""
     records = store.records
     objects = records[records["kind"] == "object"].set_index("item_id")
     chosen = spread(records[records["kind"] == "hypothetical"], n_items)
     lens = table.groupby(["record", "run", "position"])
     items = []
-    for hyp in tqdm(list(chosen.itertuples()), desc=f"explorer views {label}", unit="item"):
-        obj = objects.loc[hyp.item_id]
-        alignment = Alignment.from_dict(hyp.alignment)
-        views = token_views(handle, prompts[int(obj.record)], prompts[int(hyp.record)], alignment)
-        answer = obj.answer_token
-        value_token = None if hyp.object_value is None else handle.tokenizer.decode([first_token(handle, hyp.object_value)])
-        items.append(ExplorerItem(
-            item_id=hyp.item_id, task=hyp.task, property=hyp.property, label=label, object_tokens=list(obj.tokens),
-            hypothetical_tokens=list(hyp.tokens), alignment=alignment, object_answer=hyp.object_answer,
-            object_value=hyp.object_value, hypothetical_answer=hyp.hypothetical_answer, correct=bool(hyp.correct),
-            norms_object=views.norms_object, norms_hypothetical=views.norms_hypothetical, cosine=views.cosine,
-            logit_lens={"object": _lens(lens.get_group((int(obj.record), "object", "p_last")), int(obj.positions["p_last"][0]), answer, None),
-                        "hypothetical": _lens(lens.get_group((int(hyp.record), "hypothetical", "final")), int(hyp.positions["final"][0]), answer, value_token)},
-        ))
+    rows = list(chosen.itertuples())
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"explorer views {label}", unit="batch"):
+        chunk = rows[start : start + batch_size]
+        triples = [(prompts[int(objects.loc[h.item_id].record)], prompts[int(h.record)], Alignment.from_dict(h.alignment)) for h in chunk]
+        for hyp, (_, _, alignment), views in zip(chunk, triples, token_views(handle, triples)):
+            obj = objects.loc[hyp.item_id]
+            answer = obj.answer_token
+            value_token = None if hyp.object_value is None else handle.tokenizer.decode([first_token(handle, hyp.object_value)])
+            items.append(ExplorerItem(
+                item_id=hyp.item_id, task=hyp.task, property=hyp.property, label=label, object_tokens=list(obj.tokens),
+                hypothetical_tokens=list(hyp.tokens), alignment=alignment, object_answer=hyp.object_answer,
+                object_value=hyp.object_value, hypothetical_answer=hyp.hypothetical_answer, correct=bool(hyp.correct),
+                norms_object=views.norms_object, norms_hypothetical=views.norms_hypothetical, cosine=views.cosine,
+                logit_lens={"object": _lens(lens.get_group((int(obj.record), "object", "p_last")), int(obj.positions["p_last"][0]), answer, None),
+                            "hypothetical": _lens(lens.get_group((int(hyp.record), "hypothetical", "final")), int(hyp.positions["final"][0]), answer, value_token)},
+            ))
     write_explorer_data(explorer_path(run.folder, label), items, {"model": handle.name, "layers": list(range(handle.n_layers))})
     return len(items)
 
@@ -169,7 +171,7 @@ def capture_subject(view: StudyView, run: RunDir, label: str, config: CaptureCon
     store = capture(handle, prompts, spec, run.path(f"{label}/store"), extra_info={"study": view.name, "subject": label})
     _log(f"logit lens {label}")
     table, lens = run_lens(handle, run, subject, store, config.top_k)
-    n_views = write_explorer(handle, run, label, store, table, prompts, config.explorer_items)
+    n_views = write_explorer(handle, run, label, store, table, prompts, config.explorer_items, max(1, config.batch_size // 2))
     return {"n_records": len(store.records), "lens": lens, "explorer_items": n_views}
 
 

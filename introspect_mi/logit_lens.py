@@ -62,15 +62,16 @@ def lens_table(handle: ModelHandle, store: ActivationStore, position: str, targe
 
 
 def _rank_and_prob(probs: torch.Tensor, ids: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Rank (0 = top) and probability of one token per row; NaN where the id is None."""
     if len(ids) != len(probs):
         raise ValueError(f"{len(ids)} target ids for {len(probs)} vectors")
-    rank = np.full(len(ids), np.nan)
-    prob = np.full(len(ids), np.nan)
-    for row, token in enumerate(ids):
-        if token is not None:
-            p = probs[row, token]
-            prob[row] = float(p)
-            rank[row] = float((probs[row] > p).sum())
+    known = torch.tensor([i is not None and i == i for i in ids], dtype=torch.bool)
+    index = torch.tensor([int(i) if k else 0 for i, k in zip(ids, known.tolist())], dtype=torch.long)
+    p = probs.gather(1, index[:, None])
+    rank = (probs > p).sum(1).double().numpy()
+    prob = p[:, 0].double().numpy()
+    missing = ~known.numpy()
+    rank[missing], prob[missing] = np.nan, np.nan
     return rank, prob
 
 

@@ -4,6 +4,7 @@ run) at each aligned token pair, per layer."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,17 +22,23 @@ class TokenViews:
     cosine: list[list[float]]  # [layer][aligned pair]
 
 
-def token_views(handle: ModelHandle, obj: CapturePrompt, hyp: CapturePrompt, alignment: Alignment,
-                adapter_enabled: bool = True) -> TokenViews:
-    """One forward of both prompts (a batch of two) with every layer's resid_post recorded."""
+def token_views(handle: ModelHandle, items: Sequence[tuple[CapturePrompt, CapturePrompt, Alignment]],
+                adapter_enabled: bool = True) -> list[TokenViews]:
+    """Views of (object prompt, hypothetical prompt, alignment) triples: one forward for all
+    their prompts (left-padded, so each row computes what it would alone), every layer's
+    resid_post recorded."""
     places = [resid_post(layer) for layer in range(handle.n_layers)]
-    fw = forward(handle, [encode(handle, obj), encode(handle, hyp)], places, answer_step=False, adapter_enabled=adapter_enabled)
-    # [layer, token, d] of each prompt's real tokens
-    grids = [torch.stack([fw.acts[p][row, fw.width - len(fw.encoded[row].ids):] for p in places]).float() for row in (0, 1)]
-    o_idx = torch.tensor([o for o, _ in alignment.pairs], dtype=torch.long)
-    h_idx = torch.tensor([h for _, h in alignment.pairs], dtype=torch.long)
-    cosine = torch.nn.functional.cosine_similarity(grids[0][:, o_idx], grids[1][:, h_idx], dim=-1)
-    return TokenViews(_rounded(grids[0].norm(dim=-1)), _rounded(grids[1].norm(dim=-1)), _rounded(cosine))
+    prompts = [p for obj, hyp, _ in items for p in (obj, hyp)]
+    fw = forward(handle, [encode(handle, p) for p in prompts], places, answer_step=False, adapter_enabled=adapter_enabled)
+    out = []
+    for i, (_, _, alignment) in enumerate(items):
+        # [layer, token, d] of each prompt's real tokens
+        grids = [torch.stack([fw.acts[p][row, fw.width - len(fw.encoded[row].ids):] for p in places]).float() for row in (2 * i, 2 * i + 1)]
+        o_idx = torch.tensor([o for o, _ in alignment.pairs], dtype=torch.long)
+        h_idx = torch.tensor([h for _, h in alignment.pairs], dtype=torch.long)
+        cosine = torch.nn.functional.cosine_similarity(grids[0][:, o_idx], grids[1][:, h_idx], dim=-1)
+        out.append(TokenViews(_rounded(grids[0].norm(dim=-1)), _rounded(grids[1].norm(dim=-1)), _rounded(cosine)))
+    return out
 
 
 def _rounded(x: torch.Tensor, digits: int = 4) -> list[list[float]]:
