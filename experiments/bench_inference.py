@@ -16,20 +16,18 @@ memoised shared prefix does not carry into the timed run). Torch threads stay at
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from experiments.bench_common import save_result, timed
 from introspect_mi.batching import left_pad
 from introspect_mi.generate import cut_at_stop
 from introspect_mi.inference import Engine
 from introspect_mi.models import ModelHandle, load
-from introspect_mi.paths import runs_dir
 from introspect_mi.prompts import PromptConfig, object_prompt
 from introspect_mi.tasks import load_items, task_spec
 
@@ -119,19 +117,6 @@ def plain_forward(handle: ModelHandle, seqs: list[list[int]], batch_size: int) -
         handle.model(**batch.model_inputs())
 
 
-def _sync(handle: ModelHandle) -> None:
-    if handle.device.type == "cuda":
-        torch.cuda.synchronize(handle.device)
-
-
-def _timed(handle: ModelHandle, fn: Any, *args: Any) -> tuple[Any, float]:
-    _sync(handle)
-    start = time.perf_counter()
-    out = fn(*args)
-    _sync(handle)
-    return out, time.perf_counter() - start
-
-
 def benchmark(model: str, n: int, batch_size: int, naive_n: int) -> Result:
     """Run the three paths once each (after a warm-up) and collect the numbers."""
     handle = load(model)
@@ -144,11 +129,11 @@ def benchmark(model: str, n: int, batch_size: int, naive_n: int) -> Result:
     Engine(handle, batch_size=batch_size, progress=False).greedy(prompts[:2], max_new)
     plain_forward(handle, seqs[:2], batch_size)
 
-    (naive_answers, naive_counts), naive_s = _timed(handle, naive_generate, handle, prompts[:naive_n], max_new)
+    (naive_answers, naive_counts), naive_s = timed(handle, naive_generate, handle, prompts[:naive_n], max_new)
     engine = Engine(handle, batch_size=batch_size, progress=False)
     with counting_generated(handle.model, len(prompts)) as generated:
-        answers, engine_s = _timed(handle, engine.greedy, prompts, max_new)
-    _, forward_s = _timed(handle, plain_forward, handle, seqs, batch_size)
+        answers, engine_s = timed(handle, engine.greedy, prompts, max_new)
+    _, forward_s = timed(handle, plain_forward, handle, seqs, batch_size)
 
     prompt_tokens = sum(len(s) for s in seqs)
     naive_rate, engine_rate = naive_n / naive_s, n / engine_s
@@ -189,10 +174,7 @@ def report(r: Result) -> str:
 def run(args: argparse.Namespace) -> None:
     result = benchmark(args.model, args.n, args.batch_size, args.naive_n)
     print(report(result))
-    out = runs_dir() / "benchmarks" / "inference.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(asdict(result), indent=2) + "\n")
-    print(f"  written to {out}")
+    save_result("inference", result)
 
 
 def add_parser(sub: Any) -> None:

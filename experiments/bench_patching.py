@@ -22,18 +22,26 @@ aligned target token. Measured, in one process after a warm-up:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from experiments.bench_inference import _timed
+from experiments.bench_common import save_result, timed
 from introspect_mi.hooks import editing
 from introspect_mi.models import ModelHandle, load
-from introspect_mi.patching import Cell, Patch, Run, align_ends, attribution, clean_run, logit_diff, patch, sweep
-from introspect_mi.paths import runs_dir
+from introspect_mi.patching import (
+    Cell,
+    Patch,
+    Run,
+    align_ends,
+    attribution,
+    clean_run,
+    logit_diff,
+    patch,
+    sweep,
+)
 from introspect_mi.places import resid_post
 from introspect_mi.prompts import PromptConfig, hypothetical_prompt
 from introspect_mi.properties import get_property
@@ -134,12 +142,12 @@ def benchmark(model: str, prop: str, batch_size: int, naive_n: int) -> Result:
     patch(handle.model, [Patch(target, source, sampled[-1])], metric, skip_identical=False)
     attribution(handle.model, target, source, places[-2:], metric, alignment=pairs)
 
-    grid, engine_s = _timed(handle, lambda: sweep(handle.model, target, source, places, metric, alignment=pairs,
+    grid, engine_s = timed(handle, lambda: sweep(handle.model, target, source, places, metric, alignment=pairs,
                                                   batch_size=batch_size, pad_id=handle.pad_token_id))
-    naive_values, naive_s = _timed(handle, naive, handle, target, source, sampled, metric)
-    _, one_cell_s = _timed(handle, lambda: patch(handle.model, [Patch(target, source, c) for c in sampled], metric,
+    naive_values, naive_s = timed(handle, naive, handle, target, source, sampled, metric)
+    _, one_cell_s = timed(handle, lambda: patch(handle.model, [Patch(target, source, c) for c in sampled], metric,
                                                  batch_size=1, skip_identical=False))
-    estimate, attribution_s = _timed(handle, lambda: attribution(handle.model, target, source, places, metric, alignment=pairs))
+    estimate, attribution_s = timed(handle, lambda: attribution(handle.model, target, source, places, metric, alignment=pairs))
 
     engine_values = torch.stack([grid[c.place.layer, c.positions[0]] for c in sampled])
     clean = metric(target.logits[None], [target])[0].cpu()
@@ -195,10 +203,7 @@ def report(r: Result) -> str:
 def run(args: argparse.Namespace) -> None:
     result = benchmark(args.model, args.property, args.batch_size, args.naive_n)
     print(report(result))
-    out = runs_dir() / "benchmarks" / "patching.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(asdict(result), indent=2) + "\n")
-    print(f"  written to {out}")
+    save_result("patching", result)
 
 
 def add_parser(sub: Any) -> None:

@@ -105,3 +105,12 @@ def test_clear_errors(tmp_path: Path) -> None:
         StoreWriter(tmp_path / "s", {**info(), "dtype": "float16"}, shard_records=3)
     with pytest.raises(UserError, match="unknown position kind"):
         StoreWriter(tmp_path / "t", {**info(), "positions": ["last"]})
+
+
+def test_writer_holds_at_most_one_shard(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path, info(), shard_records=3)
+    for i in range(7):
+        rec = record(i)
+        w.add(rec, vectors(i, len(rec["positions"]["p_tokens"])))
+        assert len(w._records) < 3 and all(len(v) < 3 for v in w._tensors.values())
+    assert w.done == 6 and len(list((tmp_path / "shards").glob("*.safetensors"))) == 2
