@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup models study test test-fast clean-models browser
+.PHONY: setup models study behavioral mech test test-fast clean-models browser
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -26,8 +26,19 @@ setup: $(STAMP)
 models: setup
 	$(VENV)/bin/introspect-mi models prepare
 
+# The main job: the behavioural study, then the mechanistic experiments on its models and items.
+# `make behavioral` and `make mech` run the two halves (mech reads the finished study).
+MECH := capture probing patching sae_features
+
 study: models
 	$(PY) -m experiments.behavioral --preset quick
+	for e in $(MECH); do $(PY) -m experiments.$$e --preset quick || exit 1; done
+
+behavioral: models
+	$(PY) -m experiments.behavioral --preset quick
+
+mech: models
+	for e in $(MECH); do $(PY) -m experiments.$$e --preset quick || exit 1; done
 
 # The explorer's browser test drives the Debian chromium through Playwright (never `playwright install`).
 browser:

@@ -104,9 +104,12 @@
     const pairs = item.alignment.pairs;
     const ticks = pairs.map(([o]) => show(item.object_tokens[o]));
     const layers = layersOf(item);
+    // The residual stream shares a large common direction, so raw cosines sit near 1: scale the
+    // colours to this item's range (hover shows the value) instead of hiding the variation in [-1, 1].
+    const values = item.cosine.flat().filter((v) => v !== null);
     Plotly.react("cosine-heatmap", [{
       type: "heatmap", z: item.cosine, x: pairs.map((_, k) => k), y: layers,
-      zmin: -1, zmax: 1, colorscale: "RdBu", reversescale: true,
+      zmin: Math.min(...values), zmax: Math.max(...values), colorscale: "Viridis",
       text: item.cosine.map((row) => row.map((_, k) => `${ticks[k]} (object #${pairs[k][0]}, hypothetical #${pairs[k][1]})`)),
       hovertemplate: "layer %{y} · %{text}<br>cosine %{z:.3f}<extra></extra>",
       colorbar: { title: { text: "cosine" } },
