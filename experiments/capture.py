@@ -147,11 +147,12 @@ def write_explorer(handle: ModelHandle, run: RunDir, label: str, store, table: p
         for hyp, (_, _, alignment), views in zip(chunk, triples, token_views(handle, triples)):
             obj = objects.loc[hyp.item_id]
             answer = obj.answer_token
-            value_token = None if hyp.object_value is None else handle.tokenizer.decode([first_token(handle, hyp.object_value)])
+            value = hyp.object_value if isinstance(hyp.object_value, str) else None
+            value_token = None if value is None else handle.tokenizer.decode([first_token(handle, value)])
             items.append(ExplorerItem(
                 item_id=hyp.item_id, task=hyp.task, property=hyp.property, label=label, object_tokens=list(obj.tokens),
                 hypothetical_tokens=list(hyp.tokens), alignment=alignment, object_answer=hyp.object_answer,
-                object_value=hyp.object_value, hypothetical_answer=hyp.hypothetical_answer, correct=bool(hyp.correct),
+                object_value=value, hypothetical_answer=hyp.hypothetical_answer, correct=bool(hyp.correct),
                 norms_object=views.norms_object, norms_hypothetical=views.norms_hypothetical, cosine=views.cosine,
                 logit_lens={"object": _lens(lens.get_group((int(obj.record), "object", "p_last")), int(obj.positions["p_last"][0]), answer, None),
                             "hypothetical": _lens(lens.get_group((int(hyp.record), "hypothetical", "final")), int(hyp.positions["final"][0]), answer, value_token)},

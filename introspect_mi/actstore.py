@@ -119,7 +119,7 @@ class ActivationStore:
         self.info: dict[str, Any] = json.loads(path.read_text())
         self.shards = sorted((self.folder / SHARDS).glob("*.safetensors"))
         frames = [pd.read_json(s.with_suffix(".jsonl"), lines=True, dtype=False) for s in self.shards]
-        self.records = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        self.records = _nan_to_none(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
         self._shard_of = np.repeat(np.arange(len(frames)), [len(f) for f in frames])
 
     @classmethod
@@ -207,6 +207,16 @@ class ActivationStore:
             else:
                 x, _ = self.load(place, layer, position, filter=lambda r, _rows=set(rows[keep[rows]].tolist()): r.index.isin(_rows), as_="torch")
             yield from x.split(batch_size)
+
+
+def _nan_to_none(records: pd.DataFrame) -> pd.DataFrame:
+    """JSON null stays None in text columns (pandas reads it as NaN beside strings)."""
+    for column in records.columns:
+        if not (pd.api.types.is_object_dtype(records[column]) or pd.api.types.is_string_dtype(records[column])):
+            continue
+        records[column] = pd.Series([None if isinstance(v, float) and v != v else v for v in records[column]],
+                                    index=records.index, dtype=object)
+    return records
 
 
 def check_positions(positions: Sequence[str]) -> None:

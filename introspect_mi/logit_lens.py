@@ -33,9 +33,10 @@ def unembed(handle: ModelHandle, x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def first_token(handle: ModelHandle, text: str | None) -> int | None:
-    """The token an answer `text` starts with, as the model would produce it after the prompt."""
-    if not text:
+def first_token(handle: ModelHandle, text: object) -> int | None:
+    """The token an answer `text` starts with, as the model would produce it after the prompt
+    (None for a missing answer: None, NaN from a table, or empty)."""
+    if not isinstance(text, str) or not text:
         return None
     ids = handle.tokenizer(handle.prompt_format.answer_prefix + text, add_special_tokens=False)["input_ids"]
     return int(ids[0]) if ids else None

@@ -114,3 +114,12 @@ def test_writer_holds_at_most_one_shard(tmp_path: Path) -> None:
         w.add(rec, vectors(i, len(rec["positions"]["p_tokens"])))
         assert len(w._records) < 3 and all(len(v) < 3 for v in w._tensors.values())
     assert w.done == 6 and len(list((tmp_path / "shards").glob("*.safetensors"))) == 2
+
+
+def test_null_labels_read_back_as_none(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path, info(), shard_records=3)
+    for i, value in enumerate(["a", None, "b"]):
+        rec = {**record(i), "object_value": value}
+        w.add(rec, vectors(i, len(rec["positions"]["p_tokens"])))
+    w.flush()
+    assert ActivationStore.open(tmp_path).records["object_value"].tolist() == ["a", None, "b"]
