@@ -162,6 +162,11 @@ def write_explorer(handle: ModelHandle, run: RunDir, label: str, store, table: p
 
 
 def capture_subject(view: StudyView, run: RunDir, label: str, config: CaptureConfig) -> dict:
+    """Capture, logit lens and explorer views of one subject (skipped when already finished)."""
+    stage = f"capture:{label}"
+    if run.stage_done(stage):
+        _log(f"capture {label}: finished earlier, reused")
+        return run.stages()[stage]
     subject = view.subject(label)
     handle = view.load(subject)
     pairs = prompt_pairs(view, subject, handle)
@@ -173,7 +178,9 @@ def capture_subject(view: StudyView, run: RunDir, label: str, config: CaptureCon
     _log(f"logit lens {label}")
     table, lens = run_lens(handle, run, subject, store, config.top_k)
     n_views = write_explorer(handle, run, label, store, table, prompts, config.explorer_items, max(1, config.batch_size // 2))
-    return {"n_records": len(store.records), "lens": lens, "explorer_items": n_views}
+    result = {"n_records": len(store.records), "lens": lens, "explorer_items": n_views}
+    run.mark_done(stage, result)
+    return result
 
 
 def main_capture(config: CaptureConfig, preset: str) -> dict:
