@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from introspect_mi.batching import Batch, left_pad
-from introspect_mi.hooks import site_of
+from introspect_mi import hooks
 from introspect_mi.places import Place
 
 if TYPE_CHECKING:
@@ -30,31 +30,10 @@ Edit = Callable[[torch.Tensor], torch.Tensor]
 
 @contextmanager
 def editing(model: torch.nn.Module, place: Place, edit: Edit) -> Iterator[None]:
-    """Replace `place`'s activation by `edit(activation)` in every forward pass inside the block."""
-    site = site_of(model, place)
-    module = model.get_submodule(site.path)
-    if site.side == "input":
-
-        def pre_hook(mod: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            if args:
-                return (edit(args[0]), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
-
-        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    else:
-
-        def hook(mod: Any, args: tuple, output: Any) -> Any:
-            if site.tuple_index is None:
-                return edit(output)
-            parts = list(output)
-            parts[site.tuple_index] = edit(parts[site.tuple_index])
-            return type(output)(parts)
-
-        handle = module.register_forward_hook(hook)
-    try:
+    """Replace `place`'s activation by `edit(activation)` in every forward pass inside the block
+    (`hooks.editing` with an edit that ignores position ids)."""
+    with hooks.editing(model, [(place, lambda x, _positions: edit(x))]):
         yield
-    finally:
-        handle.remove()
 
 
 def batched(handle: ModelHandle, sequences: Sequence[Sequence[int]], batch_size: int) -> Iterator[tuple[range, Batch]]:
