@@ -1,0 +1,156 @@
+"""Cross-fitting: every vector is tested once, by probes that never saw its fold.
+
+With a few dozen items a single train/test split tests a dozen vectors (a CI some ±25 points
+wide); k-fold cross-fitting over items (or leave-one-task-out) tests all of them and pools the
+predictions. Each fold fits, in one batched solve (`fit_probes`), every target's probe, its
+shuffled-label control and its control task; the scores are pooled over folds.
+
+The vectors scored may differ from those trained on (`test=`: transfer, e.g. a probe trained on
+object-level activations scored on hypothetical ones): fold f's probes score the test vectors of
+fold f, so with folds by item an item is never on both sides.
+
+Controls: each fold's shuffled labels are a seeded permutation of that fold's training labels
+(a permutation over all folds would hand a leave-one-task-out fold the held-out task's labels);
+the control task gives each key (train and test keys together) one label for all folds, drawn
+from the training label frequencies.
+
+Baselines differ from `probe_cell`'s in two ways, both because of cross-fitting on few items:
+- majority = accuracy of the best constant answer on the tested labels (the most common tested
+  label's share). Each fold's training mode scores less, by construction: a class
+  over-represented in the training folds is under-represented in the test fold (balanced
+  classes give the training mode ~40%, below chance). The best constant is the conservative bar.
+- selectivity = (acc − majority) − max(0, control-task acc − control majority): the probe's gain
+  over its best constant minus the control probe's. With many keys (Hewitt & Liang's word types)
+  the control labels follow the label frequencies, the two majorities coincide and this is
+  acc − control acc. With few keys (e.g. answer letters, one answer on nearly every item) the
+  control labels are nearly constant: their trivial accuracy is not memorisation and is not
+  charged to the probe; nor does a control probe below its constant (e.g. transferred to
+  other vectors) count in the probe's favour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from probes.config import ProbeConfig
+from probes.controls import control_task_labels, selectivity, shuffled_labels
+from probes.logistic import fit_probes
+from probes.metrics import accuracy, accuracy_ci, as_labels, balanced_accuracy
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Vectors with one or more label sets ("targets") over the same rows."""
+
+    X: np.ndarray | torch.Tensor
+    """[n, d] features."""
+    labels: Mapping[str, Sequence]
+    """target name → one label per vector (no missing labels: drop those rows first)."""
+    fold: Sequence[int]
+    """Fold per vector (e.g. from `probes.group_folds` over items, or a task code)."""
+    groups: Sequence
+    """Item per vector: inner CV folds and the bootstrap resample whole items."""
+    keys: Mapping[str, Sequence] | None = None
+    """target name → control-task key per vector (None: no control task, NaN columns)."""
+
+    def __post_init__(self) -> None:
+        n = len(self.X)
+        columns = [*self.labels.values(), self.fold, self.groups, *(self.keys or {}).values()]
+        if any(len(c) != n for c in columns):
+            raise ValueError(f"every label, fold, group and key column needs {n} entries (one per vector)")
+        if self.keys is not None and set(self.keys) != set(self.labels):
+            raise ValueError(f"control keys for {sorted(self.keys)} but targets {sorted(self.labels)}")
+
+
+def frequent_classes(labels: Sequence, groups: Sequence, min_items: int, top_k: int | None = None) -> np.ndarray:
+    """Mask of the vectors whose label has at least `min_items` distinct groups (items), keeping
+    only the `top_k` most frequent such labels when given (ties: label order). A probe cannot
+    learn, nor a fold test, a class seen on one or two items."""
+    frame = pd.DataFrame({"label": as_labels(labels), "group": np.asarray(groups, dtype=str)})
+    counts = frame.groupby("label")["group"].nunique()
+    counts = counts[counts >= min_items].sort_index().sort_values(ascending=False, kind="stable")
+    if top_k is not None:
+        counts = counts.head(top_k)
+    return frame["label"].isin(counts.index).to_numpy()
+
+
+def best_constant(labels: Sequence) -> float:
+    """Accuracy of always answering the most common of `labels` (their largest class share)."""
+    return float(np.unique(as_labels(labels), return_counts=True)[1].max() / len(labels))
+
+
+def cross_fit(train: Pool, cfg: ProbeConfig, test: Pool | None = None) -> dict[str, dict[str, Any]]:
+    """Pooled out-of-fold scores per target: the metric columns of `probes.COLUMNS` from n_train on,
+    plus control_majority (the best constant answer's accuracy on the control labels).
+
+    `test` (default: `train` itself) must carry the same targets; every fold present in it is
+    scored by probes fitted on the training vectors of the other folds. n_train is the mean
+    number of training vectors per fold, n_test the number of vectors scored; C is the median
+    of the folds' chosen C and `converged` says whether every fold's probe converged.
+    """
+    test = train if test is None else test
+    names = list(train.labels)
+    if set(test.labels) != set(names) or (train.keys is None) != (test.keys is None):
+        raise ValueError("train and test pools need the same targets and both (or neither) control keys")
+    x_train, x_test = torch.as_tensor(train.X), torch.as_tensor(test.X)
+    f_train, f_test = np.asarray(train.fold), np.asarray(test.fold)
+    g_train, g_test = np.asarray(train.groups, dtype=object), np.asarray(test.groups, dtype=object)
+    y_train = {t: as_labels(train.labels[t]) for t in names}
+    y_test = {t: as_labels(test.labels[t]) for t in names}
+    control_train: dict[str, np.ndarray] = {}
+    control_test: dict[str, np.ndarray] = {}
+    if train.keys is not None and test.keys is not None:
+        for t in names:
+            drawn = control_task_labels(np.concatenate([as_labels(train.keys[t]), as_labels(test.keys[t])]), y_train[t], cfg.seed)
+            control_train[t], control_test[t] = drawn[:len(f_train)], drawn[len(f_train):]
+    kinds = ["probe", "shuffled", *(["control"] if control_train else [])]
+    pred = {(t, k): np.empty(len(f_test), dtype=object) for t in names for k in kinds}
+    seen = {t: np.zeros(len(f_test), dtype=bool) for t in names}
+    chosen_c: dict[str, list[float]] = {t: [] for t in names}
+    converged = {t: True for t in names}
+    n_classes = {t: len(np.unique(y_train[t])) for t in names}
+    folds = np.unique(f_test)
+    n_train = []
+    for f in folds:
+        tr, te = f_train != f, f_test == f
+        if not tr.any():
+            raise ValueError(f"fold {f} leaves no training vectors")
+        n_train.append(int(tr.sum()))
+        ys = [y for t in names for y in (y_train[t][tr], shuffled_labels(y_train[t][tr], cfg.seed), *([control_train[t][tr]] if control_train else []))]
+        probes = iter(fit_probes(x_train[torch.as_tensor(tr)], ys, cfg, g_train[tr]))
+        x_fold = x_test[torch.as_tensor(te)]
+        for t in names:
+            for kind in kinds:
+                probe = next(probes)
+                pred[t, kind][te] = probe.predict(x_fold)
+                if kind == "probe":
+                    chosen_c[t].append(probe.C)
+                    converged[t] &= probe.converged
+            if control_train:
+                seen[t][te] = np.isin(as_labels(test.keys[t])[te], as_labels(train.keys[t])[tr])  # type: ignore[index]
+    out = {}
+    for t in names:
+        acc = accuracy(y_test[t], pred[t, "probe"])
+        lo, hi = accuracy_ci(y_test[t], pred[t, "probe"], g_test, n_boot=cfg.n_boot, seed=cfg.seed)
+        majority = best_constant(y_test[t])
+        control_acc = accuracy(control_test[t], pred[t, "control"]) if control_train else float("nan")
+        control_majority = best_constant(control_test[t]) if control_train else float("nan")
+        out[t] = {"n_train": round(float(np.mean(n_train))), "n_test": len(f_test), "n_classes": n_classes[t],
+                  "acc": acc, "acc_lo": lo, "acc_hi": hi, "balanced_acc": balanced_accuracy(y_test[t], pred[t, "probe"]),
+                  "majority": majority, "shuffled_acc": accuracy(y_test[t], pred[t, "shuffled"]),
+                  "control_task_acc": control_acc, "control_majority": control_majority,
+                  "selectivity": _selectivity(acc - majority, control_acc - control_majority),
+                  "control_seen": float(seen[t].mean()) if control_train else float("nan"),
+                  "C": float(np.median(chosen_c[t])), "converged": converged[t]}
+    return out
+
+
+def _selectivity(gain: float, control_gain: float) -> float:
+    """The probe's gain over its best constant minus the control probe's, a negative one counted as 0 (NaN stays NaN)."""
+    return selectivity(gain, control_gain if np.isnan(control_gain) else max(0.0, control_gain))

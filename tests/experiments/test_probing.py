@@ -1,0 +1,210 @@
+"""The probing experiment's wiring on a tiny synthetic activation store with planted signals
+(no model): which records and label columns each experiment reads, that C applies A's probes
+to B's vectors, D's top-k restriction, E's features, F's label source; and the CLI end to end.
+
+The store (d=16, 4 layers) plants, with orthonormal directions per value:
+- object@p_last: the object value's direction u at layers 1-3;
+- hypothetical@final: the object answer's first token (z) and M2's value (q) at layer 1, u at
+  layer 2 (shared with the object run: transfer works), another direction w at layer 3
+  (transfer fails, B still reads it);
+- P's tokens: a token naming the value for second_character; for ethical_stance the naming
+  token sits after P (so E cannot see it).
+The hypothetical records' own prediction (`hypothetical_value`) is random: reading it instead
+of `object_value` would score at chance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from experiments.probing import Planner, ProbingConfig, layers_of, run_cells, subject_labels
+from introspect_mi import config as cfg
+from introspect_mi.actstore import ActivationStore, StoreWriter, tensor_key
+from introspect_mi.places import Place, PlaceKind
+
+ROOT = Path(__file__).resolve().parents[2]
+D, LAYERS, STRENGTH = 16, 4, 4.0
+CHARS, STANCES = ("a", "b", "c"), ("true", "false")
+IDENTITIES = ("lion", "cat", "dog", "eel")  # first answer tokens: 24, 12, 8, 4 items
+CONFIG = ProbingConfig(subjects=("untrained",), c_grid=(0.1,), max_iter=60, tol=1e-3, n_boot=100, item_folds=4,
+                       min_class_items=3, identity_min_items=3, top_k=2)
+
+
+def _items() -> list[dict]:
+    """48 second_character items on two tasks (two without a compliant answer), 20 ethical_stance items."""
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(48):
+        value = None if i in (5, 17) else CHARS[i % 3]
+        items.append({"item_id": f"w{i}", "task": "animals" if i < 24 else "english_words", "property": "second_character",
+                      "value": value, "identity": IDENTITIES[0 if i < 24 else 1 if i < 36 else 2 if i < 44 else 3],
+                      "m2": CHARS[(i // 3) % 3], "hyp": rng.choice(CHARS)})
+    for i in range(20):
+        items.append({"item_id": f"e{i}", "task": "myopic_reward", "property": "ethical_stance", "value": STANCES[i % 2],
+                      "identity": "A", "m2": STANCES[(i // 2) % 2], "hyp": rng.choice(STANCES)})
+    return items
+
+
+def _directions() -> dict[str, np.ndarray]:
+    names = [f"u:{v}" for v in CHARS + STANCES] + [f"w:{v}" for v in CHARS + STANCES] + [f"z:{t}" for t in (*IDENTITIES, "A")] + [f"q:{v}" for v in CHARS + STANCES]
+    basis = np.linalg.qr(np.random.default_rng(1).normal(size=(D, D)))[0].T
+    vectors = np.concatenate([basis, -basis])  # 32 orthogonal-or-opposite unit vectors for 20 names
+    return {n: vectors[i] for i, n in enumerate(names)}
+
+
+def write_store(folder: Path) -> list[dict]:
+    items, u = _items(), _directions()
+    rng = np.random.default_rng(2)
+    places = [Place(PlaceKind.RESID_POST, layer) for layer in range(LAYERS)]
+    info = {"places": [str(p) for p in places], "positions": ["p_last", "final", "answer_first"], "dtype": "float32",
+            "n_layers": LAYERS, "d_model": D, "n_records": 2 * len(items)}
+    writer = StoreWriter(folder, info, shard_records=50)
+
+    def add(record: dict, planted: dict[tuple[int, str], np.ndarray]) -> None:
+        vectors = {}
+        for place in places:
+            for position in info["positions"]:
+                x = rng.normal(size=D) + STRENGTH * planted.get((place.layer, position), 0)
+                vectors[tensor_key(place, position)] = torch.tensor(x, dtype=torch.float32)[None]
+        writer.add({"record": writer.done + len(writer._records), **record}, vectors)
+
+    for it in items:
+        v, word = it["value"], it["identity"]
+        named = f"tok_{v}"
+        p = ["P:", "w", named] if it["property"] == "second_character" else ["P:", "w", "w"]
+        tokens = ["<s>", *p, "?", named if it["property"] == "ethical_stance" else "x", ">"]
+        plant = {} if v is None else {(layer, "p_last"): u[f"u:{v}"] for layer in (1, 2, 3)}
+        add({"item_id": it["item_id"], "kind": "object", "task": it["task"], "property": None, "object_answer": f"{word} more",
+             "values": {it["property"]: v}, "tokens": tokens, "p_tokens": [1, 2, 3], "answer_token": word, "answer_token_id": 7,
+             "positions": {"p_last": [3], "final": [6], "answer_first": [7]}}, plant)
+    for it in items:
+        v = it["value"]
+        plant = {(1, "final"): u[f"z:{it['identity']}"] + u[f"q:{it['m2']}"]}
+        if v is not None:
+            plant.update({(2, "final"): u[f"u:{v}"], (3, "final"): u[f"w:{v}"]})
+        add({"item_id": it["item_id"], "kind": "hypothetical", "task": it["task"], "property": it["property"],
+             "object_answer": f"{it['identity']} more", "object_value": v, "hypothetical_value": it["hyp"], "correct": False,
+             "tokens": ["<s>", "P:", "w", "x", "?", ">"], "p_tokens": [1, 2, 3], "answer_token": "q", "answer_token_id": 8,
+             "positions": {"p_last": [3], "final": [5], "answer_first": [6]}}, plant)
+    writer.flush()
+    return items
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, list[dict], list[dict]]:
+    folder = tmp_path_factory.mktemp("cap") / "untrained" / "store"
+    items = write_store(folder)
+    stores = {"untrained": ActivationStore.open(folder)}
+    m2_values = {it["item_id"]: {it["property"]: it["m2"]} for it in items}
+    skipped: list[dict] = []
+    labels = subject_labels(stores, CONFIG, {it["item_id"]: f"{it['m2']}word" for it in items}, skipped)["untrained"]
+    cells = [c for prop in ("second_character", "ethical_stance") for c in Planner(labels, prop, CONFIG, skipped).cells(m2_values)]
+    table = run_cells(cells, stores, layers_of(LAYERS, 1), CONFIG, progress=False)
+    return table, items, skipped
+
+
+def _acc(table: pd.DataFrame, **where) -> pd.Series:
+    rows = table
+    for column, value in where.items():
+        rows = rows[rows[column] == value]
+    return rows.set_index("layer")["acc"]
+
+
+def test_a_reads_the_object_runs_own_answer_values(results) -> None:
+    table, _, _ = results
+    a = _acc(table, experiment="A", property="second_character", split="items")
+    assert a[0] < 0.6 and min(a[1], a[2], a[3]) > 0.9
+    row = table[(table["experiment"] == "A") & (table["property"] == "second_character") & (table["split"] == "items")].iloc[0]
+    assert (row["n_test"], row["n_classes"], row["train_run"]) == (46, 3, "object@p_last")  # the two None values dropped
+
+
+def test_b_reads_object_value_not_the_hypothetical_answer(results) -> None:
+    table, _, _ = results
+    b = _acc(table, experiment="B", property="second_character", split="items", test_run="hypothetical@final")
+    assert b[0] < 0.6 and b[1] < 0.6 and b[2] > 0.9 and b[3] > 0.9
+    assert _acc(table, experiment="B", property="second_character", split="items", test_run="hypothetical@p_last").max() < 0.6
+
+
+def test_c_applies_a_probe_to_b_vectors(results) -> None:
+    table, _, _ = results
+    c = _acc(table, experiment="C", property="second_character", test_run="hypothetical@final")
+    assert c[2] > 0.9  # the shared direction transfers
+    assert c[3] < 0.6  # B reads layer 3 (above), but with another direction: A's probe does not
+    row = table[table["experiment"] == "C"].iloc[0]
+    assert row["train_run"] == "object@p_last" and set(table.loc[table["experiment"] == "C", "split"]) == {"items"}
+
+
+def test_d_decodes_the_top_k_first_answer_tokens(results) -> None:
+    table, _, skipped = results
+    d = table[(table["experiment"] == "D") & (table["property"] == "second_character")]
+    assert set(d["n_classes"]) == {2} and set(d["n_test"]) == {34}  # lion (24 items) and cat (12) minus 2 without a value
+    assert d.set_index("layer")["acc"][1] > 0.9 and d.set_index("layer")["acc"][2] < 0.8
+    assert {"experiment": "D", "subject": "untrained", "property": "ethical_stance",
+            "reason": "fewer than two label values on ≥3 items each (20 items kept)"} in skipped  # one answer token, "A"
+
+
+def test_e_reads_the_bag_of_ps_tokens_only(results) -> None:
+    table, _, _ = results
+    e = table[(table["experiment"] == "E") & (table["split"] == "items")].set_index("property")
+    assert e.loc["second_character", "acc"] == 1.0  # P holds the token naming the value
+    assert e.loc["ethical_stance", "acc"] < 0.75  # the naming token sits after P
+    assert e["layer"].isna().all() and set(e["train_run"]) == {"input"}
+
+
+def test_by_task_split_only_where_a_property_spans_two_tasks(results) -> None:
+    table, _, _ = results
+    tasks = table[table["split"] == "tasks"]
+    assert set(tasks["property"]) == {"second_character"} and set(tasks["experiment"]) == {"A", "B", "E"}
+    assert set(tasks["n_test"]) == {46}  # both tasks held out in turn
+
+
+def test_f_labels_come_from_m2_and_from_the_model_itself(results) -> None:
+    table, items, _ = results
+    f = table[(table["experiment"] == "F") & (table["property"] == "second_character") & (table["test_run"] == "hypothetical@final")]
+    m2, own = f[f["target"] == "m2"].set_index("layer")["acc"], f[f["target"] == "own"].set_index("layer")["acc"]
+    assert m2[1] > 0.9 and own[1] < 0.6  # layer 1 holds M2's value
+    assert own[3] > 0.9 and m2[3] < 0.7  # layer 3 holds the model's own
+    kept = [it for it in items if it["property"] == "second_character" and it["value"] is not None]
+    agreement = np.mean([it["value"] == it["m2"] for it in kept])
+    assert 0.2 < agreement < 0.5 and list(f["agreement"]) == pytest.approx([agreement] * len(f))
+
+
+def test_cli_writes_the_run_and_names_missing_subjects(tmp_path: Path) -> None:
+    """End to end through the CLI on a fake finished study (no model: F is left out)."""
+    study = tmp_path / "study-x"
+    study.mkdir()
+    from experiments.behavioral_config import StudyConfig
+    (study / "config.json").write_text(json.dumps(cfg.to_dict(StudyConfig(eval_items=2))))
+    (study / "metrics.json").write_text("{}")
+    write_store(tmp_path / "cap" / "untrained" / "store")
+    env = {**os.environ, "INTROSPECT_MI_RUNS": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    args = ["--study", "study-x", "--capture", "cap", "--subjects", "untrained", "self", "--experiments", "A", "B", "C", "D", "E",
+            "--properties", "second_character", "ethical_stance", "--c-grid", "0.1", "--n-boot", "50", "--layer-stride", "2", "--min-class-items", "3", "--item-folds", "3"]
+    done = subprocess.run([sys.executable, "-m", "experiments.probing", *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "missing subject self" in done.stdout and "python -m experiments.capture --preset quick" in done.stdout
+    out = tmp_path / "cap" / "probing"
+    table = pd.read_json(out / "results.jsonl", lines=True)
+    assert set(table["layer"].dropna()) == {0, 2, 3} and set(table["experiment"]) == {"A", "B", "C", "D", "E"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["subjects"] == ["untrained"] and "self" in metrics["missing_subjects"]
+    assert json.loads((out / "config.json").read_text())["layer_stride"] == 2
+    report = (out / "report.html").read_text()
+    assert report.count('<div id="fig-') == 5 and "Best layer of every curve" in report
+
+
+def test_quick_and_paper_presets_build() -> None:
+    from experiments.common import preset_path
+    for preset in ("quick", "paper"):
+        config = cfg.build(ProbingConfig, cfg.load_preset(preset_path(preset), "probing"))
+        assert set(config.experiments) == {"A", "B", "C", "D", "E", "F"}
+    assert layers_of(30, 4) == [0, 4, 8, 12, 16, 20, 24, 28, 29]
