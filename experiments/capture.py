@@ -14,7 +14,6 @@ Resumable: a killed capture continues after its last complete shard.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 import pandas as pd
 from tqdm.auto import tqdm
 
-from experiments.common import add_common_arguments, preset_path, run_main
+from experiments.common import config_main
 from experiments.mech import SUBJECTS, PromptPair, StudyView, Subject, prompt_pairs, study_name
 from introspect_mi import config as cfg
 from introspect_mi.alignment import Alignment, align
@@ -214,17 +213,8 @@ def write_lens_report(run: RunDir, subjects: Sequence[str]) -> None:
         print(line)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.capture", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    cfg.add_arguments(parser, CaptureConfig)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_main(lambda a: main_capture(cfg.build(CaptureConfig, cfg.load_preset(preset_path(a.preset), "capture"), a), a.preset), args)
+    return config_main(argv, prog="python -m experiments.capture", doc=__doc__, config=CaptureConfig, section="capture", run=main_capture)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from introspect_mi.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -32,3 +31,16 @@ def run_main(func: Callable[[argparse.Namespace], Any], args: argparse.Namespace
     from introspect_mi.cli import run_cli
 
     return run_cli(func, args)
+
+
+def config_main(argv: Sequence[str] | None, *, prog: str, doc: str | None, config: type, section: str,
+                run: Callable[[Any, str], Any]) -> int:
+    """The entry point of a one-config experiment: `--preset` + one flag per config field (help
+    from the field docstrings); defaults < the preset's `[section]` < flags; then `run(config, preset)`."""
+    from introspect_mi import config as cfg
+
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    cfg.add_arguments(parser, config)
+    args = parser.parse_args(argv)
+    return run_main(lambda a: run(cfg.build(config, cfg.load_preset(preset_path(a.preset), section), a), a.preset), args)

@@ -22,7 +22,6 @@ the explorer (`introspect-mi explore runs/<capture>`) links the report.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -35,7 +34,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from experiments.common import add_common_arguments, preset_path, run_main
+from experiments.common import config_main
 from experiments.mech import SUBJECTS, StudyView, study_name
 from introspect_mi import config as cfg
 from introspect_mi.actstore import ActivationStore
@@ -475,17 +474,8 @@ def main_probing(config: ProbingConfig, preset: str) -> dict[str, Any]:
     return metrics
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.probing", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    cfg.add_arguments(parser, ProbingConfig)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_main(lambda a: main_probing(cfg.build(ProbingConfig, cfg.load_preset(preset_path(a.preset), "probing"), a), a.preset), args)
+    return config_main(argv, prog="python -m experiments.probing", doc=__doc__, config=ProbingConfig, section="probing", run=main_probing)
 
 
 if __name__ == "__main__":
