@@ -1,7 +1,8 @@
 """One self-contained HTML report: header, sections of figures, tables and text.
 
 plotly.js is embedded once, inline in <head> (the file opens offline; nothing is loaded from a
-CDN); each figure is a `<div id="fig-<section>-<figure>">` (1-based) plus its newPlot call.
+CDN), or, for families of pages (e.g. SAE feature pages), read from a local file next to them
+(`plotly_src`); each figure is a `<div id="fig-<section>-<figure>">` (1-based) plus its newPlot call.
 The file is written atomically (temporary file in the same folder, then os.replace).
 """
 
@@ -21,6 +22,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
+
+from introspect_mi.store import atomic_write_text
 
 # Float columns whose name contains one of these, and whose values all lie in [0, 1], are
 # shown as percentages (one decimal) unless a Table names its percent columns explicitly.
@@ -43,6 +46,7 @@ class Section:
     figures: list[go.Figure] = field(default_factory=list)
     tables: list[pd.DataFrame | Table] = field(default_factory=list)
     text: str = ""  # plain text, escaped; blank lines separate paragraphs
+    links: list[tuple[str, str]] = field(default_factory=list)  # (href, text): a list of links after the tables
 
 
 def _is_missing(v: Any) -> bool:
@@ -131,7 +135,7 @@ table.data .num { text-align: right; font-variant-numeric: tabular-nums; }
 
 
 def render_report(title: str, sections: Sequence[Section], *,
-                  generated: datetime | None = None) -> str:
+                  generated: datetime | None = None, plotly_src: str | None = None) -> str:
     """The report as one HTML string (see `write_report`)."""
     generated = generated or datetime.now(timezone.utc)
     stamp = generated.isoformat(timespec="seconds")
@@ -140,7 +144,8 @@ def render_report(title: str, sections: Sequence[Section], *,
             f"<style>{_CSS}</style>"]
     if has_figures:
         head.append("<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>")
-        head.append(f"<script type=\"text/javascript\">{get_plotlyjs()}</script>")
+        head.append(f"<script type=\"text/javascript\" src=\"{html.escape(plotly_src)}\"></script>" if plotly_src
+                    else f"<script type=\"text/javascript\">{get_plotlyjs()}</script>")
     body = [f"<header><h1>{html.escape(title)}</h1>"
             f"<p class=\"meta\">Generated {html.escape(stamp)}</p></header>"]
     if len(sections) > 1:
@@ -155,20 +160,24 @@ def render_report(title: str, sections: Sequence[Section], *,
         for j, fig in enumerate(s.figures, 1):
             body.append(f'<div class="figure">{figure_html(fig, f"fig-{i}-{j}")}</div>')
         body.extend(table_html(t) for t in s.tables)
+        if s.links:
+            body.append("<ul class=\"links\">" + "".join(
+                f'<li><a href="{html.escape(href)}">{html.escape(label)}</a></li>' for href, label in s.links) + "</ul>")
         body.append("</section>")
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>" + "\n".join(head) + "</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")
 
 
 def write_report(path: Path | str, title: str, sections: Sequence[Section], *,
-                 generated: datetime | None = None) -> Path:
+                 generated: datetime | None = None, plotly_src: str | None = None) -> Path:
     """Write `sections` as one self-contained HTML file at `path`, atomically; returns the path.
 
     Figure divs are `fig-<i>-<j>` (section i, figure j, 1-based); sections are `section-<i>`.
-    `generated` (default: now, UTC) is the time shown in the header.
+    `generated` (default: now, UTC) is the time shown in the header. `plotly_src`: a URL
+    (relative to the page) of plotly.js to load instead of inlining it (`write_plotlyjs`).
     """
     path = Path(path)
-    text = render_report(title, sections, generated=generated)  # fail before touching disk
+    text = render_report(title, sections, generated=generated, plotly_src=plotly_src)  # fail before touching disk
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -182,3 +191,10 @@ def write_report(path: Path | str, title: str, sections: Sequence[Section], *,
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_plotlyjs(folder: Path | str) -> str:
+    """Write plotly.min.js into `folder` for pages rendered with `plotly_src`; returns its file name."""
+    path = Path(folder) / "plotly.min.js"
+    atomic_write_text(path, get_plotlyjs())
+    return path.name

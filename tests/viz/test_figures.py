@@ -228,3 +228,16 @@ def test_report_without_figures_has_no_plotlyjs(tmp_path: Path, self_table) -> N
     out = write_report(tmp_path / "r.html", "tables only", [Section("t", tables=[self_table])])
     html = out.read_text(encoding="utf-8")
     assert "plotly.js v" not in html and "<table" in html
+
+
+def test_report_links_and_shared_plotlyjs(tmp_path: Path, self_table) -> None:
+    from introspect_mi.viz.report import write_plotlyjs
+
+    name = write_plotlyjs(tmp_path)
+    assert (tmp_path / name).read_text(encoding="utf-8") == get_plotlyjs()
+    fig = accuracy_figure({"self": self_table})
+    out = write_report(tmp_path / "r.html", "pages", [Section("s", figures=[fig], links=[("features/a&b.html", "latent <1>")])],
+                       plotly_src=name)
+    html = out.read_text(encoding="utf-8")
+    assert f'<script type="text/javascript" src="{name}"></script>' in html and "plotly.js v" not in html
+    assert '<a href="features/a&amp;b.html">latent &lt;1&gt;</a>' in html
