@@ -1,0 +1,298 @@
+"""Patching, steering and concept injection on the behavioural study's held-out items (issue 7).
+
+    python -m experiments.patching --preset quick
+
+For each subject (untrained M1, self-trained M1; `cross` = cross-trained M2 on request), on pairs
+of items of one task × property whose object-level property values differ:
+A. hypothetical → hypothetical patching per layer × position group (P's tokens, the question's
+   tokens, the final token), and attribution patching over every layer × token, checked against
+   exact patching;
+B. P's object-level states → the other item's hypothetical run at the aligned tokens;
+C. the object run's final-token state → the hypothetical final token (B and C with controls);
+D. steering with a mean-difference vector from the activation store at (i) P's tokens, (ii) the
+   question and final tokens, (iii) every token, in object and hypothetical runs, against
+   equal-norm random vectors: does the self-prediction follow the steered behaviour?
+E. concept injection into the hypothetical prompt, against random and other-concept vectors.
+Output: runs/<capture>/patching/{report.html, metrics.json, config.json, *.jsonl}; the explorer
+of the capture run links the report. The capture run (`python -m experiments.capture --preset
+quick`) must exist: its stores give D's steering vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from experiments.common import add_common_arguments, preset_path, run_main
+from experiments.mech import SUBJECTS, StudyView, Subject, prompt_pairs, study_name
+from experiments.patching_report import write_report
+from introspect_mi import config as cfg
+from introspect_mi.actstore import ActivationStore
+from introspect_mi.errors import UserError
+from introspect_mi.logit_lens import first_token
+from introspect_mi.models import ModelHandle
+from introspect_mi.patching_experiments import ItemPrompts, flow_summary, pearson, run_pairs, select_pairs, tokenise
+from introspect_mi.paths import runs_dir
+from introspect_mi.places import resid_post
+from introspect_mi.properties import get_property
+from introspect_mi.steering_experiments import (
+    RowSteer, Steerer, SteeringSetup, assign_folds, balanced, concept_vectors, layer_at, run_concepts, run_steering,
+    steer_values, steering_pattern, store_steering_vectors, summarise_concepts, summarise_steering,
+)
+from introspect_mi.store import RunDir
+
+CAPTURE_COMMAND = "python -m experiments.capture --preset quick"
+TABLES = ("pairs", "cells", "grid", "exact", "steering_sweep", "steering", "steering_summary", "concepts", "concept_summary")
+
+
+@dataclass(frozen=True)
+class PatchingConfig:
+    study: str = ""
+    """The behavioural study run to analyse (empty: the one the preset's [study] section makes)."""
+    capture: str = ""
+    """The capture run that holds the activation stores and gets the results (empty: mech-<study>)."""
+    subjects: tuple[str, ...] = ("untrained", "self")
+    """Models: untrained (M1), self (self-trained M1), cross (cross-trained M2; needs its capture)."""
+    tasks: tuple[str, ...] = ()
+    """Held-out tasks to draw patching pairs from (empty: all of the study's)."""
+    properties: tuple[str, ...] = ("first_character", "among_a_or_c", "ethical_stance")
+    """Properties to draw patching pairs from (those that apply to each task)."""
+    pairs_per_group: int = 1
+    """Patching pairs per task × property."""
+    pair_candidates: int = 12
+    """Items per task × property whose clean hypothetical runs are compared to pick the pairs with the largest metric gap."""
+    layer_stride: int = 1
+    """Patch every k-th layer in A, B and C (the last layer always; attribution covers every layer)."""
+    min_gap: float = 0.5
+    """Smallest clean source-minus-target logit difference that is normalised (smaller: raw change only)."""
+    exact_pairs: int = 1
+    """Pairs whose attribution grid is checked cell by cell with exact patching."""
+    exact_cells: int = 48
+    """Single cells checked per such pair (spread over layers × tokens after the first differing token)."""
+    steer_task: str = "mcq_general"
+    """Task of the steering experiment (D)."""
+    steer_property: str = "among_a_or_c"
+    """Property of D: the steering vector separates its two most common object-level values."""
+    steer_depth: float = 0.5
+    """Layer of the steering vector and of steering, as a fraction of depth (0: first, 1: last)."""
+    steer_position: str = "p_last"
+    """Stored position the steering vector is computed at: p_last (P read) or final."""
+    steer_items: int = 12
+    """Items steered in D (balanced between the two values)."""
+    steer_scales: tuple[float, ...] = (4.0, 8.0, 16.0)
+    """Scales swept (× the mean-difference vector); D uses the one where the vector beats a random one most at P's tokens."""
+    n_random: int = 2
+    """Equal-norm random vectors per condition (D) as controls."""
+    min_effect: float = 0.15
+    """How far (share of items) steering must beat every random control to count as moving an answer."""
+    concept_task: str = "animals"
+    """Task of the concept-injection experiment (E)."""
+    concept_property: str = "first_character"
+    """Property asked in E: a concept word implies its value (e.g. zebra → z)."""
+    concepts: tuple[str, ...] = ("zebra", "kangaroo", "octopus")
+    """Concept words injected in E."""
+    baseline_words: tuple[str, ...] = ("table", "river", "music", "paper", "window", "garden", "bread", "mountain")
+    """Neutral words whose mean activation is subtracted from a concept's."""
+    concept_depth: float = 0.5
+    """Layer of concept injection, as a fraction of depth."""
+    concept_scales: tuple[float, ...] = (4.0,)
+    """Injection strengths (× the concept vector)."""
+    concept_items: int = 12
+    """Hypothetical prompts injected in E."""
+    concept_random: int = 1
+    """Equal-norm random vectors per concept (E)."""
+    batch_size: int = 16
+    """Rows per forward pass (fixed per run: batch composition can shift results slightly)."""
+    name: str = "patching"
+    """Folder for the results inside the capture run."""
+    seed: int = 0
+    """Seed of the random control vectors."""
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def check_store(capture: RunDir, label: str) -> ActivationStore:
+    """The subject's store in the capture run, finished."""
+    folder = capture.path(f"{label}/store")
+    if not (folder / "store.json").is_file():
+        raise UserError(f"no activation store for {label} in {capture.folder}", f"capture it: {CAPTURE_COMMAND} --subjects {label}")
+    store = ActivationStore.open(folder)
+    if len(store.records) < int(store.info["n_records"]):
+        raise UserError(f"the capture of {label} is incomplete ({len(store.records)} of {store.info['n_records']} records)",
+                        f"let it finish, or rerun {CAPTURE_COMMAND} (it resumes)")
+    return store
+
+
+def open_store(capture: RunDir, label: str, handle: ModelHandle) -> ActivationStore:
+    """The subject's finished store, captured from these very weights."""
+    store = check_store(capture, label)
+    if store.info["model"]["fingerprint"] != handle.fingerprint:
+        raise UserError(f"the {label} store was captured from other weights ({store.info['model']['fingerprint']}, not {handle.fingerprint})",
+                        f"capture again into a fresh run: {CAPTURE_COMMAND} --name <new> and pass --capture <new>")
+    return store
+
+
+def item_prompts(view: StudyView, subject: Subject, handle: ModelHandle, wanted: set[tuple[str, str]]) -> list[ItemPrompts]:
+    """The study's pairs of the wanted task × property groups, tokenised for `handle`."""
+    targets = {item.item_id: item.target for item, _ in view.items}
+    return [tokenise(handle, p.item_id, p.task, p.property, p.object_prompt, p.hypothetical_prompt, p.labels["object_value"],
+                     targets[p.item_id], p.labels["hypothetical_value"])
+            for p in prompt_pairs(view, subject, handle) if (p.task, p.property) in wanted]
+
+
+def candidate_logits(steerer: Steerer, items: Sequence[ItemPrompts], per_group: int) -> dict[tuple[str, str], torch.Tensor]:
+    """Clean final logits of the hypothetical prompts of up to `per_group` items per group."""
+    seen: dict[tuple[str, str], int] = {}
+    chosen = []
+    for it in items:
+        key = (it.task, it.property)
+        if it.value is not None and seen.get(key, 0) < per_group:
+            seen[key] = seen.get(key, 0) + 1
+            chosen.append(it)
+    logits = steerer.logits([it.hyp_ids for it in chosen], [RowSteer(None)] * len(chosen), resid_post(0))
+    return {(it.item_id, it.property): row for it, row in zip(chosen, logits)}
+
+
+def patching_layers(n_layers: int, stride: int) -> list[int]:
+    if stride < 1:
+        raise UserError(f"layer_stride must be at least 1, not {stride}", "pass --layer-stride 1 (every layer) or more")
+    return sorted(set(range(0, n_layers, stride)) | {n_layers - 1})
+
+
+def run_subject(view: StudyView, capture: RunDir, label: str, c: PatchingConfig) -> tuple[dict[str, pd.DataFrame], dict]:
+    """All five experiments on one subject: its tables (with a `subject` column) and metrics."""
+    clock, times = time.perf_counter(), {}
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        times[stage] = round(now - clock, 1)
+        clock = now
+
+    subject = view.subject(label)
+    handle = view.load(subject)
+    store = open_store(capture, label, handle)
+    groups = {(spec.name, p) for _, spec in view.items for p in c.properties
+              if (not c.tasks or spec.name in c.tasks) and get_property(p).applies_to(spec)
+              and (not view.config.properties or p in view.config.properties)}
+    items = item_prompts(view, subject, handle, groups | {(c.steer_task, c.steer_property), (c.concept_task, c.concept_property)})
+    steerer = Steerer(handle.model, handle.pad_token_id, c.batch_size)
+    lap("load")
+
+    _log(f"{label}: patching pairs (A, B, C)")
+    grouped = [it for it in items if (it.task, it.property) in groups]
+    pairs = select_pairs(grouped, lambda v: first_token(handle, v), c.pairs_per_group, candidate_logits(steerer, grouped, c.pair_candidates))
+    if not pairs:
+        raise UserError(f"no pair of {label}'s items has differing values in {sorted(groups)}", "choose other --tasks/--properties")
+    patched = run_pairs(handle, pairs, patching_layers(handle.n_layers, c.layer_stride), min_gap=c.min_gap, exact_pairs=c.exact_pairs,
+                        exact_cells=c.exact_cells, batch_size=c.batch_size)
+    lap("patching")
+
+    _log(f"{label}: steering (D)")
+    steer_items = [it for it in items if (it.task, it.property) == (c.steer_task, c.steer_property)]
+    try:
+        values = steer_values(steer_items)
+    except ValueError as exc:
+        raise UserError(f"{label}: {exc} on {c.steer_task} / {c.steer_property}", "choose another --steer-task / --steer-property") from None
+    folds = assign_folds(steer_items, values)
+    layer = layer_at(c.steer_depth, handle.n_layers)
+    setup = SteeringSetup(c.steer_property, layer, values,
+                          store_steering_vectors(store, layer, c.steer_position, c.steer_task, c.steer_property, values, folds), folds)
+    sweep, steering, scale = run_steering(handle, steerer, balanced(steer_items, values, c.steer_items), setup, c.steer_scales,
+                                          n_random=c.n_random, seed=c.seed)
+    summary = summarise_steering(steering)
+    pattern, sentences = steering_pattern(summary, c.min_effect)
+    lap("steering")
+
+    _log(f"{label}: concept injection (E)")
+    concept_layer = layer_at(c.concept_depth, handle.n_layers)
+    vectors = concept_vectors(handle, c.concepts, c.baseline_words, concept_layer)
+    concept_items = [it for it in items if (it.task, it.property) == (c.concept_task, c.concept_property)][: c.concept_items]
+    concepts = run_concepts(handle, steerer, concept_items, vectors, concept_layer, c.concept_scales, n_random=c.concept_random, seed=c.seed)
+    concept_summary = summarise_concepts(concepts)
+    lap("concepts")
+
+    tables = {"pairs": patched.pairs, "cells": patched.cells, "grid": patched.grid, "exact": patched.exact, "steering_sweep": sweep,
+              "steering": steering, "steering_summary": summary, "concepts": concepts, "concept_summary": concept_summary}
+    a = patched.cells[patched.cells["experiment"] == "A"]
+    metrics = {
+        "model": handle.provenance(), "pairs": len(pairs), "normalisable_pairs": int(patched.pairs["normalisable"].sum()),
+        "layers_patched": patching_layers(handle.n_layers, c.layer_stride), "flow": flow_summary(patched.cells).to_dict("records"),
+        "attribution_r_group_cells": pearson(a["delta"], a["attribution"]),
+        "attribution_r_single_cells": pearson(patched.exact["exact"], patched.exact["attribution"]) if len(patched.exact) else None,
+        "steering": {"task": c.steer_task, "property": c.steer_property, "values": list(values), "layer": layer, "scale": scale,
+                     "vector_norms": {str(f): float(v.norm()) for f, v in setup.vectors.items()}, "items": int(steering["item_id"].nunique()),
+                     "pattern": pattern, "sentences": sentences, "summary": summary.to_dict("records")},
+        "concepts": {"layer": concept_layer, "norms": {w: float(v.norm()) for w, v in vectors.items()},
+                     "summary": concept_summary.to_dict("records")},
+        "seconds": times,
+    }
+    return {k: v.assign(subject=label) for k, v in tables.items()}, metrics
+
+
+def main_patching(config: PatchingConfig, preset: str) -> dict:
+    unknown = [s for s in config.subjects if s not in SUBJECTS]
+    if unknown:
+        raise UserError(f"unknown subject(s) {', '.join(unknown)}", f"use some of: {', '.join(SUBJECTS)}")
+    view = StudyView(study_name(preset, config.study))
+    capture_name = config.capture or f"mech-{view.name}"
+    if not (runs_dir() / capture_name / "config.json").is_file():
+        raise UserError(f"no capture run {capture_name!r} in {runs_dir()}", f"capture first: {CAPTURE_COMMAND}")
+    capture = RunDir.open(runs_dir(), capture_name)
+    for label in config.subjects:
+        check_store(capture, label)
+    out = RunDir.create(capture.folder, config.name, cfg.to_dict(config), seed=config.seed)
+    started = time.perf_counter()
+    tables: dict[str, list[pd.DataFrame]] = {k: [] for k in TABLES}
+    results: dict = {"study": view.name, "capture": capture_name, "torch_threads": torch.get_num_threads(), "subjects": {}}
+    for label in config.subjects:
+        got, metrics = run_subject(view, capture, label, config)
+        results["subjects"][label] = metrics
+        for k, frame in got.items():
+            tables[k].append(frame)
+            out.write_table(k, pd.concat(tables[k], ignore_index=True))
+        _log(f"{label}: done in {sum(metrics['seconds'].values()):.0f} s ({metrics['seconds']}); pattern (D): {metrics['steering']['pattern']}")
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["load_average_1min"] = os.getloadavg()[0]
+    out.write_json("metrics.json", _finite(results))
+    report = write_report(out)
+    print(f"\nreport: {report}\nexplore: introspect-mi explore {capture.folder}")
+    return results
+
+
+def _finite(obj: object) -> object:
+    """JSON-ready: NaN and ±inf become null, numpy scalars plain numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.patching", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    cfg.add_arguments(parser, PatchingConfig)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(lambda a: main_patching(cfg.build(PatchingConfig, cfg.load_preset(preset_path(a.preset), "patching"), a), a.preset), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

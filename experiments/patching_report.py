@@ -1,0 +1,131 @@
+"""The patching experiments' report (report.html), built from the saved tables and metrics.json
+of runs/<capture>/patching/ alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from introspect_mi.patching_experiments import EXPERIMENTS, GROUPS
+from introspect_mi.steering_experiments import POSITION_SETS
+from introspect_mi.store import RunDir
+from introspect_mi.viz import Section, Table, write_report as write_html
+from introspect_mi.viz.patching import (
+    attribution_heatmap, attribution_scatter, concept_bars, group_heatmap, steering_bars, steering_sweep_figure,
+)
+
+GROUP_NAMES = {"P": "P's tokens", "question": "the question's tokens", "final": "the final token"}
+
+
+def _f(x: object, fmt: str = ".2f") -> str:
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, fmt)
+
+
+def flow_sentences(flow: list[dict]) -> list[str]:
+    """One line per experiment × group: peak normalised effect, its layer, first layer at 0.5."""
+    out = []
+    for r in flow:
+        where = EXPERIMENTS[r["experiment"]] + (f", {GROUP_NAMES[r['group']]}" if r["experiment"] == "A" else "")
+        out.append(f"{where}: peak {_f(r['peak_normalised'])} at layer {_f(r['peak_layer'], '')}, first layer ≥ 0.5: "
+                   f"{_f(r['first_layer_at_0.5'], '')} ({r['pairs']} normalisable pair(s)).")
+    return out
+
+
+def _peak(flow: list[dict], experiment: str, group: str) -> float:
+    hit = [r["peak_normalised"] for r in flow if r["experiment"] == experiment and r["group"] == group]
+    return float(hit[0]) if hit and hit[0] is not None else float("nan")
+
+
+def patching_text(label: str, m: dict) -> str:
+    """What A, B and C show for one subject, with numbers."""
+    flow = m["flow"]
+    lines = [f"{label} ({m['model']['model']}{' + adapter' if m['model']['adapters'] else ''}): {m['pairs']} pair(s), "
+             f"{m['normalisable_pairs']} with a clean gap large enough to normalise; layers {m['layers_patched'][0]}–{m['layers_patched'][-1]} "
+             f"(every {np.diff(m['layers_patched']).min() if len(m['layers_patched']) > 1 else 1})."]
+    lines += flow_sentences(flow)
+    b, bc, c, cc = (_peak(flow, e, g) for e, g in (("B", "P"), ("B-control", "P"), ("C", "final"), ("C-control", "final")))
+    lines.append(f"B vs its control (peak normalised): {_f(b)} vs {_f(bc)} — "
+                 + ("P_a's object-level P states carry P_a's property into the other hypothetical run beyond what object-level context does by itself."
+                    if np.isfinite(b) and np.isfinite(bc) and b - bc >= 0.25 else "no clear P-specific transfer beyond the control."))
+    lines.append(f"C vs its control: {_f(c)} vs {_f(cc)} — "
+                 + ("the object run's final-token state carries the source item's property." if np.isfinite(c) and np.isfinite(cc) and c - cc >= 0.25
+                    else "the object final-token state is not item-specific here (the control moves the prediction as much)."))
+    return "\n".join(lines)
+
+
+def steering_text(label: str, m: dict) -> str:
+    s = m["steering"]
+    x, y = s["values"]
+    head = (f"{label}: {s['task']} / {s['property']}, X = {x!r} vs Y = {y!r}, {s['items']} items, layer {s['layer']}, scale {s['scale']:g} "
+            f"(vector norms {', '.join(f'{v:.1f}' for v in s['vector_norms'].values())}). Pattern: {s['pattern'].upper()}.")
+    return "\n".join([head, *s["sentences"]])
+
+
+def concept_text(label: str, m: dict, summary: pd.DataFrame) -> str:
+    own = summary[summary["subject"] == label]
+    beats = own[(own["shift_own"] > own["shift_random_max"]) & (own["shift_own"] > own["shift_other"])]
+    lines = [f"{label}: injected at layer {m['concepts']['layer']}; the concept's own vector raised log P(its value) more than every "
+             f"random control and the other concepts in {len(beats)} of {len(own)} concept × scale cases."]
+    for r in own.itertuples():
+        lines.append(f"{r.concept} → {r.value!r} (×{r.scale:g}): shift {r.shift_own:+.2f} (random {r.shift_random:+.2f}, max "
+                     f"{r.shift_random_max:+.2f}; other concepts {r.shift_other:+.2f}); report = {r.value!r} in "
+                     f"{r.report_rate_own:.0%} (clean {r.report_rate_clean:.0%}, random {r.report_rate_random:.0%}).")
+    return "\n".join(lines)
+
+
+def _representative(pairs: pd.DataFrame, label: str) -> str | None:
+    own = pairs[pairs["subject"] == label]
+    if not len(own):
+        return None
+    good = own[own["normalisable"]]
+    return str((good if len(good) else own).iloc[0]["pair"])
+
+
+def write_report(run: RunDir) -> Path:
+    """report.html of a finished patching run folder."""
+    metrics = run.read_json("metrics.json")
+    t = {name: run.read_table(name) for name in ("pairs", "cells", "grid", "exact", "steering_sweep", "steering_summary", "concept_summary")}
+    subjects = list(metrics["subjects"])
+    per_subject = ", ".join(f"{s}: {m['seconds']}" for s, m in metrics["subjects"].items())
+    overview = (f"Study {metrics['study']}, capture {metrics['capture']}; subjects {', '.join(subjects)}. Wall time {metrics['seconds']:.0f} s "
+                f"(seconds per stage: {per_subject}), {metrics['torch_threads']} torch thread(s), "
+                f"1-minute load average {metrics['load_average_1min']:.1f} at the end.\n\n"
+                "Metric: logit difference between the source item's and the target item's property-value first tokens at the "
+                "hypothetical prompt's final token, normalised so that 0 = clean target run and 1 = clean source run (pairs whose clean "
+                "runs differ by less than min_gap keep only the raw change).")
+    pair_cols = ["subject", "pair", "source_value", "target_value", "clean_source", "clean_target", "gap", "normalisable", "target_tokens",
+                 "p_tokens", "p_tokens_aligned", "b_tokens_aligned"]
+    flow = pd.DataFrame([{"subject": s, **r} for s, m in metrics["subjects"].items() for r in m["flow"]])
+    sections = [
+        Section("Overview", text=overview, tables=[Table(t["pairs"][pair_cols], caption="Pairs (source > target)")]),
+        Section("A, B, C: where does the property decision flow?",
+                figures=[group_heatmap(t["cells"], s) for s in subjects],
+                tables=[Table(flow, caption="Per experiment × group: peak of the mean normalised effect over layers")],
+                text="\n\n".join(patching_text(s, m) for s, m in metrics["subjects"].items())),
+    ]
+    r_text = "\n".join(f"{s}: Pearson r (attribution vs exact) {_f(m['attribution_r_group_cells'], '.3f')} over the A group cells, "
+                       f"{_f(m['attribution_r_single_cells'], '.3f')} over single cells." for s, m in metrics["subjects"].items())
+    grids = [attribution_heatmap(t["grid"], s, p) for s in subjects if (p := _representative(t["pairs"], s))]
+    sections.append(Section("Attribution patching over every layer × token", figures=[*grids, attribution_scatter(t["cells"], t["exact"])],
+                            text=r_text + "\n\nGroup cells: the attribution estimate of a multi-position cell is the sum of its tokens' estimates."))
+    summary = t["steering_summary"]
+    steer_cols = ["subject", "label", "n", "object_to_target", "random_object_to_target_mean", "random_object_to_target_max", "hyp_to_target",
+                  "random_hyp_to_target_mean", "random_hyp_to_target_max", "n_object_moved", "follows_new", "follows_old", "hyp_readable"]
+    sections.append(Section(
+        "D: steering — does the self-prediction follow the steered behaviour?",
+        figures=[steering_bars(summary), steering_sweep_figure(t["steering_sweep"])],
+        tables=[Table(summary[steer_cols], caption="Steering at the chosen scale (shares of items; random: mean and max over controls)",
+                      percent_columns=[c for c in steer_cols if c not in ("subject", "label", "n", "n_object_moved")])],
+        text=("Predictions: reading P's state and re-computing both predict that (i) moves the object answer and the self-prediction "
+              "with it; a shortcut at the question predicts that (ii) moves the self-prediction while the object answer stays.\n\n"
+              + "\n\n".join(steering_text(s, m) for s, m in metrics["subjects"].items())),
+    ))
+    cs = t["concept_summary"]
+    sections.append(Section("E: concept injection", figures=[concept_bars(cs)], tables=[Table(cs, caption="Concept injection")],
+                            text="\n\n".join(concept_text(s, m, cs) for s, m in metrics["subjects"].items())))
+    sections.append(Section("Position sets and groups", text=(
+        "Position groups of a hypothetical prompt (A): " + ", ".join(f"{g} = {GROUP_NAMES[g]}" for g in GROUPS) + ". "
+        "Steering position sets (D): " + "; ".join(f"{k} = {v}" for k, v in POSITION_SETS.items()) + ".")))
+    return write_html(run.path("report.html"), "Patching, steering and concept injection", sections)

@@ -1,0 +1,470 @@
+"""Steering and concept-injection experiments (issue 7, D–E): does the self-prediction follow a
+change of the object-level behaviour made without finetuning?
+
+D. A steering vector — the mean difference of object-level activations between items whose
+   property value is X and items whose value is Y, cross-fitted (each item is steered by the
+   vector of the other fold of items) — is added at one layer, at one of three position sets:
+   (i) P's tokens, (ii) the tokens after P (the question and final tokens), (iii) every token;
+   in the object-level run and in the hypothetical run of each item, pushing each item toward the
+   other value. Equal-norm random vectors are the control. Per condition: how far the object
+   answer's property moves toward the pushed value, how far the self-prediction does, and whether
+   the self-prediction follows the steered object behaviour (new) or the unsteered one (old).
+   The three hypotheses predict different patterns (`steering_pattern`): reading P's state and
+   re-computing the answer both predict that (i) moves the object answer and the self-prediction
+   with it; a shortcut at the question predicts that (ii) moves the self-prediction while the
+   object answer stays.
+E. A concept vector — the final-token activation of "Tell me about <word>." minus its mean over
+   neutral words — is added mid-network at every token of the hypothetical prompt; does the
+   self-report move toward the property value the word implies (its first character, say), more
+   than under equal-norm random vectors and under the other concepts' vectors?
+
+Answers are read from the first answer token (greedy): the object answer's property from that
+token's text (first characters and option letters are decided by it), the self-prediction as the
+normalised token. `Steerer` adds a different vector at different positions per row and shares
+each batch's common prefix (computed once, steered where every row is).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from introspect_mi.actstore import ActivationStore
+from introspect_mi.batching import left_pad
+from introspect_mi.hooks import editing, recording
+from introspect_mi.inference import MIN_SHARED_PREFIX, _sliding_window
+from introspect_mi.logit_lens import first_token
+from introspect_mi.models import ModelHandle
+from introspect_mi.patching_experiments import ItemPrompts
+from introspect_mi.places import Place, resid_post
+from introspect_mi.prompt_format import Message
+from introspect_mi.properties import get_property
+from introspect_mi.steering import random_like, steering_vector
+
+POSITION_SETS = {"P": "(i) P's tokens", "after_P": "(ii) question and final tokens", "all": "(iii) every token"}
+
+
+def position_set(name: str, n_tokens: int, p_tokens: Sequence[int]) -> frozenset[int] | None:
+    """Token indices steered under a position set (None: every token)."""
+    if name == "P":
+        return frozenset(p_tokens)
+    if name == "after_P":
+        return frozenset(range(max(p_tokens) + 1, n_tokens))
+    if name == "all":
+        return None
+    raise ValueError(f"unknown position set {name!r}: use one of {', '.join(POSITION_SETS)}")
+
+
+def layer_at(depth: float, n_layers: int) -> int:
+    """The layer at a fraction of the depth (0: first, 1: last)."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth {depth} is not a fraction between 0 and 1")
+    return int(round(depth * (n_layers - 1)))
+
+
+# ---------------------------------------------------------------------------- the steered forward
+
+
+@dataclass(frozen=True, eq=False)
+class RowSteer:
+    """What one row gets: `vector` (scale applied; None: nothing) added at `positions` (None: all).
+    Rows holding the same vector object may share a steered prefix."""
+
+    vector: torch.Tensor | None
+    positions: frozenset[int] | None = None
+
+
+def _membership(steers: Sequence[RowSteer], width: int) -> torch.Tensor:
+    """[rows, width] True where a row is steered (token index = position id)."""
+    out = torch.zeros((len(steers), width), dtype=torch.bool)
+    for i, s in enumerate(steers):
+        if s.vector is None:
+            continue
+        if s.positions is None:
+            out[i] = True
+        else:
+            out[i, [p for p in s.positions if p < width]] = True
+    return out
+
+
+@contextmanager
+def _adding(model: torch.nn.Module, place: Place, deltas: torch.Tensor, member: torch.Tensor) -> Iterator[None]:
+    """Add row r's `deltas[r]` at `place` where `member[r, position id]`."""
+    if not bool(member.any()):
+        yield
+        return
+
+    def add(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        table = member.to(x.device)
+        hit = table.gather(1, pos.expand(x.shape[0], -1).clamp(max=table.shape[1] - 1))
+        return torch.where(hit[..., None], x + deltas.to(x.device, x.dtype)[:, None, :], x)
+
+    with editing(model, [(place, add)]):
+        yield
+
+
+def _shared(seqs: Sequence[Sequence[int]], member: torch.Tensor) -> int:
+    """Length of the prefix every row shares: same tokens, steered in every row or in none."""
+    limit, k = min(len(s) for s in seqs) - 1, 0
+    while k < limit and all(s[k] == seqs[0][k] for s in seqs) and bool((member[:, k] == member[0, k]).all()):
+        k += 1
+    return k if k >= MIN_SHARED_PREFIX else 0
+
+
+class Steerer:
+    """Next-token logits of prompts under per-row steering, batched.
+
+    A batch's shared prefix is computed once (batch of one): its unsteered start is kept across
+    calls (the KV cache of those tokens; unsteered states never change), the rest of the shared
+    prefix — steered alike in every row — is computed per batch, and a batch whose rows would steer
+    that shared part with different vectors is split by vector. Use one Steerer per model: the kept
+    caches belong to its weights."""
+
+    def __init__(self, model: torch.nn.Module, pad_id: int, batch_size: int = 16) -> None:
+        self.model, self.pad_id, self.batch_size = model, pad_id, batch_size
+        self._kept: dict[tuple[int, ...], Any] = {}
+
+    def logits(self, seqs: Sequence[Sequence[int]], steers: Sequence[RowSteer], place: Place) -> torch.Tensor:
+        """[rows, vocab] float32: each prompt's next-token logits with its row's steer at `place`."""
+        if len(seqs) != len(steers):
+            raise ValueError(f"{len(seqs)} prompts, {len(steers)} steers")
+        out: dict[int, torch.Tensor] = {}
+        for start in range(0, len(seqs), self.batch_size):
+            self._run(list(range(start, min(start + self.batch_size, len(seqs)))), seqs, steers, place, out)
+        return torch.stack([out[i] for i in range(len(seqs))])
+
+    def _unsteered(self, prefix: tuple[int, ...]) -> Any:
+        if prefix not in self._kept:
+            dev = next(self.model.parameters()).device
+            self._kept[prefix] = self.model(input_ids=torch.tensor([prefix], device=dev), use_cache=True, logits_to_keep=1).cache
+        return copy.deepcopy(self._kept[prefix])
+
+    @torch.no_grad()
+    def _run(self, rows: list[int], seqs: Sequence[Sequence[int]], steers: Sequence[RowSteer], place: Place,
+             out: dict[int, torch.Tensor]) -> None:
+        model, dev = self.model, next(self.model.parameters()).device
+        batch = [seqs[i] for i in rows]
+        member = _membership([steers[i] for i in rows], max(map(len, batch)))
+        window = _sliding_window(model.config)
+        k = 0 if window is not None and max(map(len, batch)) > window else _shared(batch, member)
+        hits = member[0, :k].nonzero()
+        k0 = int(hits[0]) if len(hits) else k  # the shared prefix is unsteered before k0
+        if k0 < k and len({id(steers[i].vector) for i in rows}) > 1:
+            groups: dict[int, list[int]] = {}
+            for i in rows:
+                groups.setdefault(id(steers[i].vector), []).append(i)
+            for group in groups.values():
+                self._run(group, seqs, steers, place, out)
+            return
+        d = int(model.config.hidden_size)
+        deltas = torch.stack([torch.zeros(d) if steers[i].vector is None else steers[i].vector.float().cpu() for i in rows])
+        cache = self._unsteered(tuple(batch[0][:k0])) if k0 >= MIN_SHARED_PREFIX else None
+        k0 = k0 if cache is not None else 0
+        if k > k0:
+            with _adding(model, place, deltas[:1], member[:1, :k]):
+                cache = model(input_ids=torch.tensor([list(batch[0][k0:k])], device=dev), position_ids=torch.arange(k0, k, device=dev)[None],
+                              cache=cache, use_cache=True, logits_to_keep=1).cache
+        if cache is not None:
+            cache.batch_repeat_interleave(len(batch))
+        suffix = left_pad([list(s[k:]) for s in batch], self.pad_id)
+        mask = torch.cat([torch.ones((len(batch), k), dtype=torch.long), suffix.attention_mask], 1)
+        with _adding(model, place, deltas, member):
+            logits = model(input_ids=suffix.input_ids.to(dev), attention_mask=mask.to(dev), position_ids=(suffix.position_ids + k).to(dev),
+                           cache=cache, use_cache=cache is not None, logits_to_keep=1).logits[:, -1].float().cpu()
+        out.update(zip(rows, logits))
+
+
+def read_answers(handle: ModelHandle, logits: torch.Tensor, prop_name: str, kind: str, targets: Sequence[str | None]) -> list[str | None]:
+    """The property value of each row's greedy first token: of the object answer (`kind`
+    "object") or as a self-prediction ("hypothetical"); None where unreadable."""
+    prop = get_property(prop_name)
+    texts = [handle.tokenizer.decode([int(t)], skip_special_tokens=True) for t in logits.argmax(-1)]
+    if kind == "object":
+        return [prop.extract(t, target) for t, target in zip(texts, targets)]
+    return [prop.normalize_hypothetical(t) for t in texts]
+
+
+# ---------------------------------------------------------------------------- D: steering
+
+
+def steer_values(items: Sequence[ItemPrompts]) -> tuple[str, str]:
+    """X and Y: the two most common object values (first seen wins ties); cross-fitting needs at
+    least two items of each."""
+    common = Counter(it.value for it in items if it.value is not None).most_common(2)
+    if len(common) < 2 or common[1][1] < 2:
+        raise ValueError(f"steering needs two values with at least two items each; the most common are {dict(common)}")
+    return common[0][0], common[1][0]
+
+
+def assign_folds(items: Sequence[ItemPrompts], values: tuple[str, str]) -> dict[str, int]:
+    """item_id → fold 0/1, alternating within each value (balanced folds)."""
+    folds: dict[str, int] = {}
+    for v in values:
+        for k, it in enumerate(i for i in items if i.value == v):
+            folds[it.item_id] = k % 2
+    return folds
+
+
+def balanced(items: Sequence[ItemPrompts], values: tuple[str, str], n: int) -> list[ItemPrompts]:
+    """Up to `n` items with value X or Y, taking X and Y in turn."""
+    by = [[it for it in items if it.value == v] for v in values]
+    out = [it for pair in zip(*by) for it in pair]
+    rest = [it for group in by for it in group[len(out) // 2 :]]
+    return (out + rest)[:n]
+
+
+def store_steering_vectors(store: ActivationStore, layer: int, position: str, task: str, prop: str,
+                           values: tuple[str, str], folds: Mapping[str, int]) -> dict[int, torch.Tensor]:
+    """fold → mean(X) - mean(Y) of the stored object-level activations of the *other* fold's items."""
+    x, meta = store.load("resid_post", layer, position, filter=lambda r: (r["kind"] == "object") & (r["task"] == task), as_="torch")
+    value = np.array([(v or {}).get(prop) if isinstance(v, dict) else None for v in meta["values"]], dtype=object)
+    fold = np.array([folds.get(i, -1) for i in meta["item_id"]])
+    out = {}
+    for f in (0, 1):
+        other = fold == 1 - f
+        out[f] = steering_vector(x[torch.from_numpy(other & (value == values[0]))], x[torch.from_numpy(other & (value == values[1]))])
+    return out
+
+
+@dataclass(frozen=True)
+class SteeringSetup:
+    """Where and with what D steers."""
+
+    property: str
+    layer: int
+    values: tuple[str, str]
+    vectors: dict[int, torch.Tensor]  # fold -> X minus Y direction
+    folds: dict[str, int]
+
+
+def _condition(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], setup: SteeringSetup, kind: str,
+               position_name: str, vectors: Mapping[int, torch.Tensor] | None, scale: float) -> list[str | None]:
+    """Each item's answer value with its fold's vector (None: unsteered) pushing it toward its other value."""
+    deltas: dict[tuple[int, int], torch.Tensor] = {}
+    steers = []
+    for it in items:
+        ids, p = (it.object_ids, it.object_p_tokens) if kind == "object" else (it.hyp_ids, it.hyp_p_tokens)
+        if vectors is None:
+            steers.append(RowSteer(None))
+            continue
+        f, sign = setup.folds[it.item_id], (1 if it.value == setup.values[1] else -1)
+        if (f, sign) not in deltas:
+            deltas[(f, sign)] = sign * scale * vectors[f]
+        steers.append(RowSteer(deltas[(f, sign)], position_set(position_name, len(ids), p)))
+    seqs = [it.object_ids if kind == "object" else it.hyp_ids for it in items]
+    logits = steerer.logits(seqs, steers, resid_post(setup.layer))
+    return read_answers(handle, logits, setup.property, kind, [it.target for it in items])
+
+
+def _toward(it: ItemPrompts, values: tuple[str, str]) -> str:
+    return values[0] if it.value == values[1] else values[1]
+
+
+def random_controls(vectors: Mapping[int, torch.Tensor], seed: int) -> dict[int, torch.Tensor]:
+    """Per fold, a random vector of that fold's steering vector's norm."""
+    return {f: random_like(v, seed * 100 + f) for f, v in vectors.items()}
+
+
+def run_steering(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], setup: SteeringSetup,
+                 scales: Sequence[float], *, n_random: int = 2, seed: int = 0,
+                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """(scale sweep, per-item rows, chosen scale).
+
+    The sweep steers object runs at every scale and position set with the steering vector, and at
+    P's tokens with one random vector too; the chosen scale is the one where the steering vector
+    beats that random vector by most in moving object answers toward the pushed value at P's
+    tokens (the smallest on ties). At that scale the steering vector and `n_random` other
+    equal-norm random vectors (seeds not used in the sweep) steer object and hypothetical runs at
+    every position set."""
+    before = {kind: _condition(handle, steerer, items, setup, kind, "all", None, 0.0) for kind in ("object", "hypothetical")}
+    toward = [_toward(it, setup.values) for it in items]
+    base_rate = np.mean([b == t for b, t in zip(before["object"], toward)])
+    sweep_random = random_controls(setup.vectors, seed * 1000 + 999)
+    steps = [(s, name, "steer") for s in scales for name in POSITION_SETS] + [(s, "P", "random") for s in scales]
+    sweep = []
+    for scale, name, vec in tqdm(steps, desc=f"steering scale sweep {handle.name}", unit="condition", disable=not progress):
+        after = _condition(handle, steerer, items, setup, "object", name, setup.vectors if vec == "steer" else sweep_random, scale)
+        sweep.append({"position_set": name, "vector": vec, "scale": scale,
+                      "object_to_target": np.mean([a == t for a, t in zip(after, toward)]) - base_rate,
+                      "object_changed": np.mean([a != b for a, b in zip(after, before["object"])]),
+                      "object_readable": np.mean([a is not None for a in after])})
+    sweep_df = pd.DataFrame(sweep)
+    on_p = sweep_df[sweep_df["position_set"] == "P"].pivot(index="scale", columns="vector", values="object_to_target")
+    margin = on_p["steer"] - on_p["random"]
+    scale = float(margin.idxmax())
+    kinds = {"steer": setup.vectors} | {f"random-{k}": random_controls(setup.vectors, seed * 1000 + k) for k in range(n_random)}
+    rows = []
+    steps2 = [(vec, name) for vec in kinds for name in POSITION_SETS]
+    for vec, name in tqdm(steps2, desc=f"steering {handle.name}", unit="condition", disable=not progress):
+        after = {kind: _condition(handle, steerer, items, setup, kind, name, kinds[vec], scale) for kind in ("object", "hypothetical")}
+        for k, it in enumerate(items):
+            rows.append({"position_set": name, "vector": vec, "scale": scale, "item_id": it.item_id, "fold": setup.folds[it.item_id],
+                         "value": it.value, "toward": toward[k], "object_before": before["object"][k], "object_after": after["object"][k],
+                         "hyp_before": before["hypothetical"][k], "hyp_after": after["hypothetical"][k]})
+    return sweep_df, pd.DataFrame(rows), scale
+
+
+def _rates(g: pd.DataFrame) -> dict[str, float]:
+    moved = g[(g["object_after"] != g["object_before"]) & g["object_after"].notna() & g["object_before"].notna()]
+    return {
+        "n": len(g),
+        "object_to_target": float((g["object_after"] == g["toward"]).mean() - (g["object_before"] == g["toward"]).mean()),
+        "object_changed": float((g["object_after"] != g["object_before"]).mean()),
+        "hyp_to_target": float((g["hyp_after"] == g["toward"]).mean() - (g["hyp_before"] == g["toward"]).mean()),
+        "hyp_changed": float((g["hyp_after"] != g["hyp_before"]).mean()),
+        "n_object_moved": len(moved),
+        "follows_new": float((moved["hyp_after"] == moved["object_after"]).mean()) if len(moved) else float("nan"),
+        "follows_old": float((moved["hyp_after"] == moved["object_before"]).mean()) if len(moved) else float("nan"),
+        "hyp_readable": float(g["hyp_after"].notna().mean()),
+    }
+
+
+def summarise_steering(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per position set: the steering vector's rates and the random vectors' mean and max.
+
+    object_to_target / hyp_to_target: change in the share of answers equal to the pushed-toward
+    value; *_changed: share of answers that changed at all; follows_new / follows_old: among the
+    items whose object answer moved, the share of self-predictions equal to the new / old answer."""
+    out = []
+    for name in POSITION_SETS:
+        g = rows[rows["position_set"] == name]
+        if not len(g):
+            continue
+        steer = _rates(g[g["vector"] == "steer"])
+        randoms = pd.DataFrame([_rates(r) for _, r in g[g["vector"] != "steer"].groupby("vector")])
+        row = {"position_set": name, "label": POSITION_SETS[name], **steer}
+        for col in ("object_to_target", "hyp_to_target", "object_changed", "hyp_changed"):
+            row[f"random_{col}_mean"] = float(randoms[col].mean()) if len(randoms) else float("nan")
+            row[f"random_{col}_max"] = float(randoms[col].max()) if len(randoms) else float("nan")
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _moves(row: pd.Series, what: str, min_effect: float) -> bool:
+    """The steering vector moved `what` beyond every random control by at least `min_effect`."""
+    control = row[f"random_{what}_max"]
+    control = 0.0 if not np.isfinite(control) else max(control, 0.0)
+    return row[what] - control >= min_effect
+
+
+def steering_pattern(summary: pd.DataFrame, min_effect: float = 0.15) -> tuple[str, list[str]]:
+    """(pattern, one sentence per position set) from `summarise_steering`'s table.
+
+    "P-state": steering P's tokens moves the object answer and the self-prediction follows (reading
+    P's state or re-computing the answer; B and C tell these apart); "question shortcut": steering
+    the question/final tokens moves the self-prediction but not the object answer; "none": no
+    position set moves the self-prediction beyond the random controls; "mixed": anything else."""
+    s = summary.set_index("position_set")
+    moves = {name: (_moves(s.loc[name], "object_to_target", min_effect), _moves(s.loc[name], "hyp_to_target", min_effect)) for name in s.index}
+    sentences = []
+    for name, (obj, hyp) in moves.items():
+        r = s.loc[name]
+        what = {(True, True): "moved both the object answer and the self-prediction",
+                (True, False): "moved the object answer but not the self-prediction",
+                (False, True): "moved the self-prediction but not the object answer",
+                (False, False): "moved neither beyond the random controls"}[(obj, hyp)]
+        sentences.append(f"{POSITION_SETS[name]}: {what} (toward the pushed value: object {r['object_to_target']:+.2f} vs random "
+                         f"≤ {r['random_object_to_target_max']:+.2f}, self-prediction {r['hyp_to_target']:+.2f} vs random "
+                         f"≤ {r['random_hyp_to_target_max']:+.2f}; of {int(r['n_object_moved'])} moved object answers the "
+                         f"self-prediction named the new one {_share(r['follows_new'])}, the old one {_share(r['follows_old'])}).")
+    p_obj, p_hyp = moves.get("P", (False, False))
+    q_obj, q_hyp = moves.get("after_P", (False, False))
+    if not any(h for _, h in moves.values()):
+        pattern = "none"
+    elif p_obj and p_hyp and not (q_hyp and not q_obj):
+        pattern = "P-state"
+    elif q_hyp and not q_obj and not p_hyp:
+        pattern = "question shortcut"
+    else:
+        pattern = "mixed"
+    return pattern, sentences
+
+
+def _share(x: float) -> str:
+    return "–" if not np.isfinite(x) else f"{x:.0%}"
+
+
+# ---------------------------------------------------------------------------- E: concept injection
+
+
+CONCEPT_TEMPLATE = "Tell me about {word}."
+
+
+@torch.no_grad()
+def concept_vectors(handle: ModelHandle, words: Sequence[str], baseline: Sequence[str], layer: int,
+                    template: str = CONCEPT_TEMPLATE) -> dict[str, torch.Tensor]:
+    """word → resid_post[layer] at the final token of `template` about the word, minus the mean over
+    the `baseline` words (the concept's direction, as in Lindsey 2025)."""
+    fmt = handle.prompt_format
+    texts = [fmt.render([Message("system", ""), Message("user", template.format(word=w))]) for w in [*words, *baseline]]
+    batch = left_pad([fmt.encode(t) for t in texts], handle.pad_token_id).to(handle.device)
+    place = resid_post(layer)
+    with recording(handle.model, [place]) as rec:
+        handle.model(**batch.model_inputs(), logits_to_keep=1)
+    acts = rec[place][:, -1].float().cpu()
+    mean = acts[len(words) :].mean(0)
+    return {w: acts[i] - mean for i, w in enumerate(words)}
+
+
+def run_concepts(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], vectors: Mapping[str, torch.Tensor],
+                 layer: int, scales: Sequence[float], *, n_random: int = 1, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Inject each concept (and `n_random` equal-norm random vectors per concept) at every token of
+    the hypothetical prompts; one row per (injected vector, scale, item, scored concept) with the
+    log-probability of the scored concept's value token and the greedy self-report."""
+    prop = get_property(items[0].property)
+    values = {w: prop.extract(w, None) for w in vectors}
+    tokens = {w: first_token(handle, v) for w, v in values.items()}
+    missing = [w for w, t in tokens.items() if t is None]
+    if missing:
+        raise ValueError(f"concept word(s) {missing} have no {prop.name} value")
+    seqs = [it.hyp_ids for it in items]
+    place = resid_post(layer)
+
+    def measure(vector: torch.Tensor | None) -> tuple[torch.Tensor, list[str | None]]:
+        steer = RowSteer(vector)
+        logits = steerer.logits(seqs, [steer] * len(seqs), place)
+        return logits.log_softmax(-1), read_answers(handle, logits, prop.name, "hypothetical", [None] * len(seqs))
+
+    clean_lp, clean_report = measure(None)
+    injected = [(w, "concept", w, s, vectors[w]) for s in scales for w in vectors]
+    injected += [(w, f"random-{k}", f"random-{k} ({w})", s, random_like(vectors[w], seed * 1000 + 17 * k + i))
+                 for s in scales for i, w in enumerate(vectors) for k in range(n_random)]
+    rows = []
+    for owner, kind, name, scale, vec in tqdm(injected, desc=f"concept injection {handle.name}", unit="vector", disable=not progress):
+        lp, report = measure(scale * vec)
+        for k, it in enumerate(items):
+            for w, t in tokens.items():
+                rows.append({"injected": name, "kind": kind, "owner": owner, "scale": scale, "item_id": it.item_id, "concept": w,
+                             "value": values[w], "logprob": float(lp[k, t]), "logprob_clean": float(clean_lp[k, t]),
+                             "report": report[k], "report_clean": clean_report[k]})
+    return pd.DataFrame(rows)
+
+
+def summarise_concepts(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per scale × concept: the mean shift of log P(concept's value) at the report, and the share
+    of reports equal to it, under the concept's own vector, its random controls and the other
+    concepts' vectors."""
+    out = []
+    for (scale, concept), g in rows.groupby(["scale", "concept"], sort=False):
+        shift = g["logprob"] - g["logprob_clean"]
+        hit = g["report"] == g["value"]
+        own = (g["kind"] == "concept") & (g["owner"] == concept)
+        rnd = g["kind"].str.startswith("random") & (g["owner"] == concept)
+        other = (g["kind"] == "concept") & (g["owner"] != concept)
+        out.append({"scale": scale, "concept": concept, "value": g["value"].iloc[0],
+                    "shift_own": float(shift[own].mean()), "shift_random": float(shift[rnd].mean()),
+                    "shift_random_max": float(shift[rnd].groupby(g.loc[rnd, "injected"]).mean().max()) if rnd.any() else float("nan"),
+                    "shift_other": float(shift[other].mean()) if other.any() else float("nan"),
+                    "report_rate_own": float(hit[own].mean()), "report_rate_random": float(hit[rnd].mean()),
+                    "report_rate_other": float(hit[other].mean()) if other.any() else float("nan"),
+                    "report_rate_clean": float((g.loc[own, "report_clean"] == g.loc[own, "value"]).mean())})
+    return pd.DataFrame(out)

@@ -1,0 +1,99 @@
+"""`python -m experiments.patching`: the preset, its errors, and (slow) a run end to end on the
+hand-made tiny study after its capture."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from experiments.common import preset_path
+from experiments.patching import PatchingConfig, build_parser, patching_layers
+from introspect_mi import config as cfg
+from introspect_mi.errors import UserError
+from introspect_mi.properties import get_property
+from introspect_mi.store import RunDir
+from introspect_mi.tasks import get_task
+from tests.experiments.conftest import TinyStudy
+
+TINY_ARGS = ("--tasks", "animals", "myopic_reward", "--properties", "first_character", "ethical_stance", "--pair-candidates", "4",
+             "--exact-cells", "4", "--steer-task", "animals", "--steer-property", "first_character", "--steer-items", "4",
+             "--steer-scales", "1", "4", "--n-random", "1", "--concepts", "cat", "dog", "--baseline-words", "fox", "owl",
+             "--concept-items", "2")
+
+
+def test_quick_preset_names_resolve() -> None:
+    c = cfg.build(PatchingConfig, cfg.load_preset(preset_path("quick"), "patching"))
+    for task in c.tasks:
+        get_task(task)
+    for prop in c.properties:
+        get_property(prop)
+    assert get_property(c.steer_property).applies_to(get_task(c.steer_task).spec)
+    concept = get_property(c.concept_property)
+    assert concept.applies_to(get_task(c.concept_task).spec)
+    assert all(concept.extract(w) for w in c.concepts)
+    assert c.steer_position in ("p_last", "final") and 0 <= c.steer_depth <= 1 and 0 <= c.concept_depth <= 1
+
+
+def test_help_comes_from_the_field_docstrings() -> None:
+    text = build_parser().format_help()
+    assert "--layer-stride" in text and "Patch every k-th layer" in text and "--n-random" in text
+
+
+def test_patching_layers_keep_the_last() -> None:
+    assert patching_layers(7, 3) == [0, 3, 6] and patching_layers(8, 3) == [0, 3, 6, 7] and patching_layers(3, 1) == [0, 1, 2]
+    with pytest.raises(UserError, match="layer_stride"):
+        patching_layers(8, 0)
+
+
+def test_a_missing_capture_names_the_capture_command(tiny_study) -> None:
+    out = tiny_study.run("patching", "--capture", "no-such-capture")
+    assert out.returncode == 2 and "error: no capture run 'no-such-capture'" in out.stderr
+    assert "python -m experiments.capture --preset quick" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.fixture(scope="module")
+def two_value_study(tiny_study: TinyStudy, tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
+    """The tiny study with its animals answers alternating "cat …" / "dog …" (first characters c and
+    d, three items each): steering needs two values with two items or more."""
+    root = tmp_path_factory.mktemp("two_value_study")
+    study = TinyStudy(tiny_study.name, root / "runs", root / "checkpoints")
+    shutil.copytree(tiny_study.runs / tiny_study.name, study.runs / tiny_study.name)
+    shutil.copytree(tiny_study.checkpoints, study.checkpoints)
+    run = RunDir(study.runs / study.name)
+    for k in range(3):
+        rows = run.read_table(f"rows_{k}")
+        animal = rows["task"] == "animals"
+        ids = sorted(rows.loc[animal, "item_id"].unique())
+        answer = rows["item_id"].map({i: ("cat dog fox" if n % 2 else "dog cat fox") for n, i in enumerate(ids)})
+        rows.loc[animal, "object_answer"] = answer[animal]
+        first = animal & (rows["property"] == "first_character")
+        rows.loc[first, "object_value"] = answer[first].str[0]
+        run.write_table(f"rows_{k}", rows)
+    return study
+
+
+@pytest.mark.slow
+def test_patching_end_to_end_on_the_tiny_study(two_value_study: TinyStudy) -> None:
+    tiny_study = two_value_study
+    capture = tiny_study.run("capture", "--subjects", "untrained", "self", "--name", "mech-patch", "--explorer-items", "2")
+    assert capture.returncode == 0, capture.stderr[-3000:]
+    missing = tiny_study.run("patching", "--capture", "mech-patch", "--subjects", "cross", *TINY_ARGS)
+    assert missing.returncode == 2 and "no activation store for cross" in missing.stderr and "--subjects cross" in missing.stderr
+    out = tiny_study.run("patching", "--capture", "mech-patch", "--subjects", "untrained", "self", *TINY_ARGS)
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = tiny_study.runs / "mech-patch" / "patching"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics["subjects"]) == {"untrained", "self"}
+    for m in metrics["subjects"].values():
+        assert m["pairs"] >= 1 and m["steering"]["pattern"] in ("P-state", "question shortcut", "none", "mixed")
+        assert m["steering"]["scale"] in (1.0, 4.0) and len(m["steering"]["sentences"]) == 3
+    for table in ("pairs", "cells", "grid", "exact", "steering_sweep", "steering", "steering_summary", "concepts", "concept_summary"):
+        assert (folder / f"{table}.jsonl").stat().st_size > 0
+    report = (folder / "report.html").read_text()
+    assert report.count('<div id="fig-') >= 8 and "Pattern:" in report
+    # the explorer of the capture run links the report
+    from introspect_mi.explorer.page import report_links
+
+    assert ("patching/report.html" in {href for href, _ in report_links(tiny_study.runs / "mech-patch", "")})

@@ -1,0 +1,196 @@
+"""Steering and concept-injection experiments D–E: position sets, the batched steered forward
+against single-prompt oracles (steering.Steer), cross-fitted vectors from a store, equal-norm
+controls, the summaries and the pattern read from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from introspect_mi.actstore import ActivationStore, StoreWriter, tensor_key
+from introspect_mi.models import ModelHandle, load
+from introspect_mi.places import resid_post
+from introspect_mi.steering import Steer, steering
+from introspect_mi.steering_experiments import (
+    POSITION_SETS, RowSteer, Steerer, SteeringSetup, assign_folds, balanced, concept_vectors, layer_at, position_set,
+    random_controls, run_concepts, run_steering, steer_values, steering_pattern, store_steering_vectors, summarise_concepts,
+    summarise_steering,
+)
+from tests.test_patching_experiments import item
+
+CLOSE = {"rtol": 1e-4, "atol": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def handle(tiny_llama_dir: Path) -> ModelHandle:
+    return load(tiny_llama_dir)
+
+
+def prompts() -> list[list[int]]:
+    """Three prompts sharing a 12-token prefix, then differing (lengths 20, 18, 23)."""
+    shared = list(range(20, 32))
+    return [shared + [40, 41, 42, 43, 44, 45, 46, 47], shared + [50, 51, 52, 53, 54, 55], shared + list(range(60, 71))]
+
+
+def test_position_sets() -> None:
+    assert position_set("P", 10, [3, 4, 5]) == {3, 4, 5}
+    assert position_set("after_P", 10, [3, 4, 5]) == {6, 7, 8, 9}
+    assert position_set("all", 10, [3, 4, 5]) is None
+    assert list(POSITION_SETS) == ["P", "after_P", "all"]
+    with pytest.raises(ValueError, match="unknown position set"):
+        position_set("question", 10, [3])
+    assert (layer_at(0.0, 30), layer_at(0.5, 30), layer_at(1.0, 30)) == (0, 14, 29)
+
+
+@torch.no_grad()
+def test_unsteered_batch_equals_each_prompt_alone(handle: ModelHandle) -> None:
+    model = handle.model
+    steerer = Steerer(model, handle.pad_token_id, batch_size=2)
+    got = steerer.logits(prompts(), [RowSteer(None)] * 3, resid_post(1))
+    for row, ids in zip(got, prompts()):
+        torch.testing.assert_close(row, model(torch.tensor([ids])).logits[0, -1].float(), **CLOSE)
+    again = steerer.logits(prompts(), [RowSteer(None)] * 3, resid_post(1))  # kept prefix reused
+    torch.testing.assert_close(again, got, **CLOSE)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("layer", [0, 2])
+def test_per_row_steering_equals_steer_on_each_prompt_alone(handle: ModelHandle, layer: int) -> None:
+    model, place = handle.model, resid_post(layer)
+    v = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    w = -2 * v
+    steers = [RowSteer(v, frozenset({3, 4, 14})),  # inside the shared prefix too
+              RowSteer(w, frozenset(range(12, 18))),
+              RowSteer(v, None)]  # every token
+    got = Steerer(model, handle.pad_token_id, batch_size=4).logits(prompts(), steers, place)
+    for row, ids, s in zip(got, prompts(), steers):
+        with steering(model, Steer(place, s.vector, 1.0, None if s.positions is None else tuple(s.positions))):
+            want = model(torch.tensor([ids])).logits[0, -1].float()
+        torch.testing.assert_close(row, want, **CLOSE)
+    # different vectors after an unsteered shared prefix: one batch, per-row vectors
+    late = [RowSteer(v, frozenset({12, 15})), RowSteer(w, frozenset({13})), RowSteer(None)]
+    got = Steerer(model, handle.pad_token_id).logits(prompts(), late, place)
+    for row, ids, s in zip(got, prompts(), late):
+        with steering(model, [] if s.vector is None else [Steer(place, s.vector, 1.0, tuple(s.positions))]):
+            torch.testing.assert_close(row, model(torch.tensor([ids])).logits[0, -1].float(), **CLOSE)
+    # rows sharing a vector and a steered shared prefix (positions 2..5 in every row)
+    same = [RowSteer(v, frozenset({2, 3, 4, 5, 13}))] * 3
+    got = Steerer(model, handle.pad_token_id).logits(prompts(), same, place)
+    for row, ids in zip(got, prompts()):
+        with steering(model, Steer(place, v, 1.0, (2, 3, 4, 5, 13))):
+            torch.testing.assert_close(row, model(torch.tensor([ids])).logits[0, -1].float(), **CLOSE)
+
+
+def test_values_folds_and_balanced_items() -> None:
+    items = [item(f"i{k}", v) for k, v in enumerate("xyxxzyxy")]
+    assert steer_values(items) == ("x", "y")
+    folds = assign_folds(items, ("x", "y"))
+    assert set(folds) == {"i0", "i1", "i2", "i3", "i5", "i6", "i7"}
+    for v in "xy":
+        members = [folds[it.item_id] for it in items if it.value == v]
+        assert abs(members.count(0) - members.count(1)) <= 1
+    chosen = balanced(items, ("x", "y"), 5)
+    assert [it.value for it in chosen] == ["x", "y", "x", "y", "x"]
+    with pytest.raises(ValueError, match="two values with at least two items each"):
+        steer_values([item("a", "x"), item("b", None)])
+    with pytest.raises(ValueError, match="two values with at least two items each"):
+        steer_values([item("a", "x"), item("b", "x"), item("c", "y")])
+
+
+def test_store_vectors_are_cross_fitted_mean_differences(tmp_path: Path) -> None:
+    place, d = resid_post(1), 4
+    info = {"places": [str(place)], "positions": ["p_last"], "dtype": "float32", "n_records": 6, "d_model": d}
+    writer = StoreWriter(tmp_path, info, shard_records=4)
+    rows = [("i0", "x", 0), ("i1", "x", 1), ("i2", "y", 0), ("i3", "y", 1), ("i4", "x", 1), ("h", "x", 0)]
+    vecs = {}
+    for k, (item_id, value, _) in enumerate(rows):
+        vecs[item_id] = torch.arange(d, dtype=torch.float32) * (k + 1)
+        kind = "hypothetical" if item_id == "h" else "object"
+        writer.add({"record": k, "item_id": item_id, "kind": kind, "task": "t", "values": {"p": value}, "positions": {"p_last": [2]}},
+                   {tensor_key(place, "p_last"): vecs[item_id][None]})
+    writer.flush()
+    folds = {item_id: f for item_id, _, f in rows}
+    got = store_steering_vectors(ActivationStore.open(tmp_path), 1, "p_last", "t", "p", ("x", "y"), folds)
+    torch.testing.assert_close(got[0], (vecs["i1"] + vecs["i4"]) / 2 - vecs["i3"])  # fold 0 is steered by fold 1's items
+    torch.testing.assert_close(got[1], vecs["i0"] - vecs["i2"])  # hypothetical records never count
+
+
+def test_random_controls_have_each_folds_norm_and_a_new_direction() -> None:
+    vectors = {0: torch.full((8,), 2.0), 1: torch.arange(8.0)}
+    for seed in (0, 1):
+        controls = random_controls(vectors, seed)
+        for f, v in vectors.items():
+            torch.testing.assert_close(controls[f].norm(), v.norm())
+            assert abs(float(torch.nn.functional.cosine_similarity(controls[f], v, dim=0))) < 0.9
+    assert not torch.equal(random_controls(vectors, 0)[0], random_controls(vectors, 1)[0])
+
+
+def steering_rows() -> pd.DataFrame:
+    """4 items pushed toward "y" ("x" before); the steering vector moves 2 object answers and the
+    self-prediction of one of them to "y"; the random vector moves nothing."""
+    rows = []
+    for vec in ("steer", "random-0"):
+        for k in range(4):
+            moved = vec == "steer" and k < 2
+            rows.append({"position_set": "P", "vector": vec, "item_id": f"i{k}", "toward": "y", "object_before": "x",
+                         "object_after": "y" if moved else "x", "hyp_before": "x", "hyp_after": "y" if moved and k == 0 else "x"})
+    return pd.DataFrame(rows)
+
+
+def test_summarise_steering_counts_by_hand() -> None:
+    (row,) = summarise_steering(steering_rows()).to_dict("records")
+    assert row["object_to_target"] == 0.5 and row["hyp_to_target"] == 0.25 and row["n_object_moved"] == 2
+    assert row["follows_new"] == 0.5 and row["follows_old"] == 0.5
+    assert row["random_object_to_target_max"] == 0.0 and row["random_hyp_changed_mean"] == 0.0
+
+
+def summary(p: tuple[float, float], q: tuple[float, float], a: tuple[float, float] = (0.0, 0.0)) -> pd.DataFrame:
+    """(object, self-prediction) shifts per position set, random controls at 0.05."""
+    return pd.DataFrame([{"position_set": name, "object_to_target": o, "hyp_to_target": h, "random_object_to_target_max": 0.05,
+                          "random_hyp_to_target_max": 0.05, "n_object_moved": 3, "follows_new": 0.5, "follows_old": 0.5}
+                         for name, (o, h) in zip(POSITION_SETS, (p, q, a))])
+
+
+@pytest.mark.parametrize(("p", "q", "pattern"), [
+    ((0.5, 0.4), (0.0, 0.0), "P-state"),
+    ((0.0, 0.0), (0.0, 0.5), "question shortcut"),
+    ((0.5, 0.0), (0.1, 0.1), "none"),
+    ((0.5, 0.5), (0.0, 0.5), "mixed"),
+])
+def test_steering_pattern(p: tuple[float, float], q: tuple[float, float], pattern: str) -> None:
+    got, sentences = steering_pattern(summary(p, q), min_effect=0.15)
+    assert got == pattern and len(sentences) == 3
+    assert sentences[0].startswith("(i) P's tokens: ")
+
+
+def test_run_steering_on_a_tiny_model(handle: ModelHandle) -> None:
+    items = [item(f"i{k}", "xy"[k % 2]) for k in range(4)]
+    vectors = {0: torch.ones(64), 1: -torch.ones(64)}
+    setup = SteeringSetup("first_character", 1, ("x", "y"), vectors, assign_folds(items, ("x", "y")))
+    sweep, rows, scale = run_steering(handle, Steerer(handle.model, handle.pad_token_id), items, setup, [1.0, 4.0], n_random=1, progress=False)
+    assert scale in (1.0, 4.0)
+    assert len(sweep) == 2 * (len(POSITION_SETS) + 1) and set(sweep["vector"]) == {"steer", "random"}
+    assert len(rows) == 2 * len(POSITION_SETS) * len(items) and set(rows["vector"]) == {"steer", "random-0"}
+    assert (rows["toward"] == np.where(rows["value"] == "x", "y", "x")).all()
+
+
+def test_concept_vectors_subtract_the_baseline_mean(handle: ModelHandle) -> None:
+    words = ["cat", "dog", "fox"]
+    vectors = concept_vectors(handle, words, words, layer=1)  # baseline = the words: the vectors sum to zero
+    torch.testing.assert_close(sum(vectors.values()), torch.zeros(64), atol=1e-4, rtol=0)
+    assert all(v.norm() > 0 for v in vectors.values())
+
+
+def test_zero_injection_changes_nothing(handle: ModelHandle) -> None:
+    items = [item(f"i{k}", "x", prop="first_character") for k in range(3)]
+    vectors = {"cat": torch.randn(64), "dog": torch.randn(64)}
+    rows = run_concepts(handle, Steerer(handle.model, handle.pad_token_id), items, vectors, 1, [0.0], n_random=1, progress=False)
+    assert len(rows) == (2 + 2) * len(items) * 2  # (2 concepts + 1 random each) × items × scored concepts
+    np.testing.assert_allclose(rows["logprob"], rows["logprob_clean"], atol=1e-4)
+    s = summarise_concepts(rows)
+    assert set(s["concept"]) == {"cat", "dog"} and set(s["value"]) == {"c", "d"}
+    assert np.allclose(s[["shift_own", "shift_random", "shift_other"]].to_numpy(), 0.0, atol=1e-4)
