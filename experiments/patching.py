@@ -2,8 +2,9 @@
 
     python -m experiments.patching --preset quick
 
-For each subject (untrained M1, self-trained M1; `cross` = cross-trained M2 on request), on pairs
-of items of one task × property whose object-level property values differ:
+For each subject (untrained M1, self-trained M1, cross-trained M2; the quick preset leaves cross
+out, it needs its own capture), on pairs of items of one task × property whose object-level
+property values differ:
 A. hypothetical → hypothetical patching per layer × position group (P's tokens, the question's
    tokens, the final token), and attribution patching over every layer × token, checked against
    exact patching;
@@ -55,27 +56,30 @@ TABLES = ("pairs", "cells", "grid", "exact", "steering_sweep", "steering", "stee
 
 @dataclass(frozen=True)
 class PatchingConfig:
+    """Defaults are the full-size run (a GPU, `--preset paper`); the quick preset trims them for a
+    2-core CPU."""
+
     study: str = ""
     """The behavioural study run to analyse (empty: the one the preset's [study] section makes)."""
     capture: str = ""
     """The capture run that holds the activation stores and gets the results (empty: mech-<study>)."""
-    subjects: tuple[str, ...] = ("untrained", "self")
+    subjects: tuple[str, ...] = ("untrained", "self", "cross")
     """Models: untrained (M1), self (self-trained M1), cross (cross-trained M2; needs its capture)."""
     tasks: tuple[str, ...] = ()
     """Held-out tasks to draw patching pairs from (empty: all of the study's)."""
-    properties: tuple[str, ...] = ("first_character", "among_a_or_c", "ethical_stance")
+    properties: tuple[str, ...] = ("first_character", "second_character", "among_a_or_c", "among_b_or_d", "ethical_stance")
     """Properties to draw patching pairs from (those that apply to each task)."""
-    pairs_per_group: int = 1
+    pairs_per_group: int = 5
     """Patching pairs per task × property."""
-    pair_candidates: int = 12
+    pair_candidates: int = 30
     """Items per task × property whose clean hypothetical runs are compared to pick the pairs with the largest metric gap."""
     layer_stride: int = 1
     """Patch every k-th layer in A, B and C (the last layer always; attribution covers every layer)."""
     min_gap: float = 0.5
     """Smallest clean source-minus-target logit difference that is normalised (smaller: raw change only)."""
-    exact_pairs: int = 1
+    exact_pairs: int = 2
     """Pairs whose attribution grid is checked cell by cell with exact patching."""
-    exact_cells: int = 48
+    exact_cells: int = 200
     """Single cells checked per such pair (spread over layers × tokens after the first differing token)."""
     steer_task: str = "mcq_general"
     """Task of the steering experiment (D)."""
@@ -85,11 +89,11 @@ class PatchingConfig:
     """Layer of the steering vector and of steering, as a fraction of depth (0: first, 1: last)."""
     steer_position: str = "p_last"
     """Stored position the steering vector is computed at: p_last (P read) or final."""
-    steer_items: int = 12
+    steer_items: int = 60
     """Items steered in D (balanced between the two values)."""
-    steer_scales: tuple[float, ...] = (4.0, 8.0, 16.0)
-    """Scales swept (× the mean-difference vector); D uses the one where the vector beats a random one most at P's tokens."""
-    n_random: int = 2
+    steer_scales: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    """Scales swept at P's tokens (× the mean-difference vector); D uses the one where the vector beats a random one most."""
+    n_random: int = 5
     """Equal-norm random vectors per condition (D) as controls."""
     min_effect: float = 0.15
     """How far (share of items) steering must beat every random control to count as moving an answer."""
@@ -103,9 +107,9 @@ class PatchingConfig:
     """Neutral words whose mean activation is subtracted from a concept's."""
     concept_depth: float = 0.5
     """Layer of concept injection, as a fraction of depth."""
-    concept_scales: tuple[float, ...] = (4.0,)
+    concept_scales: tuple[float, ...] = (2.0, 4.0, 8.0)
     """Injection strengths (× the concept vector)."""
-    concept_items: int = 12
+    concept_items: int = 60
     """Hypothetical prompts injected in E."""
     concept_random: int = 1
     """Equal-norm random vectors per concept (E)."""
@@ -169,16 +173,58 @@ def patching_layers(n_layers: int, stride: int) -> list[int]:
     return sorted(set(range(0, n_layers, stride)) | {n_layers - 1})
 
 
+def patch_stage(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], groups: set[tuple[str, str]],
+                c: PatchingConfig) -> tuple[dict[str, pd.DataFrame], dict]:
+    """A, B and C on the selected pairs."""
+    grouped = [it for it in items if (it.task, it.property) in groups]
+    pairs = select_pairs(grouped, lambda v: first_token(handle, v), c.pairs_per_group, candidate_logits(steerer, grouped, c.pair_candidates))
+    if not pairs:
+        raise UserError(f"no pair of items has differing values in {sorted(groups)}", "choose other --tasks / --properties")
+    layers = patching_layers(handle.n_layers, c.layer_stride)
+    t = run_pairs(handle, pairs, layers, min_gap=c.min_gap, exact_pairs=c.exact_pairs, exact_cells=c.exact_cells, batch_size=c.batch_size)
+    a = t.cells[t.cells["experiment"] == "A"]
+    metrics = {"pairs": len(pairs), "normalisable_pairs": int(t.pairs["normalisable"].sum()), "layers_patched": layers,
+               "flow": flow_summary(t.cells).to_dict("records"), "attribution_r_group_cells": pearson(a["delta"], a["attribution"]),
+               "attribution_r_single_cells": pearson(t.exact["exact"], t.exact["attribution"]) if len(t.exact) else None}
+    return {"pairs": t.pairs, "cells": t.cells, "grid": t.grid, "exact": t.exact}, metrics
+
+
+def steer_stage(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], store: ActivationStore,
+                c: PatchingConfig) -> tuple[dict[str, pd.DataFrame], dict]:
+    """D: cross-fitted steering vectors from the store, the scale sweep, the conditions and the pattern."""
+    chosen = [it for it in items if (it.task, it.property) == (c.steer_task, c.steer_property)]
+    try:
+        values = steer_values(chosen)
+    except ValueError as exc:
+        raise UserError(f"{exc} on {c.steer_task} / {c.steer_property}", "choose another --steer-task / --steer-property") from None
+    folds = assign_folds(chosen, values)
+    layer = layer_at(c.steer_depth, handle.n_layers)
+    vectors = store_steering_vectors(store, layer, c.steer_position, c.steer_task, c.steer_property, values, folds)
+    setup = SteeringSetup(c.steer_property, layer, values, vectors, folds)
+    sweep, rows, scale = run_steering(handle, steerer, balanced(chosen, values, c.steer_items), setup, c.steer_scales,
+                                      n_random=c.n_random, seed=c.seed)
+    summary = summarise_steering(rows)
+    pattern, sentences = steering_pattern(summary, c.min_effect)
+    metrics = {"task": c.steer_task, "property": c.steer_property, "values": list(values), "layer": layer, "scale": scale,
+               "vector_norms": {str(f): float(v.norm()) for f, v in vectors.items()}, "items": int(rows["item_id"].nunique()),
+               "pattern": pattern, "sentences": sentences, "summary": summary.to_dict("records")}
+    return {"steering_sweep": sweep, "steering": rows, "steering_summary": summary}, metrics
+
+
+def concept_stage(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], c: PatchingConfig) -> tuple[dict[str, pd.DataFrame], dict]:
+    """E: concept vectors injected into the hypothetical prompts."""
+    layer = layer_at(c.concept_depth, handle.n_layers)
+    vectors = concept_vectors(handle, c.concepts, c.baseline_words, layer)
+    chosen = [it for it in items if (it.task, it.property) == (c.concept_task, c.concept_property)][: c.concept_items]
+    rows = run_concepts(handle, steerer, chosen, vectors, layer, c.concept_scales, n_random=c.concept_random, seed=c.seed)
+    summary = summarise_concepts(rows)
+    metrics = {"layer": layer, "norms": {w: float(v.norm()) for w, v in vectors.items()}, "summary": summary.to_dict("records")}
+    return {"concepts": rows, "concept_summary": summary}, metrics
+
+
 def run_subject(view: StudyView, capture: RunDir, label: str, c: PatchingConfig) -> tuple[dict[str, pd.DataFrame], dict]:
     """All five experiments on one subject: its tables (with a `subject` column) and metrics."""
-    clock, times = time.perf_counter(), {}
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        times[stage] = round(now - clock, 1)
-        clock = now
-
+    started = time.perf_counter()
     subject = view.subject(label)
     handle = view.load(subject)
     store = open_store(capture, label, handle)
@@ -187,56 +233,16 @@ def run_subject(view: StudyView, capture: RunDir, label: str, c: PatchingConfig)
               and (not view.config.properties or p in view.config.properties)}
     items = item_prompts(view, subject, handle, groups | {(c.steer_task, c.steer_property), (c.concept_task, c.concept_property)})
     steerer = Steerer(handle.model, handle.pad_token_id, c.batch_size)
-    lap("load")
-
-    _log(f"{label}: patching pairs (A, B, C)")
-    grouped = [it for it in items if (it.task, it.property) in groups]
-    pairs = select_pairs(grouped, lambda v: first_token(handle, v), c.pairs_per_group, candidate_logits(steerer, grouped, c.pair_candidates))
-    if not pairs:
-        raise UserError(f"no pair of {label}'s items has differing values in {sorted(groups)}", "choose other --tasks/--properties")
-    patched = run_pairs(handle, pairs, patching_layers(handle.n_layers, c.layer_stride), min_gap=c.min_gap, exact_pairs=c.exact_pairs,
-                        exact_cells=c.exact_cells, batch_size=c.batch_size)
-    lap("patching")
-
-    _log(f"{label}: steering (D)")
-    steer_items = [it for it in items if (it.task, it.property) == (c.steer_task, c.steer_property)]
-    try:
-        values = steer_values(steer_items)
-    except ValueError as exc:
-        raise UserError(f"{label}: {exc} on {c.steer_task} / {c.steer_property}", "choose another --steer-task / --steer-property") from None
-    folds = assign_folds(steer_items, values)
-    layer = layer_at(c.steer_depth, handle.n_layers)
-    setup = SteeringSetup(c.steer_property, layer, values,
-                          store_steering_vectors(store, layer, c.steer_position, c.steer_task, c.steer_property, values, folds), folds)
-    sweep, steering, scale = run_steering(handle, steerer, balanced(steer_items, values, c.steer_items), setup, c.steer_scales,
-                                          n_random=c.n_random, seed=c.seed)
-    summary = summarise_steering(steering)
-    pattern, sentences = steering_pattern(summary, c.min_effect)
-    lap("steering")
-
-    _log(f"{label}: concept injection (E)")
-    concept_layer = layer_at(c.concept_depth, handle.n_layers)
-    vectors = concept_vectors(handle, c.concepts, c.baseline_words, concept_layer)
-    concept_items = [it for it in items if (it.task, it.property) == (c.concept_task, c.concept_property)][: c.concept_items]
-    concepts = run_concepts(handle, steerer, concept_items, vectors, concept_layer, c.concept_scales, n_random=c.concept_random, seed=c.seed)
-    concept_summary = summarise_concepts(concepts)
-    lap("concepts")
-
-    tables = {"pairs": patched.pairs, "cells": patched.cells, "grid": patched.grid, "exact": patched.exact, "steering_sweep": sweep,
-              "steering": steering, "steering_summary": summary, "concepts": concepts, "concept_summary": concept_summary}
-    a = patched.cells[patched.cells["experiment"] == "A"]
-    metrics = {
-        "model": handle.provenance(), "pairs": len(pairs), "normalisable_pairs": int(patched.pairs["normalisable"].sum()),
-        "layers_patched": patching_layers(handle.n_layers, c.layer_stride), "flow": flow_summary(patched.cells).to_dict("records"),
-        "attribution_r_group_cells": pearson(a["delta"], a["attribution"]),
-        "attribution_r_single_cells": pearson(patched.exact["exact"], patched.exact["attribution"]) if len(patched.exact) else None,
-        "steering": {"task": c.steer_task, "property": c.steer_property, "values": list(values), "layer": layer, "scale": scale,
-                     "vector_norms": {str(f): float(v.norm()) for f, v in setup.vectors.items()}, "items": int(steering["item_id"].nunique()),
-                     "pattern": pattern, "sentences": sentences, "summary": summary.to_dict("records")},
-        "concepts": {"layer": concept_layer, "norms": {w: float(v.norm()) for w, v in vectors.items()},
-                     "summary": concept_summary.to_dict("records")},
-        "seconds": times,
-    }
+    tables, metrics = {}, {"model": handle.provenance(), "seconds": {"load": round(time.perf_counter() - started, 1)}}
+    for stage, title, run in (("patching", "patching pairs (A, B, C)", lambda: patch_stage(handle, steerer, items, groups, c)),
+                              ("steering", "steering (D)", lambda: steer_stage(handle, steerer, items, store, c)),
+                              ("concepts", "concept injection (E)", lambda: concept_stage(handle, steerer, items, c))):
+        _log(f"{label}: {title}")
+        started = time.perf_counter()
+        got, m = run()
+        tables.update(got)
+        metrics[stage] = m
+        metrics["seconds"][stage] = round(time.perf_counter() - started, 1)
     return {k: v.assign(subject=label) for k, v in tables.items()}, metrics
 
 
@@ -254,7 +260,8 @@ def main_patching(config: PatchingConfig, preset: str) -> dict:
     out = RunDir.create(capture.folder, config.name, cfg.to_dict(config), seed=config.seed)
     started = time.perf_counter()
     tables: dict[str, list[pd.DataFrame]] = {k: [] for k in TABLES}
-    results: dict = {"study": view.name, "capture": capture_name, "torch_threads": torch.get_num_threads(), "subjects": {}}
+    results: dict = {"study": view.name, "capture": capture_name, "torch_threads": torch.get_num_threads(),
+                     "load_average_1min_start": os.getloadavg()[0], "subjects": {}}
     for label in config.subjects:
         got, metrics = run_subject(view, capture, label, config)
         results["subjects"][label] = metrics

@@ -17,10 +17,20 @@ from introspect_mi.viz.patching import (
 )
 
 GROUP_NAMES = {"P": "P's tokens", "question": "the question's tokens", "final": "the final token"}
+CLEAR = 0.25
+"""How far (normalised) B or C must beat its control to be called item-specific in the text."""
+C_CAVEAT = ("C at the last layers: the final token's last resid_post is what the final norm and unembedding read, so patching it "
+            "replaces the hypothetical run's next-token logits by the object run's; late-layer C measures the object-level output's "
+            "preference between the two value tokens, not a self-prediction (A's final group reaches 1 there for the same reason).")
 
 
 def _f(x: object, fmt: str = ".2f") -> str:
     return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, fmt)
+
+
+def _layer(x: object) -> str:
+    """A layer number (JSON and tables turn them into floats)."""
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else str(int(x))
 
 
 def flow_sentences(flow: list[dict]) -> list[str]:
@@ -28,8 +38,8 @@ def flow_sentences(flow: list[dict]) -> list[str]:
     out = []
     for r in flow:
         where = EXPERIMENTS[r["experiment"]] + (f", {GROUP_NAMES[r['group']]}" if r["experiment"] == "A" else "")
-        out.append(f"{where}: peak {_f(r['peak_normalised'])} at layer {_f(r['peak_layer'], '')}, first layer ≥ 0.5: "
-                   f"{_f(r['first_layer_at_0.5'], '')} ({r['pairs']} normalisable pair(s)).")
+        out.append(f"{where}: peak {_f(r['peak_normalised'])} at layer {_layer(r['peak_layer'])}, first layer ≥ 0.5: "
+                   f"{_layer(r['first_layer_at_0.5'])} ({r['pairs']} normalisable pair(s)).")
     return out
 
 
@@ -40,27 +50,35 @@ def _peak(flow: list[dict], experiment: str, group: str) -> float:
 
 def patching_text(label: str, m: dict) -> str:
     """What A, B and C show for one subject, with numbers."""
-    flow = m["flow"]
-    lines = [f"{label} ({m['model']['model']}{' + adapter' if m['model']['adapters'] else ''}): {m['pairs']} pair(s), "
-             f"{m['normalisable_pairs']} with a clean gap large enough to normalise; layers {m['layers_patched'][0]}–{m['layers_patched'][-1]} "
-             f"(every {np.diff(m['layers_patched']).min() if len(m['layers_patched']) > 1 else 1})."]
+    p = m["patching"]
+    flow, layers = p["flow"], p["layers_patched"]
+    lines = [f"{label} ({m['model']['model']}{' + adapter' if m['model']['adapters'] else ''}): {p['pairs']} pair(s), "
+             f"{p['normalisable_pairs']} with a clean gap large enough to normalise; {len(layers)} layers patched "
+             f"({', '.join(map(str, layers[:3]))}, …, {layers[-1]})."]
     lines += flow_sentences(flow)
     b, bc, c, cc = (_peak(flow, e, g) for e, g in (("B", "P"), ("B-control", "P"), ("C", "final"), ("C-control", "final")))
     lines.append(f"B vs its control (peak normalised): {_f(b)} vs {_f(bc)} — "
                  + ("P_a's object-level P states carry P_a's property into the other hypothetical run beyond what object-level context does by itself."
-                    if np.isfinite(b) and np.isfinite(bc) and b - bc >= 0.25 else "no clear P-specific transfer beyond the control."))
+                    if _beats(b, bc) else f"no P-specific transfer beyond the control (difference below {CLEAR})."))
     lines.append(f"C vs its control: {_f(c)} vs {_f(cc)} — "
-                 + ("the object run's final-token state carries the source item's property." if np.isfinite(c) and np.isfinite(cc) and c - cc >= 0.25
-                    else "the object final-token state is not item-specific here (the control moves the prediction as much)."))
+                 + ("the object run's final-token state carries the source item's property." if _beats(c, cc)
+                    else f"no item-specific transfer beyond the control (difference below {CLEAR})."))
     return "\n".join(lines)
 
 
-def steering_text(label: str, m: dict) -> str:
+def _beats(effect: float, control: float) -> bool:
+    return bool(np.isfinite(effect) and np.isfinite(control) and effect - control >= CLEAR)
+
+
+def steering_text(label: str, m: dict, sweep: pd.DataFrame) -> str:
     s = m["steering"]
     x, y = s["values"]
     head = (f"{label}: {s['task']} / {s['property']}, X = {x!r} vs Y = {y!r}, {s['items']} items, layer {s['layer']}, scale {s['scale']:g} "
             f"(vector norms {', '.join(f'{v:.1f}' for v in s['vector_norms'].values())}). Pattern: {s['pattern'].upper()}.")
-    return "\n".join([head, *s["sentences"]])
+    own = sweep[sweep["subject"] == label].pivot(index="scale", columns="vector", values="object_to_target")
+    scan = ", ".join(f"×{scale:g} {r['steer']:+.2f} / {r['random']:+.2f}" for scale, r in own.iterrows())
+    return "\n".join([head, f"Sweep at P's tokens, object answers moved toward the pushed value (steering vector / random vector): {scan}.",
+                      *s["sentences"]])
 
 
 def concept_text(label: str, m: dict, summary: pd.DataFrame) -> str:
@@ -91,28 +109,30 @@ def write_report(run: RunDir) -> Path:
     per_subject = ", ".join(f"{s}: {m['seconds']}" for s, m in metrics["subjects"].items())
     overview = (f"Study {metrics['study']}, capture {metrics['capture']}; subjects {', '.join(subjects)}. Wall time {metrics['seconds']:.0f} s "
                 f"(seconds per stage: {per_subject}), {metrics['torch_threads']} torch thread(s), "
-                f"1-minute load average {metrics['load_average_1min']:.1f} at the end.\n\n"
+                f"1-minute load average {metrics['load_average_1min_start']:.1f} at the start and "
+                f"{metrics['load_average_1min']:.1f} at the end (the machine's other jobs slow the run down).\n\n"
                 "Metric: logit difference between the source item's and the target item's property-value first tokens at the "
                 "hypothetical prompt's final token, normalised so that 0 = clean target run and 1 = clean source run (pairs whose clean "
                 "runs differ by less than min_gap keep only the raw change).")
     pair_cols = ["subject", "pair", "source_value", "target_value", "clean_source", "clean_target", "gap", "normalisable", "target_tokens",
                  "p_tokens", "p_tokens_aligned", "b_tokens_aligned"]
-    flow = pd.DataFrame([{"subject": s, **r} for s, m in metrics["subjects"].items() for r in m["flow"]])
+    flow = pd.DataFrame([{"subject": s, **r} for s, m in metrics["subjects"].items() for r in m["patching"]["flow"]])
     sections = [
         Section("Overview", text=overview, tables=[Table(t["pairs"][pair_cols], caption="Pairs (source > target)")]),
         Section("A, B, C: where does the property decision flow?",
                 figures=[group_heatmap(t["cells"], s) for s in subjects],
                 tables=[Table(flow, caption="Per experiment × group: peak of the mean normalised effect over layers")],
-                text="\n\n".join(patching_text(s, m) for s, m in metrics["subjects"].items())),
+                text="\n\n".join([*(patching_text(s, m) for s, m in metrics["subjects"].items()), C_CAVEAT])),
     ]
-    r_text = "\n".join(f"{s}: Pearson r (attribution vs exact) {_f(m['attribution_r_group_cells'], '.3f')} over the A group cells, "
-                       f"{_f(m['attribution_r_single_cells'], '.3f')} over single cells." for s, m in metrics["subjects"].items())
+    r_text = "\n".join(f"{s}: Pearson r (attribution vs exact) {_f(m['patching']['attribution_r_group_cells'], '.3f')} over the A group "
+                       f"cells, {_f(m['patching']['attribution_r_single_cells'], '.3f')} over single cells." for s, m in metrics["subjects"].items())
     grids = [attribution_heatmap(t["grid"], s, p) for s in subjects if (p := _representative(t["pairs"], s))]
     sections.append(Section("Attribution patching over every layer × token", figures=[*grids, attribution_scatter(t["cells"], t["exact"])],
                             text=r_text + "\n\nGroup cells: the attribution estimate of a multi-position cell is the sum of its tokens' estimates."))
     summary = t["steering_summary"]
     steer_cols = ["subject", "label", "n", "object_to_target", "random_object_to_target_mean", "random_object_to_target_max", "hyp_to_target",
-                  "random_hyp_to_target_mean", "random_hyp_to_target_max", "n_object_moved", "follows_new", "follows_old", "hyp_readable"]
+                  "random_hyp_to_target_mean", "random_hyp_to_target_max", "n_object_moved", "follows_new", "new_before", "follows_old",
+                  "old_before", "hyp_readable"]
     sections.append(Section(
         "D: steering — does the self-prediction follow the steered behaviour?",
         figures=[steering_bars(summary), steering_sweep_figure(t["steering_sweep"])],
@@ -120,7 +140,7 @@ def write_report(run: RunDir) -> Path:
                       percent_columns=[c for c in steer_cols if c not in ("subject", "label", "n", "n_object_moved")])],
         text=("Predictions: reading P's state and re-computing both predict that (i) moves the object answer and the self-prediction "
               "with it; a shortcut at the question predicts that (ii) moves the self-prediction while the object answer stays.\n\n"
-              + "\n\n".join(steering_text(s, m) for s, m in metrics["subjects"].items())),
+              + "\n\n".join(steering_text(s, m, t["steering_sweep"]) for s, m in metrics["subjects"].items())),
     ))
     cs = t["concept_summary"]
     sections.append(Section("E: concept injection", figures=[concept_bars(cs)], tables=[Table(cs, caption="Concept injection")],

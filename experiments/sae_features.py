@@ -73,7 +73,7 @@ from introspect_mi.saes import (
     train_sae,
 )
 from introspect_mi.saes.analysis import Attribution
-from introspect_mi.saes.pages import FeaturePage, logit_effect, page_file, token_context, top_examples, write_feature_pages
+from introspect_mi.saes.pages import FeaturePage, logit_effect, page_file, token_context, top_examples, visible, write_feature_pages
 from introspect_mi.saes.shared_prefix import Ablation, ablation_logits, attribute_places
 from introspect_mi.saes.stream import ActivationStream
 from introspect_mi.store import RunDir, atomic_write_text
@@ -450,6 +450,8 @@ class Analysed:
     sacts: StoreActs
     prompts: Prompts
     attrs: dict[int, Attribution]
+    store_rows: pd.DataFrame  # one row per stored vector, as `sacts` orders them
+    token_rows: pd.DataFrame  # one row per attributed token, as `attrs` orders them
 
 
 def analyse_subject(handle: ModelHandle, label: str, store: ActivationStore, saes: dict[int, LoadedSAE], config: SAEFeaturesConfig,
@@ -476,7 +478,8 @@ def analyse_subject(handle: ModelHandle, label: str, store: ActivationStore, sae
     checks = {"max_abs_clean_logit_vs_attribution_logit": float((clean - next(iter(attrs.values())).metric).abs().max()),
               "max_relative_diff_live_vs_stored_final": live_vs_stored(handle, store, layers, config.batch_size)}
     clock.lap(f"{label}: checks")
-    return Analysed(sacts, prompts, attrs), tables, checks
+    analysed = Analysed(sacts, prompts, attrs, store_rows(label, sacts), token_rows(label, prompts, attrs[layers[0]].positions))
+    return analysed, tables, checks
 
 
 def live_vs_stored(handle: ModelHandle, store: ActivationStore, layers: Sequence[int], batch_size: int, n: int = 4) -> float:
@@ -566,38 +569,43 @@ def page_choices(features: pd.DataFrame, differential: pd.DataFrame | None, n: i
     return dict(out)
 
 
-def _token_rows(label: str, prompts: Prompts, a: Attribution) -> pd.DataFrame:
+def token_rows(label: str, prompts: Prompts, positions: list[list[int]]) -> pd.DataFrame:
+    """One row per attributed token (in the attribution's order): where it is and its context."""
     rows = []
     for i, r in enumerate(prompts.records.itertuples()):
-        for pos in a.positions[i]:
+        for pos in positions[i]:
             rows.append({"subject": label, "task": r.task, "item_id": r.item_id, "property": r.property,
-                         "tokens": "P" if pos in prompts.p_sets[i] else "question", "token": r.tokens[pos],
+                         "tokens": "P" if pos in prompts.p_sets[i] else "question", "token": visible(r.tokens[pos]),
                          "context": token_context(r.tokens, pos)})
     return pd.DataFrame(rows)
+
+
+def store_rows(label: str, sacts: StoreActs) -> pd.DataFrame:
+    """One row per stored vector (positions in STORE_POSITIONS order): where it is and its token."""
+    return pd.concat([pd.DataFrame({"subject": label, "run": m["kind"], "position": position, "task": m["task"], "item_id": m["item_id"],
+                                    "property": m["property"], "token": [visible(t[i]) for t, i in zip(m["tokens"], m["token_index"])]})
+                      for position, m in ((p, sacts.meta[p]) for p in STORE_POSITIONS)], ignore_index=True)
 
 
 def feature_page(layer: int, feature: int, reasons: list[str], analysed: dict[str, Analysed], handle: ModelHandle, sae: LoadedSAE,
                  n: int) -> FeaturePage:
     """One latent's page from the subjects' store encodings and attribution passes."""
-    activations, items, item_values, tokens, token_values = {}, [], [], [], []
+    activations, item_values, token_values = {}, [], []
     for label, res in analysed.items():
         for position in STORE_POSITIONS:
-            meta = res.sacts.meta[position]
+            kinds = res.sacts.meta[position]["kind"].to_numpy()
             values = res.sacts.acts[layer, position][:, feature].numpy()
             for kind in ("object", "hypothetical"):
-                activations[f"{label} · {kind} · {position}"] = values[(meta["kind"] == kind).to_numpy()]
-            items.append(pd.DataFrame({"subject": label, "run": meta["kind"], "position": position, "task": meta["task"],
-                                       "item_id": meta["item_id"], "property": meta["property"],
-                                       "token": [t[i] for t, i in zip(meta["tokens"], meta["token_index"])]}))
+                activations[f"{label} · {kind} · {position}"] = values[kinds == kind]
             item_values.append(values)
-        a = res.attrs[layer]
-        tokens.append(_token_rows(label, res.prompts, a))
-        token_values.append(torch.cat(a.acts)[:, feature].numpy())
+        token_values.append(torch.cat(res.attrs[layer].acts)[:, feature].numpy())
     summary = pd.DataFrame({"what": ["place", "latent", "SAE", *["why"] * len(reasons)],
                             "value": [str(place_of(layer)), str(feature), str(sae.folder), *reasons]})
+    items = pd.concat([res.store_rows for res in analysed.values()], ignore_index=True)
+    tokens = pd.concat([res.token_rows for res in analysed.values()], ignore_index=True)
     return FeaturePage(place_of(layer), feature, summary, activations,
-                       top_examples(np.concatenate(item_values), pd.concat(items, ignore_index=True), n),
-                       top_examples(np.concatenate(token_values), pd.concat(tokens, ignore_index=True), n),
+                       top_examples(np.concatenate(item_values), items, n, distinct=["subject", "run", "position", "item_id", "token"]),
+                       top_examples(np.concatenate(token_values), tokens, n, distinct=["subject", "item_id", "tokens", "context"]),
                        logit_effect(handle, sae.sae, feature))
 
 
@@ -718,6 +726,9 @@ def capture_run(view: StudyView, config: SAEFeaturesConfig, preset: str) -> tupl
     """The capture run and, per configured subject without a store, how to make it."""
     default = f"mech-{view.name}"
     name = config.capture or default
+    if not (runs_dir() / name / RunDir.CONFIG).is_file():
+        raise UserError(f"no capture run {name!r} in {runs_dir()}",
+                        f"make it with `python -m experiments.capture --preset {preset}`, or pass --capture with an existing run's name")
     run = RunDir.open(runs_dir(), name)
     missing = {}
     for label in config.subjects:

@@ -179,7 +179,7 @@ def group_cells(layer: int, groups: Mapping[str, Sequence[int]], to_source: Mapp
 
 
 class Runs:
-    """Clean runs of items' prompts, made once each."""
+    """Clean runs of items' prompts, each made once."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -214,35 +214,42 @@ def _spread(items: Sequence, n: int) -> list:
     return [items[int(k)] for k in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
 
+def pair_patches(pair: Pair, runs: Runs, layers: Sequence[int]) -> list[tuple[str, int, str, Patch]]:
+    """(experiment, layer, group, patch) of A, B, C and the controls for one pair."""
+    src, tgt = pair.source, pair.target
+    hyp_a, hyp_b, obj_a, obj_b = runs.hypothetical(src), runs.hypothetical(tgt), runs.object(src), runs.object(tgt)
+    hyp_map = align_ends(hyp_a.ids, hyp_b.ids)
+    to_source = {t: s for s, t in hyp_map}
+    groups = position_groups(len(hyp_b), tgt.hyp_p_tokens)
+    b_maps = {"B": (obj_a, {t: s for s, t in compose(src.alignment, hyp_map)}), "B-control": (obj_b, {t: s for s, t in tgt.alignment})}
+    start = first_difference(hyp_a.ids, hyp_b.ids)
+    rows = []
+    for layer in layers:
+        rows += [("A", layer, name, Patch(hyp_b, hyp_a, cell)) for name, cell in group_cells(layer, groups, to_source, start).items()]
+        for exp, (source, mapping) in b_maps.items():
+            rows += [(exp, layer, "P", Patch(hyp_b, source, cell)) for cell in group_cells(layer, {"P": groups["P"]}, mapping).values()]
+        for exp, source in (("C", obj_a), ("C-control", obj_b)):
+            rows.append((exp, layer, "final", Patch(hyp_b, source, Cell(resid_post(layer), (len(hyp_b) - 1,), (len(source) - 1,)))))
+    return rows
+
+
 def run_pairs(handle: ModelHandle, pairs: Sequence[Pair], layers: Sequence[int], *, min_gap: float = 0.5, exact_pairs: int = 1,
               exact_cells: int = 48, batch_size: int = 16, progress: bool = True) -> PatchingTables:
     """Experiments A, B and C (with controls) on every pair, attribution over the full grid, and
     exact single-cell patching on `exact_cells` grid cells of the first `exact_pairs` pairs."""
-    model, runs = handle.model, Runs(handle.model)
+    model, tok = handle.model, handle.tokenizer
     every_layer = [resid_post(l) for l in range(handle.n_layers)]
-    tok = handle.tokenizer
     pair_rows, cell_rows, grid_rows, exact_rows = [], [], [], []
     for k, pair in enumerate(tqdm(pairs, desc=f"patching pairs {handle.name}", unit="pair", disable=not progress)):
-        src, tgt = pair.source, pair.target
-        hyp_a, hyp_b, obj_a, obj_b = runs.hypothetical(src), runs.hypothetical(tgt), runs.object(src), runs.object(tgt)
+        runs = Runs(model)  # per pair: a run holds every layer's stream and KV cache (~100 MB for an 8B model)
+        hyp_a, hyp_b = runs.hypothetical(pair.source), runs.hypothetical(pair.target)
         metric = logit_diff(pair.source_token, pair.target_token)
         m_src, m_tgt = (float(metric(r.logits[None], [r])[0]) for r in (hyp_a, hyp_b))
         hyp_map = align_ends(hyp_a.ids, hyp_b.ids)
         to_source = {t: s for s, t in hyp_map}
         start = first_difference(hyp_a.ids, hyp_b.ids)
-        groups = position_groups(len(hyp_b), tgt.hyp_p_tokens)
-        b_map = {t: s for s, t in compose(src.alignment, hyp_map)}
-        own_map = {t: s for s, t in tgt.alignment}
-        rows: list[tuple[str, int, str, Patch]] = []
-        for layer in layers:
-            for name, cell in group_cells(layer, groups, to_source, start).items():
-                rows.append(("A", layer, name, Patch(hyp_b, hyp_a, cell)))
-            for exp, source, mapping in (("B", obj_a, b_map), ("B-control", obj_b, own_map)):
-                cell = group_cells(layer, {"P": groups["P"]}, mapping).get("P")
-                if cell is not None:
-                    rows.append((exp, layer, "P", Patch(hyp_b, source, cell)))
-            for exp, source in (("C", obj_a), ("C-control", obj_b)):
-                rows.append((exp, layer, "final", Patch(hyp_b, source, Cell(resid_post(layer), (len(hyp_b) - 1,), (len(source) - 1,)))))
+        groups = position_groups(len(hyp_b), pair.target.hyp_p_tokens)
+        rows = pair_patches(pair, runs, layers)
         values = patch(model, [r[3] for r in rows], metric, batch_size=batch_size, pad_id=handle.pad_token_id)
         grid = attribution(model, hyp_b, hyp_a, every_layer, metric, alignment=hyp_map)
         for (exp, layer, name, p), value in zip(rows, values.tolist()):
@@ -250,25 +257,23 @@ def run_pairs(handle: ModelHandle, pairs: Sequence[Pair], layers: Sequence[int],
             cell_rows.append({"pair": pair.id, "experiment": exp, "layer": layer, "group": name, "n_positions": len(p.cell.positions),
                               "value": value, "delta": value - m_tgt, "normalised": normalise(value, m_tgt, m_src, min_gap),
                               "attribution": estimate})
-        shown = range(min(groups["P"]), len(hyp_b))
-        for layer in range(handle.n_layers):
-            for t in shown:
-                grid_rows.append({"pair": pair.id, "layer": layer, "position": t, "token": tok.decode([hyp_b.ids[t]]),
-                                  "group": group_of(t, groups), "attribution": float(grid[layer, t])})
+        grid_rows += [{"pair": pair.id, "layer": layer, "position": t, "token": tok.decode([hyp_b.ids[t]]), "group": group_of(t, groups),
+                       "attribution": float(grid[layer, t])} for layer in range(handle.n_layers) for t in range(min(groups["P"]), len(hyp_b))]
         if k < exact_pairs and exact_cells > 0:
-            candidates = [(l, t) for l in range(handle.n_layers) for t in range(start, len(hyp_b)) if t in to_source]
-            chosen = _spread(candidates, exact_cells)
+            chosen = _spread([(l, t) for l in range(handle.n_layers) for t in range(start, len(hyp_b)) if t in to_source], exact_cells)
             exact = patch(model, [Patch(hyp_b, hyp_a, Cell(resid_post(l), (t,), (to_source[t],))) for l, t in chosen], metric,
                           batch_size=batch_size, pad_id=handle.pad_token_id)
             exact_rows += [{"pair": pair.id, "layer": l, "position": t, "group": group_of(t, groups), "exact": float(v) - m_tgt,
                             "attribution": float(grid[l, t])} for (l, t), v in zip(chosen, exact.tolist())]
+        src, tgt = pair.source, pair.target
         pair_rows.append({
             "pair": pair.id, "task": src.task, "property": src.property, "source_item": src.item_id, "target_item": tgt.item_id,
             "source_value": src.value, "target_value": tgt.value, "source_token": tok.decode([pair.source_token]),
             "target_token": tok.decode([pair.target_token]), "clean_source": m_src, "clean_target": m_tgt, "gap": m_src - m_tgt,
-            "normalisable": abs(m_src - m_tgt) >= min_gap, "source_tokens": len(hyp_a), "target_tokens": len(hyp_b),
-            "first_difference": start, "p_tokens": len(groups["P"]), "p_tokens_aligned": sum(t in to_source for t in groups["P"]),
-            "b_tokens_aligned": len(b_map),
+            "normalisable": bool(np.isfinite(normalise(m_src, m_tgt, m_src, min_gap))), "source_tokens": len(hyp_a),
+            "target_tokens": len(hyp_b), "first_difference": start, "p_tokens": len(groups["P"]),
+            "p_tokens_aligned": sum(t in to_source for t in groups["P"]),
+            "b_tokens_aligned": len(compose(src.alignment, hyp_map)),
         })
     return PatchingTables(pd.DataFrame(pair_rows), pd.DataFrame(cell_rows), pd.DataFrame(grid_rows), pd.DataFrame(exact_rows))
 

@@ -250,17 +250,17 @@ def _condition(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompt
                position_name: str, vectors: Mapping[int, torch.Tensor] | None, scale: float) -> list[str | None]:
     """Each item's answer value with its fold's vector (None: unsteered) pushing it toward its other value."""
     deltas: dict[tuple[int, int], torch.Tensor] = {}
-    steers = []
+    seqs, steers = [], []
     for it in items:
         ids, p = (it.object_ids, it.object_p_tokens) if kind == "object" else (it.hyp_ids, it.hyp_p_tokens)
+        seqs.append(ids)
         if vectors is None:
             steers.append(RowSteer(None))
             continue
         f, sign = setup.folds[it.item_id], (1 if it.value == setup.values[1] else -1)
-        if (f, sign) not in deltas:
+        if (f, sign) not in deltas:  # one tensor per fold and sign: rows sharing it may share a steered prefix
             deltas[(f, sign)] = sign * scale * vectors[f]
         steers.append(RowSteer(deltas[(f, sign)], position_set(position_name, len(ids), p)))
-    seqs = [it.object_ids if kind == "object" else it.hyp_ids for it in items]
     logits = steerer.logits(seqs, steers, resid_post(setup.layer))
     return read_answers(handle, logits, setup.property, kind, [it.target for it in items])
 
@@ -279,28 +279,26 @@ def run_steering(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemProm
                  progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     """(scale sweep, per-item rows, chosen scale).
 
-    The sweep steers object runs at every scale and position set with the steering vector, and at
-    P's tokens with one random vector too; the chosen scale is the one where the steering vector
-    beats that random vector by most in moving object answers toward the pushed value at P's
-    tokens (the smallest on ties). At that scale the steering vector and `n_random` other
-    equal-norm random vectors (seeds not used in the sweep) steer object and hypothetical runs at
-    every position set."""
+    The sweep steers object runs at P's tokens at every scale, with the steering vector and with one
+    random vector; the chosen scale is the one where the steering vector beats that random vector
+    by most in moving object answers toward the pushed value (the smallest on ties). At that scale
+    the steering vector and `n_random` other equal-norm random vectors (seeds not used in the
+    sweep) steer object and hypothetical runs at every position set."""
     before = {kind: _condition(handle, steerer, items, setup, kind, "all", None, 0.0) for kind in ("object", "hypothetical")}
     toward = [_toward(it, setup.values) for it in items]
     base_rate = np.mean([b == t for b, t in zip(before["object"], toward)])
     sweep_random = random_controls(setup.vectors, seed * 1000 + 999)
-    steps = [(s, name, "steer") for s in scales for name in POSITION_SETS] + [(s, "P", "random") for s in scales]
+    steps = [(s, vec) for s in scales for vec in ("steer", "random")]
     sweep = []
-    for scale, name, vec in tqdm(steps, desc=f"steering scale sweep {handle.name}", unit="condition", disable=not progress):
-        after = _condition(handle, steerer, items, setup, "object", name, setup.vectors if vec == "steer" else sweep_random, scale)
-        sweep.append({"position_set": name, "vector": vec, "scale": scale,
+    for scale, vec in tqdm(steps, desc=f"steering scale sweep {handle.name}", unit="condition", disable=not progress):
+        after = _condition(handle, steerer, items, setup, "object", "P", setup.vectors if vec == "steer" else sweep_random, scale)
+        sweep.append({"position_set": "P", "vector": vec, "scale": scale,
                       "object_to_target": np.mean([a == t for a, t in zip(after, toward)]) - base_rate,
                       "object_changed": np.mean([a != b for a, b in zip(after, before["object"])]),
                       "object_readable": np.mean([a is not None for a in after])})
     sweep_df = pd.DataFrame(sweep)
-    on_p = sweep_df[sweep_df["position_set"] == "P"].pivot(index="scale", columns="vector", values="object_to_target")
-    margin = on_p["steer"] - on_p["random"]
-    scale = float(margin.idxmax())
+    on_p = sweep_df.pivot(index="scale", columns="vector", values="object_to_target")
+    scale = float((on_p["steer"] - on_p["random"]).idxmax())
     kinds = {"steer": setup.vectors} | {f"random-{k}": random_controls(setup.vectors, seed * 1000 + k) for k in range(n_random)}
     rows = []
     steps2 = [(vec, name) for vec in kinds for name in POSITION_SETS]
@@ -313,17 +311,28 @@ def run_steering(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemProm
     return sweep_df, pd.DataFrame(rows), scale
 
 
+def _share(hits: pd.Series) -> float:
+    return float(hits.mean()) if len(hits) else float("nan")
+
+
+def _changed(after: pd.Series, before: pd.Series) -> pd.Series:
+    """Answers that differ (two unreadable answers count as the same)."""
+    return (after != before) & ~(after.isna() & before.isna())
+
+
 def _rates(g: pd.DataFrame) -> dict[str, float]:
-    moved = g[(g["object_after"] != g["object_before"]) & g["object_after"].notna() & g["object_before"].notna()]
+    moved = g[_changed(g["object_after"], g["object_before"]) & g["object_after"].notna() & g["object_before"].notna()]
     return {
         "n": len(g),
         "object_to_target": float((g["object_after"] == g["toward"]).mean() - (g["object_before"] == g["toward"]).mean()),
-        "object_changed": float((g["object_after"] != g["object_before"]).mean()),
+        "object_changed": float(_changed(g["object_after"], g["object_before"]).mean()),
         "hyp_to_target": float((g["hyp_after"] == g["toward"]).mean() - (g["hyp_before"] == g["toward"]).mean()),
-        "hyp_changed": float((g["hyp_after"] != g["hyp_before"]).mean()),
+        "hyp_changed": float(_changed(g["hyp_after"], g["hyp_before"]).mean()),
         "n_object_moved": len(moved),
-        "follows_new": float((moved["hyp_after"] == moved["object_after"]).mean()) if len(moved) else float("nan"),
-        "follows_old": float((moved["hyp_after"] == moved["object_before"]).mean()) if len(moved) else float("nan"),
+        "follows_new": _share(moved["hyp_after"] == moved["object_after"]),
+        "follows_old": _share(moved["hyp_after"] == moved["object_before"]),
+        "new_before": _share(moved["hyp_before"] == moved["object_after"]),
+        "old_before": _share(moved["hyp_before"] == moved["object_before"]),
         "hyp_readable": float(g["hyp_after"].notna().mean()),
     }
 
@@ -333,7 +342,9 @@ def summarise_steering(rows: pd.DataFrame) -> pd.DataFrame:
 
     object_to_target / hyp_to_target: change in the share of answers equal to the pushed-toward
     value; *_changed: share of answers that changed at all; follows_new / follows_old: among the
-    items whose object answer moved, the share of self-predictions equal to the new / old answer."""
+    items whose object answer moved, the share of steered self-predictions equal to the new / old
+    answer, and new_before / old_before the same for the unsteered self-predictions (a model that
+    always says one value "follows" whenever the object answer moves to it)."""
     out = []
     for name in POSITION_SETS:
         g = rows[rows["position_set"] == name]
@@ -374,8 +385,9 @@ def steering_pattern(summary: pd.DataFrame, min_effect: float = 0.15) -> tuple[s
                 (False, False): "moved neither beyond the random controls"}[(obj, hyp)]
         sentences.append(f"{POSITION_SETS[name]}: {what} (toward the pushed value: object {r['object_to_target']:+.2f} vs random "
                          f"≤ {r['random_object_to_target_max']:+.2f}, self-prediction {r['hyp_to_target']:+.2f} vs random "
-                         f"≤ {r['random_hyp_to_target_max']:+.2f}; of {int(r['n_object_moved'])} moved object answers the "
-                         f"self-prediction named the new one {_share(r['follows_new'])}, the old one {_share(r['follows_old'])}).")
+                         f"≤ {r['random_hyp_to_target_max']:+.2f}; of {int(r['n_object_moved'])} moved object answers the steered "
+                         f"self-prediction named the new one {_percent(r['follows_new'])} (unsteered: {_percent(r['new_before'])}), the old "
+                         f"one {_percent(r['follows_old'])} (unsteered: {_percent(r['old_before'])})).")
     p_obj, p_hyp = moves.get("P", (False, False))
     q_obj, q_hyp = moves.get("after_P", (False, False))
     if not any(h for _, h in moves.values()):
@@ -389,7 +401,7 @@ def steering_pattern(summary: pd.DataFrame, min_effect: float = 0.15) -> tuple[s
     return pattern, sentences
 
 
-def _share(x: float) -> str:
+def _percent(x: float) -> str:
     return "–" if not np.isfinite(x) else f"{x:.0%}"
 
 

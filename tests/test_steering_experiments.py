@@ -144,14 +144,15 @@ def steering_rows() -> pd.DataFrame:
 def test_summarise_steering_counts_by_hand() -> None:
     (row,) = summarise_steering(steering_rows()).to_dict("records")
     assert row["object_to_target"] == 0.5 and row["hyp_to_target"] == 0.25 and row["n_object_moved"] == 2
-    assert row["follows_new"] == 0.5 and row["follows_old"] == 0.5
+    assert row["follows_new"] == 0.5 and row["follows_old"] == 0.5 and row["new_before"] == 0.0 and row["old_before"] == 1.0
     assert row["random_object_to_target_max"] == 0.0 and row["random_hyp_changed_mean"] == 0.0
 
 
 def summary(p: tuple[float, float], q: tuple[float, float], a: tuple[float, float] = (0.0, 0.0)) -> pd.DataFrame:
     """(object, self-prediction) shifts per position set, random controls at 0.05."""
     return pd.DataFrame([{"position_set": name, "object_to_target": o, "hyp_to_target": h, "random_object_to_target_max": 0.05,
-                          "random_hyp_to_target_max": 0.05, "n_object_moved": 3, "follows_new": 0.5, "follows_old": 0.5}
+                          "random_hyp_to_target_max": 0.05, "n_object_moved": 3, "follows_new": 0.5, "follows_old": 0.5,
+                          "new_before": 0.0, "old_before": 1.0}
                          for name, (o, h) in zip(POSITION_SETS, (p, q, a))])
 
 
@@ -173,7 +174,7 @@ def test_run_steering_on_a_tiny_model(handle: ModelHandle) -> None:
     setup = SteeringSetup("first_character", 1, ("x", "y"), vectors, assign_folds(items, ("x", "y")))
     sweep, rows, scale = run_steering(handle, Steerer(handle.model, handle.pad_token_id), items, setup, [1.0, 4.0], n_random=1, progress=False)
     assert scale in (1.0, 4.0)
-    assert len(sweep) == 2 * (len(POSITION_SETS) + 1) and set(sweep["vector"]) == {"steer", "random"}
+    assert len(sweep) == 4 and set(sweep["vector"]) == {"steer", "random"} and set(sweep["position_set"]) == {"P"}
     assert len(rows) == 2 * len(POSITION_SETS) * len(items) and set(rows["vector"]) == {"steer", "random-0"}
     assert (rows["toward"] == np.where(rows["value"] == "x", "y", "x")).all()
 

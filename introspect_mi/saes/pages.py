@@ -64,25 +64,33 @@ def page_file(place: Place, feature: int) -> str:
     return f"{where}-f{feature:05d}.html"
 
 
-def top_examples(values: np.ndarray | torch.Tensor, meta: pd.DataFrame, n: int) -> pd.DataFrame:
+def top_examples(values: np.ndarray | torch.Tensor, meta: pd.DataFrame, n: int, distinct: Sequence[str] | None = None) -> pd.DataFrame:
     """The `n` rows of `meta` with the largest positive `values` (one per row), largest first,
-    with an `activation` column; rows where the latent is silent never appear."""
+    with an `activation` column. Rows where the latent is silent never appear, nor rows equal to
+    an earlier one in the `distinct` columns (None: all; e.g. leave out the property to show P's
+    last token once when several prompts differ only after it)."""
     values = np.asarray(values, dtype=float)
     if len(values) != len(meta):
         raise ValueError(f"{len(values)} activations for {len(meta)} metadata rows")
-    order = np.argsort(-values, kind="stable")[:n]
+    order = np.argsort(-values, kind="stable")
     order = order[values[order] > 0]
-    return meta.iloc[order].assign(activation=values[order]).reset_index(drop=True)
+    table = meta.iloc[order].assign(activation=values[order])
+    table = table.drop_duplicates(subset=None if distinct is None else [*distinct, "activation"])
+    return table.head(n).reset_index(drop=True)
+
+
+def visible(text: str) -> str:
+    """Token text for a table cell: newlines shown as ⏎."""
+    return text.replace("\n", "⏎")
 
 
 def token_context(tokens: Sequence[str], index: int, width: int = 8) -> str:
     """The tokens around `index` joined as text, the token itself in ⟦ ⟧ (newlines shown as ⏎)."""
     if not 0 <= index < len(tokens):
         raise ValueError(f"token index {index} is outside a prompt of {len(tokens)} tokens")
-    show = lambda toks: "".join(toks).replace("\n", "⏎")  # noqa: E731
-    left = show(tokens[max(0, index - width) : index])
-    right = show(tokens[index + 1 : index + 1 + width])
-    return f"{'…' if index > width else ''}{left}⟦{show([tokens[index]])}⟧{right}{'…' if index + 1 + width < len(tokens) else ''}"
+    left = visible("".join(tokens[max(0, index - width) : index]))
+    right = visible("".join(tokens[index + 1 : index + 1 + width]))
+    return f"{'…' if index > width else ''}{left}⟦{visible(tokens[index])}⟧{right}{'…' if index + 1 + width < len(tokens) else ''}"
 
 
 @torch.no_grad()

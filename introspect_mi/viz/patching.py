@@ -18,7 +18,7 @@ COLUMN_LABELS = {
     ("B", "P"): "B object→hyp<br>P tokens", ("B-control", "P"): "B control<br>own object",
     ("C", "final"): "C object→hyp<br>final", ("C-control", "final"): "C control<br>own object",
 }
-GROUP_COLOURS = {"context": "rgba(0,0,0,0)", "P": "rgba(31,119,180,0.12)", "question": "rgba(255,127,14,0.12)", "final": "rgba(44,160,44,0.18)"}
+GROUP_COLOURS = {"context": "#dddddd", "P": "#9ecae1", "question": "#fdd0a2", "final": "#a1d99b"}
 
 
 def group_heatmap(cells: pd.DataFrame, subject: str) -> go.Figure:
@@ -50,7 +50,8 @@ def group_heatmap(cells: pd.DataFrame, subject: str) -> go.Figure:
 
 def attribution_heatmap(grid: pd.DataFrame, subject: str, pair: str) -> go.Figure:
     """Attribution-patching estimate of every layer × token of one pair (hypothetical prompt from
-    P's first token on), with the position groups shaded and named above the tokens."""
+    P's first token on), with the position groups named in a band above the grid and dashed
+    lines where a group starts."""
     require_columns(grid, ["subject", "pair", "layer", "position", "token", "group", "attribution"], "attribution_heatmap")
     g = grid[(grid["subject"] == subject) & (grid["pair"] == pair)]
     table = g.pivot(index="layer", columns="position", values="attribution")
@@ -61,8 +62,12 @@ def attribution_heatmap(grid: pd.DataFrame, subject: str, pair: str) -> go.Figur
     columns = list(table.columns)
     for group, members in tokens.reset_index().groupby("group", sort=False):
         first, last = columns.index(members["position"].min()), columns.index(members["position"].max())
-        fig.add_vrect(x0=first - 0.5, x1=last + 0.5, fillcolor=GROUP_COLOURS.get(group, "rgba(0,0,0,0)"), line_width=0.5,
-                      annotation_text=group, annotation_position="top left", layer="above")
+        fig.add_shape(type="rect", xref="x", yref="paper", x0=first - 0.5, x1=last + 0.5, y0=1.01, y1=1.07, line_width=0,
+                      fillcolor=GROUP_COLOURS.get(group, "#ccc"), name=f"group {group}")
+        fig.add_annotation(x=(first + last) / 2, y=1.04, xref="x", yref="paper", text=group, showarrow=False)
+        if first:
+            fig.add_shape(type="line", xref="x", yref="paper", x0=first - 0.5, x1=first - 0.5, y0=0, y1=1,
+                          line={"color": "#555", "width": 1, "dash": "dash"}, name=f"start of {group}")
     fig.update_layout(template=TEMPLATE, title=f"{subject}: attribution patching, {pair}",
                       xaxis={"title": "target token (position: text)", "type": "category", "tickangle": -60}, yaxis={"title": "layer (resid_post)"})
     return fig
@@ -99,8 +104,8 @@ def steering_bars(summary: pd.DataFrame) -> go.Figure:
     """Per subject and position set: how far steering moved the object answer and the
     self-prediction toward the pushed value (bars), against the random controls (mean, error bar up
     to the largest); and, among moved object answers, the share of self-predictions naming the new
-    vs the old answer."""
-    require_columns(summary, ["subject", "label", "object_to_target", "hyp_to_target", "follows_new", "follows_old",
+    vs the old answer, steered and (lighter) unsteered."""
+    require_columns(summary, ["subject", "label", "object_to_target", "hyp_to_target", "follows_new", "follows_old", "new_before", "old_before",
                               "random_object_to_target_mean", "random_object_to_target_max", "random_hyp_to_target_mean",
                               "random_hyp_to_target_max"], "steering_bars")
     fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], subplot_titles=(
@@ -113,16 +118,18 @@ def steering_bars(summary: pd.DataFrame) -> go.Figure:
         fig.add_trace(go.Bar(x=x, y=mean, name=f"{name}: random (equal norm)", marker_color=color(2 * k), opacity=0.35,
                              error_y={"type": "data", "symmetric": False, "array": (top - mean).clip(lower=0), "arrayminus": [0] * len(x)},
                              legendgroup=what), row=1, col=1)
-    for k, (what, name) in enumerate((("follows_new", "new (steered) answer"), ("follows_old", "old (unsteered) answer"))):
-        fig.add_trace(go.Bar(x=x, y=summary[what], name=f"names the {name}", marker_color=color(5 + k)), row=1, col=2)
+    for k, (what, before, name) in enumerate((("follows_new", "new_before", "new"), ("follows_old", "old_before", "old"))):
+        fig.add_trace(go.Bar(x=x, y=summary[what], name=f"names the {name} object answer", marker_color=color(5 + k)), row=1, col=2)
+        fig.add_trace(go.Bar(x=x, y=summary[before], name=f"names the {name} object answer, unsteered", marker_color=color(5 + k),
+                             opacity=0.35), row=1, col=2)
     fig.update_layout(template=TEMPLATE, barmode="group", title="Steering: does the self-prediction follow the steered behaviour?")
     fig.update_yaxes(tickformat=".0%")
     return fig
 
 
 def steering_sweep_figure(sweep: pd.DataFrame) -> go.Figure:
-    """Object answers moved toward the pushed value per scale: the steering vector at each position
-    set and the sweep's random vector at P's tokens, one colour per subject."""
+    """Object answers moved toward the pushed value per scale (steering at P's tokens): the steering
+    vector and the sweep's random vector, one colour per subject."""
     require_columns(sweep, ["subject", "position_set", "vector", "scale", "object_to_target"], "steering_sweep_figure")
     fig = go.Figure()
     dashes = {"P": "solid", "after_P": "dot", "all": "dash"}
@@ -132,7 +139,7 @@ def steering_sweep_figure(sweep: pd.DataFrame) -> go.Figure:
             fig.add_trace(go.Scatter(x=g["scale"], y=g["object_to_target"], mode="lines+markers", name=f"{subject}: {name}" + (" (random)" if random else ""),
                                      line={"color": color(i), "dash": "longdashdot" if random else dashes.get(name, "solid"), "width": 1 if random else 2},
                                      marker={"symbol": "x" if random else "circle"}))
-    fig.update_layout(template=TEMPLATE, title="Steering scale sweep (object-level runs)",
+    fig.update_layout(template=TEMPLATE, title="Steering scale sweep (object-level runs, P's tokens)",
                       xaxis={"title": "scale (× the mean-difference vector)", "type": "log"},
                       yaxis={"title": "object answers moved toward the pushed value", "tickformat": ".0%"})
     return fig

@@ -87,7 +87,7 @@ def test_patching_end_to_end_on_the_tiny_study(two_value_study: TinyStudy) -> No
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics["subjects"]) == {"untrained", "self"}
     for m in metrics["subjects"].values():
-        assert m["pairs"] >= 1 and m["steering"]["pattern"] in ("P-state", "question shortcut", "none", "mixed")
+        assert m["patching"]["pairs"] >= 1 and m["steering"]["pattern"] in ("P-state", "question shortcut", "none", "mixed")
         assert m["steering"]["scale"] in (1.0, 4.0) and len(m["steering"]["sentences"]) == 3
     for table in ("pairs", "cells", "grid", "exact", "steering_sweep", "steering", "steering_summary", "concepts", "concept_summary"):
         assert (folder / f"{table}.jsonl").stat().st_size > 0

@@ -18,6 +18,7 @@ from experiments import sae_features as sf
 from experiments.behavioral_config import StudyConfig
 from introspect_mi import evaluation as ev
 from introspect_mi.alignment import Alignment
+from introspect_mi.errors import UserError
 from introspect_mi.models import load
 from introspect_mi.saes.analysis import Attribution
 from introspect_mi.store import RunDir
@@ -222,6 +223,8 @@ def test_a_missing_store_is_reported_with_the_command_that_makes_it(experiment, 
     assert "not analysed: self" in capsys.readouterr().out
     assert not (partial / "sae" / "differential.jsonl").exists()
     assert "Needs the stores of both" in (partial / "sae" / "report.html").read_text()
+    with pytest.raises(UserError, match="no capture run 'nope'"):
+        sf.main_sae_features(sf.SAEFeaturesConfig(**{**TINY.__dict__, "capture": "nope"}), "quick")
 
 
 def test_quick_preset_builds_a_valid_config() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from introspect_mi.places import Place, PlaceKind
-from introspect_mi.saes.pages import FeaturePage, logit_effect, page_file, token_context, top_examples, write_feature_pages
+from introspect_mi.saes.pages import FeaturePage, logit_effect, page_file, token_context, top_examples, visible, write_feature_pages
 from tests.saes.builders import random_topk
 
 PLACE = Place(PlaceKind.RESID_POST, 16)
@@ -36,11 +36,20 @@ def test_top_examples_are_the_largest_positive_activations_in_order() -> None:
         top_examples(np.zeros(3), meta, 2)
 
 
+def test_top_examples_show_a_repeated_vector_once() -> None:
+    meta = pd.DataFrame({"item_id": ["a", "a", "a", "b"], "property": ["p", "q", "r", "p"]})
+    values = np.array([2.0, 2.0, 1.0, 1.5])
+    assert len(top_examples(values, meta, 4)) == 4  # rows differ in their property
+    got = top_examples(values, meta, 4, distinct=["item_id"])
+    assert got[["item_id", "property", "activation"]].values.tolist() == [["a", "p", 2.0], ["b", "p", 1.5], ["a", "r", 1.0]]
+
+
 def test_token_context_marks_the_token_and_elides_the_rest() -> None:
     tokens = ["<s>", "The", " cat", " sat", "\n", "on", " the", " mat"]
     assert token_context(tokens, 2, width=1) == "…The⟦ cat⟧ sat…"
     assert token_context(tokens, 0, width=2) == "⟦<s>⟧The cat…"
     assert token_context(tokens, 7, width=3) == "…⏎on the⟦ mat⟧"
+    assert visible("a\nb") == "a⏎b"
     with pytest.raises(ValueError, match="outside"):
         token_context(tokens, 8)
 

@@ -40,8 +40,9 @@ def test_attribution_heatmap_labels_tokens_and_shades_groups() -> None:
     fig = attribution_heatmap(grid, "s", "p")
     assert list(fig.data[0].x) == ["3:'t3'", "4:'t4'", "5:'t5'", "6:'t6'", "7:'t7'"]
     np.testing.assert_allclose(np.array(fig.data[0].z)[2], [6, 8, 10, 12, 14])
-    shapes = [(s.x0, s.x1) for s in fig.layout.shapes]
-    assert shapes == [(-0.5, 1.5), (1.5, 3.5), (3.5, 4.5)]
+    bands = [(s.name, s.x0, s.x1) for s in fig.layout.shapes if s.type == "rect"]
+    assert bands == [("group P", -0.5, 1.5), ("group question", 1.5, 3.5), ("group final", 3.5, 4.5)]
+    assert [s.x0 for s in fig.layout.shapes if s.type == "line"] == [1.5, 3.5]
     assert [a.text for a in fig.layout.annotations] == ["P", "question", "final"]
 
 
@@ -56,7 +57,7 @@ def test_attribution_scatter_has_group_and_single_cells_per_subject() -> None:
 
 def steering_summary() -> pd.DataFrame:
     return pd.DataFrame([{"subject": "s", "label": lab, "object_to_target": 0.5, "hyp_to_target": 0.25, "follows_new": 0.6,
-                          "follows_old": 0.4, "random_object_to_target_mean": 0.1, "random_object_to_target_max": 0.2,
+                          "follows_old": 0.4, "new_before": 0.1, "old_before": 0.9, "random_object_to_target_mean": 0.1, "random_object_to_target_max": 0.2,
                           "random_hyp_to_target_mean": 0.0, "random_hyp_to_target_max": 0.05} for lab in ("(i)", "(ii)", "(iii)")])
 
 
@@ -66,7 +67,7 @@ def test_steering_bars_show_the_vector_against_random_controls() -> None:
     assert names[:4] == ["object answer: steering vector", "object answer: random (equal norm)",
                          "self-prediction: steering vector", "self-prediction: random (equal norm)"]
     assert list(fig.data[1].y) == [0.1] * 3 and list(fig.data[1].error_y.array) == pytest.approx([0.1] * 3)
-    assert list(fig.data[4].y) == [0.6] * 3 and list(fig.data[5].y) == [0.4] * 3
+    assert [list(fig.data[k].y) for k in (4, 5, 6, 7)] == [[0.6] * 3, [0.1] * 3, [0.4] * 3, [0.9] * 3]
 
 
 def test_sweep_and_concept_figures() -> None:
