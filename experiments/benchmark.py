@@ -3,6 +3,7 @@
     inference   naive per-prompt generate vs the batched Engine vs a plain batched forward
     finetune    LoRA training tokens/s, logits only where the loss is vs full-sequence logits
     patching    layer × position patching sweep, batched engine vs one forward per cell; attribution
+    capture     capture to disk vs a plain batched forward vs per-prompt run_with_cache; peak memory
 
 Each benchmark lives in its own module (`experiments/bench_<what>.py`) exposing
 `add_parser(subparsers)`, which registers its subcommand and sets `run` to the function that
@@ -19,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-BENCHMARKS = ("bench_inference", "bench_finetune", "bench_patching")  # modules under experiments/, one subcommand each
+BENCHMARKS = ("bench_inference", "bench_finetune", "bench_patching", "bench_capture")  # modules under experiments/, one subcommand each
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,8 +39,15 @@ def config_main(argv: Sequence[str] | None, *, prog: str, doc: str | None, confi
     from the field docstrings); defaults < the preset's `[section]` < flags; then `run(config, preset)`."""
     from introspect_mi import config as cfg
 
+    args = config_parser(prog=prog, doc=doc, config=config).parse_args(argv)
+    return run_main(lambda a: run(cfg.build(config, cfg.load_preset(preset_path(a.preset), section), a), a.preset), args)
+
+
+def config_parser(*, prog: str, doc: str | None, config: type) -> argparse.ArgumentParser:
+    """`--preset`, `--debug` and one flag per field of the `config` dataclass (help from its docstrings)."""
+    from introspect_mi import config as cfg
+
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     cfg.add_arguments(parser, config)
-    args = parser.parse_args(argv)
-    return run_main(lambda a: run(cfg.build(config, cfg.load_preset(preset_path(a.preset), section), a), a.preset), args)
+    return parser

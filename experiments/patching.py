@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from experiments.common import add_common_arguments, preset_path, run_main
+from experiments.common import config_main, config_parser
 from experiments.mech import SUBJECTS, StudyView, Subject, prompt_pairs, study_name
 from experiments.patching_report import write_report
 from introspect_mi import config as cfg
@@ -289,16 +289,11 @@ def _finite(obj: object) -> object:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.patching", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    cfg.add_arguments(parser, PatchingConfig)
-    return parser
+    return config_parser(prog="python -m experiments.patching", doc=__doc__, config=PatchingConfig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_main(lambda a: main_patching(cfg.build(PatchingConfig, cfg.load_preset(preset_path(a.preset), "patching"), a), a.preset), args)
+    return config_main(argv, prog="python -m experiments.patching", doc=__doc__, config=PatchingConfig, section="patching", run=main_patching)
 
 
 if __name__ == "__main__":

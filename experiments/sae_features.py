@@ -30,7 +30,6 @@ Output: runs/<capture>/sae/{report.html, metrics.json, features/*.html, *.jsonl}
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -46,7 +45,7 @@ import pandas as pd
 import torch
 
 from experiments.capture import spread
-from experiments.common import add_common_arguments, preset_path, run_main
+from experiments.common import config_main
 from experiments.mech import SUBJECTS, StudyView, study_name
 from introspect_mi import config as cfg
 from introspect_mi import evaluation as ev
@@ -811,18 +810,8 @@ def main_sae_features(config: SAEFeaturesConfig, preset: str) -> dict[str, Any]:
     return metrics
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.sae_features", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    cfg.add_arguments(parser, SAEFeaturesConfig)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    build = lambda a: cfg.build(SAEFeaturesConfig, cfg.load_preset(preset_path(a.preset), "sae_features"), a)  # noqa: E731
-    return run_main(lambda a: main_sae_features(build(a), a.preset), args)
+    return config_main(argv, prog="python -m experiments.sae_features", doc=__doc__, config=SAEFeaturesConfig, section="sae_features", run=main_sae_features)
 
 
 if __name__ == "__main__":
