@@ -209,15 +209,26 @@ def test_server_serves_the_page_and_run_files_and_nothing_outside(server_url: st
     assert exc.value.code == 501  # read-only: no method writes
 
 
-def test_cli_serves_until_ctrl_c_printing_only_the_url_on_stdout(run_dir: Path) -> None:
+def _ignoring_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts a background job
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sigint_ignored_at_start", [False, True])
+def test_cli_serves_until_stopped_printing_only_the_url_on_stdout(run_dir: Path, stop: int, sigint_ignored_at_start: bool) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "introspect_mi.cli", "explore", str(run_dir), "--port", "0", "--no-browser"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ignoring_sigint if sigint_ignored_at_start else None)
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:") and get(url)[0] == 200
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        proc.send_signal(stop)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
     assert proc.returncode == 0 and out == "" and "stopped" in err and url in err
 
 

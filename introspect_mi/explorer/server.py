@@ -8,6 +8,7 @@ encoded `..` and symbolic links that lead out are answered 404. Only GET and HEA
 from __future__ import annotations
 
 import errno
+import signal
 import sys
 import webbrowser
 from functools import partial
@@ -77,15 +78,27 @@ def url_of(server: ThreadingHTTPServer) -> str:
     return f"http://{host}:{port}/"
 
 
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop the server cleanly, even where the shell started this process with
+    SIGINT ignored (a background job in a script), which Python would otherwise keep."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
 def serve(run_dir: Path | str, port: int = 0, open_browser: bool = True) -> None:
-    """Serve until Ctrl-C; prints the URL on stdout, everything else on stderr."""
+    """Serve until Ctrl-C (or SIGTERM); prints the URL on stdout, everything else on stderr."""
     server = make_server(run_dir, port)
     url = url_of(server)
-    print(f"explorer for {Path(run_dir)} at {url} (Ctrl-C stops it)", file=sys.stderr)
-    print(url, flush=True)
-    if open_browser:
-        webbrowser.open(url)
     try:
+        _stop_on_signals()
+        print(f"explorer for {Path(run_dir)} at {url} (Ctrl-C stops it)", file=sys.stderr)
+        print(url, flush=True)
+        if open_browser:
+            webbrowser.open(url)
         server.serve_forever()
     except KeyboardInterrupt:
         print("explorer stopped", file=sys.stderr)
