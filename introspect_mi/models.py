@@ -96,6 +96,27 @@ def folder_hash(folder: Path, files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+PLACE_DEPENDENT_KEYS = ("base_model_name_or_path", "revision")
+"""adapter_config.json keys that say where the base model was, not what the adapter computes."""
+
+
+def adapter_hash(folder: Path) -> str:
+    """12-hex id of what a peft adapter computes: its weight files and its config, the config
+    canonicalised (the base model's path dropped, `target_modules`, a set, sorted) so that the same
+    training in another checkout, or another process's set order, gives the same id."""
+    h = hashlib.sha256()
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    for key in PLACE_DEPENDENT_KEYS:
+        config.pop(key, None)
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    h.update(json.dumps(config, sort_keys=True).encode())
+    weights = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin"))
+    h.update(folder_hash(folder, weights).encode())
+    return h.hexdigest()[:12]
+
+
 def resolve(spec: str | Path) -> tuple[str, Path]:
     """(display name, HF checkpoint folder) for a spec; prepares/converts once if needed."""
     text = str(spec)
@@ -329,6 +350,5 @@ def attach_adapter(handle: ModelHandle, adapter: Path, mode: str = "merged") -> 
     peft_model.eval()
     handle.model = peft_model.merge_and_unload() if mode == "merged" else peft_model
     handle.adapter_mode = mode
-    files = sorted(p for p in adapter.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin") and p.name != ADAPTER_SIDECAR)
     handle.adapters.append(adapter)
-    handle.adapter_hashes.append(folder_hash(adapter, files)[:12])
+    handle.adapter_hashes.append(adapter_hash(adapter))

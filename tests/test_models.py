@@ -82,6 +82,27 @@ def test_merged_logits_equal_unmerged_peft_logits(tiny_llama_dir: Path, tmp_path
     assert merged.fingerprint != base.fingerprint and merged.fingerprint.startswith(base.base_fingerprint)
 
 
+def test_adapter_hash_ignores_where_the_base_was_and_set_order_but_not_what_it_computes(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from introspect_mi.models import adapter_hash
+
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter")
+
+    def variant(name: str, edit) -> Path:
+        out = shutil.copytree(adapter, tmp_path / name)
+        config = json.loads((out / "adapter_config.json").read_text())
+        edit(config)
+        (out / "adapter_config.json").write_text(json.dumps(config, indent=1))
+        return out
+
+    moved = variant("moved", lambda c: c.update(base_model_name_or_path="/elsewhere/base", target_modules=sorted(c["target_modules"], reverse=True)))
+    rescaled = variant("rescaled", lambda c: c.update(lora_alpha=c["lora_alpha"] * 2))
+    assert adapter_hash(moved) == adapter_hash(adapter)
+    assert adapter_hash(rescaled) != adapter_hash(adapter)
+    assert adapter_hash(make_adapter(tiny_llama_dir, tmp_path / "other_weights", seed=2)) != adapter_hash(adapter)
+
+
 def test_adapter_for_another_base_is_refused(tiny_llama_dir: Path, tmp_path: Path) -> None:
     from tests.tiny import make_llama, make_tokenizer, save_checkpoint
 
