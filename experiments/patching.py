@@ -239,7 +239,10 @@ def run_subject(view: StudyView, capture: RunDir, label: str, c: PatchingConfig)
                               ("concepts", "concept injection (E)", lambda: concept_stage(handle, steerer, items, c))):
         _log(f"{label}: {title}")
         started = time.perf_counter()
-        got, m = run()
+        try:
+            got, m = run()
+        except UserError as exc:  # name the subject: several run in one command
+            raise UserError(f"{label}: {exc.problem}", exc.fix) from None
         tables.update(got)
         metrics[stage] = m
         metrics["seconds"][stage] = round(time.perf_counter() - started, 1)

@@ -97,3 +97,7 @@ def test_patching_end_to_end_on_the_tiny_study(two_value_study: TinyStudy) -> No
     from introspect_mi.explorer.page import report_links
 
     assert ("patching/report.html" in {href for href, _ in report_links(tiny_study.runs / "mech-patch", "")})
+    # a stage's bad input names the subject it failed on (several run in one command)
+    bad = tiny_study.run("patching", "--capture", "mech-patch", "--subjects", "self", *TINY_ARGS, "--steer-task", "myopic_reward",
+                         "--name", "patching-bad-steer")
+    assert bad.returncode == 2 and "error: self: " in bad.stderr and "--steer-task" in bad.stderr and "Traceback" not in bad.stderr
