@@ -77,7 +77,7 @@ def _split_prefix(seqs: list[list[int]], pad_id: int, reuse: bool, keep: int = 1
     return _Prefixed(seqs[0][:shared], suffix.input_ids, mask, shared + suffix.position_ids)
 
 
-def _sliding_window(config: object) -> int | None:
+def sliding_window(config: object) -> int | None:
     """The sliding-attention window of a model that has sliding layers (Gemma-3, Mistral), else None."""
     window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None)
@@ -198,7 +198,7 @@ class Engine:
         shifts columns against positions, and sliding-window masks count columns: reuse the prefix
         only when every column fed (prompt + new tokens but the last) fits in one window."""
         reuse = self.prefix_reuse
-        window = _sliding_window(self.handle.config)
+        window = sliding_window(self.handle.config)
         if window is not None and max(len(s) for s in seqs) + max(new_tokens - 1, 0) > window:
             reuse = False
         return _split_prefix(seqs, self.handle.pad_token_id, reuse, keep)

@@ -107,7 +107,7 @@ def accuracy(correct: Sequence[bool], *, n_boot: int = 1000, seed: int = 0) -> P
     return Proportion(**_proportion(np.asarray(correct, dtype=bool), n_boot, seed))
 
 
-def _mode(values: Sequence[str]) -> str:
+def most_common(values: Sequence[str]) -> str:
     """Most common value; ties go to the lexicographically smallest (order-independent)."""
     counts = Counter(values)
     if not counts:
@@ -117,7 +117,7 @@ def _mode(values: Sequence[str]) -> str:
 
 def mode_baseline(values: Sequence[str], *, n_boot: int = 1000, seed: int = 0) -> ModeBaseline:
     """Accuracy of always guessing the most common of `values` (ties: smallest string)."""
-    mode = _mode(values)
+    mode = most_common(values)
     hits = np.array([v == mode for v in values], dtype=bool)
     return ModeBaseline(**_proportion(hits, n_boot, seed), mode=mode)
 

@@ -39,7 +39,7 @@ import torch
 
 from introspect_mi.batching import Batch, left_pad
 from introspect_mi.hooks import Edit, editing, recording, site_of
-from introspect_mi.inference import _sliding_window
+from introspect_mi.inference import sliding_window
 from introspect_mi.places import Place, PlaceKind, resid_post
 
 MIN_SUFFIX = 16
@@ -94,7 +94,7 @@ def clean_run(model: torch.nn.Module, ids: Sequence[int], places: Sequence[Place
     x = torch.tensor([list(ids)], device=device)
     with recording(model, want) as acts:
         out = model(input_ids=x, use_cache=True, logits_to_keep=1)
-    window = _sliding_window(model.config)
+    window = sliding_window(model.config)
     kv = None
     if window is None or len(ids) < window:
         kv = tuple((layer.keys[0], layer.values[0]) for layer in out.cache.layers)
@@ -267,7 +267,7 @@ def _split(model: torch.nn.Module, rows: Sequence[Patch], reuse_prefix: bool, pa
         firsts = dict.fromkeys(firsts, 0)
     pre = [max(firsts[id(p.target)], 0) for p in rows]
     suffix = left_pad([list(p.target.ids[k:]) for p, k in zip(rows, pre)], pad_id)
-    window = _sliding_window(model.config)
+    window = sliding_window(model.config)
     if max(pre) and window is not None and max(pre) + suffix.width > window:
         # Sliding-window masks count columns, and padding between prefix and suffix adds some.
         return _split(model, rows, False, pad_id)

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from introspect_mi.actstore import ActivationStore
 from introspect_mi.batching import left_pad
 from introspect_mi.hooks import editing, recording
-from introspect_mi.inference import MIN_SHARED_PREFIX, _sliding_window
+from introspect_mi.inference import MIN_SHARED_PREFIX, sliding_window
 from introspect_mi.logit_lens import first_token
 from introspect_mi.models import ModelHandle
 from introspect_mi.patching_experiments import ItemPrompts
@@ -154,7 +154,7 @@ class Steerer:
         model, dev = self.model, next(self.model.parameters()).device
         batch = [seqs[i] for i in rows]
         member = _membership([steers[i] for i in rows], max(map(len, batch)))
-        window = _sliding_window(model.config)
+        window = sliding_window(model.config)
         k = 0 if window is not None and max(map(len, batch)) > window else _shared(batch, member)
         hits = member[0, :k].nonzero()
         k0 = int(hits[0]) if len(hits) else k  # the shared prefix is unsteered before k0

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from introspect_mi.metrics import _mode, bootstrap_ci
+from introspect_mi.metrics import bootstrap_ci, most_common
 from probes.splits import group_codes
 
 
@@ -43,7 +43,7 @@ def balanced_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
 
 def majority_baseline(y_train: Sequence, y_test: Sequence) -> float:
     """Test accuracy of always answering the most common *training* label (ties: smallest)."""
-    return float(np.mean(as_labels(y_test) == _mode(as_labels(y_train).tolist())))
+    return float(np.mean(as_labels(y_test) == most_common(as_labels(y_train).tolist())))
 
 
 def accuracy_ci(y_true: Sequence, y_pred: Sequence, groups: Sequence | None = None, *,
