@@ -214,18 +214,34 @@ def _spread(items: Sequence, n: int) -> list:
     return [items[int(k)] for k in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
 
-def pair_patches(pair: Pair, runs: Runs, layers: Sequence[int]) -> list[tuple[str, int, str, Patch]]:
+@dataclass
+class PairLayout:
+    """A pair's clean hypothetical runs and how their tokens line up (made once per pair)."""
+
+    hyp_a: Run  # the source's hypothetical run
+    hyp_b: Run  # the target's
+    hyp_map: list[tuple[int, int]]  # (source, target) token pairs: shared prefix and suffix
+    to_source: dict[int, int]  # target token → source token
+    groups: dict[str, list[int]]  # the target's position groups (P, question, final)
+    start: int  # first token where the two prompts differ
+    b_alignment: list[tuple[int, int]]  # (source object-run token, target hypothetical token) pairs of P
+
+    @classmethod
+    def of(cls, pair: Pair, runs: Runs) -> PairLayout:
+        hyp_a, hyp_b = runs.hypothetical(pair.source), runs.hypothetical(pair.target)
+        hyp_map = align_ends(hyp_a.ids, hyp_b.ids)
+        return cls(hyp_a, hyp_b, hyp_map, {t: s for s, t in hyp_map}, position_groups(len(hyp_b), pair.target.hyp_p_tokens),
+                   first_difference(hyp_a.ids, hyp_b.ids), compose(pair.source.alignment, hyp_map))
+
+
+def pair_patches(pair: Pair, layout: PairLayout, runs: Runs, layers: Sequence[int]) -> list[tuple[str, int, str, Patch]]:
     """(experiment, layer, group, patch) of A, B, C and the controls for one pair."""
-    src, tgt = pair.source, pair.target
-    hyp_a, hyp_b, obj_a, obj_b = runs.hypothetical(src), runs.hypothetical(tgt), runs.object(src), runs.object(tgt)
-    hyp_map = align_ends(hyp_a.ids, hyp_b.ids)
-    to_source = {t: s for s, t in hyp_map}
-    groups = position_groups(len(hyp_b), tgt.hyp_p_tokens)
-    b_maps = {"B": (obj_a, {t: s for s, t in compose(src.alignment, hyp_map)}), "B-control": (obj_b, {t: s for s, t in tgt.alignment})}
-    start = first_difference(hyp_a.ids, hyp_b.ids)
+    src, tgt, hyp_a, hyp_b, groups = pair.source, pair.target, layout.hyp_a, layout.hyp_b, layout.groups
+    obj_a, obj_b = runs.object(src), runs.object(tgt)
+    b_maps = {"B": (obj_a, {t: s for s, t in layout.b_alignment}), "B-control": (obj_b, {t: s for s, t in tgt.alignment})}
     rows = []
     for layer in layers:
-        rows += [("A", layer, name, Patch(hyp_b, hyp_a, cell)) for name, cell in group_cells(layer, groups, to_source, start).items()]
+        rows += [("A", layer, name, Patch(hyp_b, hyp_a, cell)) for name, cell in group_cells(layer, groups, layout.to_source, layout.start).items()]
         for exp, (source, mapping) in b_maps.items():
             rows += [(exp, layer, "P", Patch(hyp_b, source, cell)) for cell in group_cells(layer, {"P": groups["P"]}, mapping).values()]
         for exp, source in (("C", obj_a), ("C-control", obj_b)):
@@ -242,14 +258,12 @@ def run_pairs(handle: ModelHandle, pairs: Sequence[Pair], layers: Sequence[int],
     pair_rows, cell_rows, grid_rows, exact_rows = [], [], [], []
     for k, pair in enumerate(tqdm(pairs, desc=f"patching pairs {handle.name}", unit="pair", disable=not progress)):
         runs = Runs(model)  # per pair: a run holds every layer's stream and KV cache (~100 MB for an 8B model)
-        hyp_a, hyp_b = runs.hypothetical(pair.source), runs.hypothetical(pair.target)
+        layout = PairLayout.of(pair, runs)
+        hyp_a, hyp_b, hyp_map, to_source, groups, start = (layout.hyp_a, layout.hyp_b, layout.hyp_map, layout.to_source, layout.groups,
+                                                           layout.start)
         metric = logit_diff(pair.source_token, pair.target_token)
         m_src, m_tgt = (float(metric(r.logits[None], [r])[0]) for r in (hyp_a, hyp_b))
-        hyp_map = align_ends(hyp_a.ids, hyp_b.ids)
-        to_source = {t: s for s, t in hyp_map}
-        start = first_difference(hyp_a.ids, hyp_b.ids)
-        groups = position_groups(len(hyp_b), pair.target.hyp_p_tokens)
-        rows = pair_patches(pair, runs, layers)
+        rows = pair_patches(pair, layout, runs, layers)
         values = patch(model, [r[3] for r in rows], metric, batch_size=batch_size, pad_id=handle.pad_token_id)
         grid = attribution(model, hyp_b, hyp_a, every_layer, metric, alignment=hyp_map)
         for (exp, layer, name, p), value in zip(rows, values.tolist()):
@@ -273,7 +287,7 @@ def run_pairs(handle: ModelHandle, pairs: Sequence[Pair], layers: Sequence[int],
             "normalisable": bool(np.isfinite(normalise(m_src, m_tgt, m_src, min_gap))), "source_tokens": len(hyp_a),
             "target_tokens": len(hyp_b), "first_difference": start, "p_tokens": len(groups["P"]),
             "p_tokens_aligned": sum(t in to_source for t in groups["P"]),
-            "b_tokens_aligned": len(compose(src.alignment, hyp_map)),
+            "b_tokens_aligned": len(layout.b_alignment),
         })
     return PatchingTables(pd.DataFrame(pair_rows), pd.DataFrame(cell_rows), pd.DataFrame(grid_rows), pd.DataFrame(exact_rows))
 
