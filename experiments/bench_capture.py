@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from experiments.bench_common import save_result, timed
+from experiments.bench_common import Machine, machine, save_result, timed
 from introspect_mi.capture import CapturePrompt, CaptureSpec, all_places, batches, capture, encode, forward
 from introspect_mi.engines import run_bridge
 from introspect_mi.models import ModelHandle, load
@@ -46,14 +46,9 @@ TARGET_RATIO = 1.25
 
 
 @dataclass
-class Result:
+class Result(Machine):
     """What the benchmark prints and writes to runs/benchmarks/capture.json."""
 
-    model: str
-    device: str
-    dtype: str
-    torch_threads: int
-    load_average: float  # 1-minute load of the machine when the benchmark ended (shared CPUs skew timings)
     layers: int
     d_model: int
     positions: tuple[str, ...]
@@ -165,8 +160,7 @@ def benchmark(model: str, n: int, naive_n: int, memory_prompts: int, batch_size:
     per_prompt = loop_s / naive_n
     vectors = memory_prompts * len(spec.places) * len(POSITIONS)
     return Result(
-        model=handle.name, device=str(handle.device), dtype=str(handle.placement.dtype).removeprefix("torch."),
-        torch_threads=torch.get_num_threads(), load_average=os.getloadavg()[0], layers=handle.n_layers, d_model=handle.d_model,
+        **machine(handle), layers=handle.n_layers, d_model=handle.d_model,
         positions=POSITIONS, batch_size=batch_size, prompts=n, repeats=repeats, mean_prompt_tokens=sum(tokens) / len(tokens),
         plain_forward_seconds=plain_s, capture_seconds=capture_s, capture_vs_plain=capture_s / plain_s,
         target_ratio_met=capture_s / plain_s <= TARGET_RATIO, naive_prompts=naive_n, run_with_cache_seconds_per_prompt=per_prompt,

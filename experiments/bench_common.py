@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,23 @@ import torch
 
 from introspect_mi.models import ModelHandle
 from introspect_mi.paths import runs_dir
+
+
+@dataclass
+class Machine:
+    """The fields every benchmark result starts with: what ran where."""
+
+    model: str
+    device: str
+    dtype: str
+    torch_threads: int
+    load_average: float  # 1-minute load of the machine when the benchmark ended (shared CPUs skew timings)
+
+
+def machine(handle: ModelHandle) -> dict[str, Any]:
+    """`Machine`'s fields for a loaded model, now."""
+    return {"model": handle.name, "device": str(handle.device), "dtype": str(handle.placement.dtype).removeprefix("torch."),
+            "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()[0]}
 
 
 def sync(handle: ModelHandle) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from experiments.bench_common import save_result, timed
+from experiments.bench_common import Machine, machine, save_result, timed
 from introspect_mi.batching import left_pad
 from introspect_mi.generate import cut_at_stop
 from introspect_mi.inference import Engine
@@ -35,13 +35,9 @@ TASK = "animals"
 
 
 @dataclass
-class Result:
+class Result(Machine):
     """What the benchmark prints and writes to runs/benchmarks/inference.json."""
 
-    model: str
-    device: str
-    dtype: str
-    torch_threads: int
     batch_size: int
     n_prompts: int
     max_new_tokens: int
@@ -141,8 +137,7 @@ def benchmark(model: str, n: int, batch_size: int, naive_n: int) -> Result:
     forward_tok = prompt_tokens / forward_s
     equal = sum(a == b for a, b in zip(answers[:naive_n], naive_answers))
     return Result(
-        model=handle.name, device=str(handle.device), dtype=str(handle.placement.dtype).removeprefix("torch."),
-        torch_threads=torch.get_num_threads(), batch_size=batch_size, n_prompts=n, max_new_tokens=max_new,
+        **machine(handle), batch_size=batch_size, n_prompts=n, max_new_tokens=max_new,
         mean_prompt_tokens=prompt_tokens / n, mean_generated_tokens=generated[0] / n,
         naive_prompts=naive_n, naive_mean_generated_tokens=sum(naive_counts) / naive_n,
         naive_seconds=naive_s, naive_prompts_per_s=naive_rate,

@@ -22,13 +22,12 @@ aligned target token. Measured, in one process after a warm-up:
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from experiments.bench_common import save_result, timed
+from experiments.bench_common import Machine, machine, save_result, timed
 from introspect_mi.hooks import editing
 from introspect_mi.models import ModelHandle, load
 from introspect_mi.patching import (
@@ -52,14 +51,9 @@ TARGET_SPEEDUP = 10.0
 
 
 @dataclass
-class Result:
+class Result(Machine):
     """What the benchmark prints and writes to runs/benchmarks/patching.json."""
 
-    model: str
-    device: str
-    dtype: str
-    torch_threads: int
-    load_average: float  # 1-minute load of the machine when the benchmark ended (shared CPUs skew timings)
     property: str
     target_item: str
     source_item: str
@@ -157,8 +151,7 @@ def benchmark(model: str, prop: str, batch_size: int, naive_n: int) -> Result:
     cells, run_cells = len(grid_cells), len(grid_cells) - identical
     naive_per_cell = naive_s / len(sampled)
     return Result(
-        model=handle.name, device=str(handle.device), dtype=str(handle.placement.dtype).removeprefix("torch."),
-        torch_threads=torch.get_num_threads(), load_average=os.getloadavg()[0], property=prop, target_item=item_ids[0], source_item=item_ids[1],
+        **machine(handle), property=prop, target_item=item_ids[0], source_item=item_ids[1],
         target_tokens=len(target), source_tokens=len(source), first_differing_token=next(i for i, (a, b) in enumerate(zip(target.ids, source.ids)) if a != b),
         source_answer=tok.decode([src_answer]), target_answer=tok.decode([tgt_answer]),
         layers=handle.n_layers, positions=len(cols), cells=cells, cells_run=run_cells, cells_identical=identical,
