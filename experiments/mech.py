@@ -51,6 +51,14 @@ def study_name(preset: str, study: str) -> str:
     return sc.name or f"study-{sc.m1}-{sc.m2}".replace("/", "_")
 
 
+def open_capture(name: str, preset: str) -> RunDir:
+    """The capture run `name` under runs/, or a one-line error naming the command that makes it."""
+    if not (runs_dir() / name / RunDir.CONFIG).is_file():
+        raise UserError(f"no capture run {name!r} in {runs_dir()}",
+                        f"make it with `python -m experiments.capture --preset {preset}`, or pass --capture with an existing run's name")
+    return RunDir.open(runs_dir(), name)
+
+
 class StudyView:
     """Read-only view of a finished study run."""
 

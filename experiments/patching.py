@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from experiments.common import config_main, config_parser
-from experiments.mech import SUBJECTS, StudyView, Subject, prompt_pairs, study_name
+from experiments.mech import SUBJECTS, StudyView, Subject, open_capture, prompt_pairs, study_name
 from experiments.patching_report import write_report
 from introspect_mi import config as cfg
 from introspect_mi.actstore import ActivationStore
@@ -41,7 +41,6 @@ from introspect_mi.errors import UserError
 from introspect_mi.logit_lens import first_token
 from introspect_mi.models import ModelHandle
 from introspect_mi.patching_experiments import ItemPrompts, flow_summary, pearson, run_pairs, select_pairs, tokenise
-from introspect_mi.paths import runs_dir
 from introspect_mi.places import resid_post
 from introspect_mi.properties import get_property
 from introspect_mi.steering_experiments import (
@@ -255,9 +254,7 @@ def main_patching(config: PatchingConfig, preset: str) -> dict:
         raise UserError(f"unknown subject(s) {', '.join(unknown)}", f"use some of: {', '.join(SUBJECTS)}")
     view = StudyView(study_name(preset, config.study))
     capture_name = config.capture or f"mech-{view.name}"
-    if not (runs_dir() / capture_name / "config.json").is_file():
-        raise UserError(f"no capture run {capture_name!r} in {runs_dir()}", f"capture first: {CAPTURE_COMMAND}")
-    capture = RunDir.open(runs_dir(), capture_name)
+    capture = open_capture(capture_name, preset)
     for label in config.subjects:
         check_store(capture, label)
     out = RunDir.create(capture.folder, config.name, cfg.to_dict(config), seed=config.seed)

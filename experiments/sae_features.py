@@ -46,7 +46,7 @@ import torch
 
 from experiments.capture import spread
 from experiments.common import config_main
-from experiments.mech import SUBJECTS, StudyView, study_name
+from experiments.mech import SUBJECTS, StudyView, open_capture, study_name
 from introspect_mi import config as cfg
 from introspect_mi import evaluation as ev
 from introspect_mi.actstore import ActivationStore
@@ -56,7 +56,6 @@ from introspect_mi.errors import UserError
 from introspect_mi.hooks import recording
 from introspect_mi.logit_lens import first_token
 from introspect_mi.models import ModelHandle
-from introspect_mi.paths import runs_dir
 from introspect_mi.places import Place, PlaceKind
 from introspect_mi.prompts import PromptConfig, hypothetical_prompt, object_prompt
 from introspect_mi.saes import (
@@ -725,10 +724,7 @@ def capture_run(view: StudyView, config: SAEFeaturesConfig, preset: str) -> tupl
     """The capture run and, per configured subject without a store, how to make it."""
     default = f"mech-{view.name}"
     name = config.capture or default
-    if not (runs_dir() / name / RunDir.CONFIG).is_file():
-        raise UserError(f"no capture run {name!r} in {runs_dir()}",
-                        f"make it with `python -m experiments.capture --preset {preset}`, or pass --capture with an existing run's name")
-    run = RunDir.open(runs_dir(), name)
+    run = open_capture(name, preset)
     missing = {}
     for label in config.subjects:
         if not (run.path(f"{label}/store") / "store.json").is_file():
