@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 import time
 from typing import Any
 
@@ -24,7 +25,8 @@ from introspect_mi.prompts import PromptConfig
 from introspect_mi.store import RunDir
 
 
-def _finetune_config(config: StudyConfig, lr: float = 0.0) -> FinetuneConfig:
+def finetune_config(config: StudyConfig, lr: float = 0.0) -> FinetuneConfig:
+    """The preset named by `config.finetune`, with the study's seed and any epochs/lr overrides."""
     if config.finetune not in PRESETS:
         raise UserError(f"unknown finetune preset {config.finetune!r}", f"use one of: {', '.join(PRESETS)}")
     base = PRESETS[config.finetune]
@@ -72,9 +74,12 @@ class Study:
         _log(f"object-level answers: {label}")
         return ev.object_answers(engine, items, self.object_prompts, self.cache, self.counter)
 
-    def examples(self, handle: ModelHandle, rows: list[fd.Labelled]) -> list[Example]:
-        """Hypothetical training examples rendered in `handle`'s prompt format."""
-        return fd.hypothetical_examples(handle.prompt_format, rows, self.trained_prompts)
+    def examples(self, handle: ModelHandle, rows: list[fd.Labelled], replay: Sequence[ev.Pair] = (),
+                 objects: dict[str, list[str]] | None = None) -> list[Example]:
+        """Hypothetical training examples rendered in `handle`'s prompt format, then the
+        object-level replay of the `replay` items with `handle`'s own answers (`objects`)."""
+        hypothetical = fd.hypothetical_examples(handle.prompt_format, rows, self.trained_prompts)
+        return hypothetical + (fd.replay_examples(handle.prompt_format, replay, objects, self.object_prompts) if replay and objects else [])
 
     def finetune(self, name: str, handle: ModelHandle, train_ex: list, val_ex: list, config: FinetuneConfig) -> TrainResult:
         if not train_ex:
@@ -101,25 +106,28 @@ def study(config: StudyConfig) -> dict[str, Any]:
     """Run (or resume) the study; returns the metrics written to metrics.json."""
     s = Study(config)
     c = config
-    ft = _finetune_config(c)
+    ft = finetune_config(c)
 
     m1 = s.load(c.m1)
     m1_engine = s.engine(m1)
     m1_train_objects = s.objects(m1_engine, s.train_items, f"{c.m1} on training tasks")
     self_train, self_val = split_examples(fd.label_pairs(s.train_pairs, m1_train_objects, c.per_cell, c.seed), ft.val_fraction, ft.seed)
-    self_result = s.finetune("self", m1, s.examples(m1, self_train), s.examples(m1, self_val), ft)
+    replayed = fd.replay_pairs(s.train_pairs, m1_train_objects, round(c.object_replay * len(self_train)), c.seed)
+    self_result = s.finetune("self", m1, s.examples(m1, self_train, replayed, m1_train_objects), s.examples(m1, self_val), ft)
+    s.finetunes["self"]["n_replay"] = len(replayed)
 
     m1_self = s.load(c.m1, adapter=self_result.adapter_dir)
     m1_self_engine = s.engine(m1_self)
     m1_self_train_objects = s.objects(m1_self_engine, s.train_items, f"self-trained {c.m1} on training tasks")
     (cross_train, dropped_train), (cross_val, dropped_val) = (fd.relabel(rows, m1_self_train_objects) for rows in (self_train, self_val))
     m2 = s.load(c.m2)
-    cross_result = s.finetune("cross", m2, s.examples(m2, cross_train), s.examples(m2, cross_val), ft)
-    s.finetunes["cross"]["dropped_noncompliant"] = dropped_train + dropped_val
+    m2_engine = s.engine(m2)
+    m2_train_objects = s.objects(m2_engine, s.train_items, f"{c.m2} on training tasks (replay and behaviour-change data)")
+    cross_result = s.finetune("cross", m2, s.examples(m2, cross_train, replayed, m2_train_objects), s.examples(m2, cross_val), ft)
+    s.finetunes["cross"].update(dropped_noncompliant=dropped_train + dropped_val, n_replay=len(replayed))
 
     m1_eval = s.objects(m1_engine, s.eval_items, f"{c.m1} on held-out tasks")
     m1_self_eval = s.objects(m1_self_engine, s.eval_items, f"self-trained {c.m1} on held-out tasks")
-    m2_engine = s.engine(m2)
     m2_cross = s.load(c.m2, adapter=cross_result.adapter_dir)
     m2_cross_engine = s.engine(m2_cross)
     m2_eval = s.objects(m2_engine, s.eval_items, f"{c.m2} on held-out tasks")
@@ -141,26 +149,33 @@ def study(config: StudyConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"run": s.name, "m1": c.m1, "m2": c.m2, **score(s.run, predictors, scoring)}
     metrics["comparison"] = compare(metrics, labels["self"], labels["cross"])
 
-    _log("evaluating on the finetunes' validation questions (training tasks, never trained on)")
+    _log("self-prediction on the training tasks' val items (the tasks trained on, items never trained on)")
+    train_val_items = ev.load_task_items(c.train_tasks, "val", c.eval_items, c.seed)
+    m1_train_val = s.objects(m1_engine, train_val_items, f"{c.m1} on training tasks' val items")
+    m1_self_train_val = s.objects(m1_self_engine, train_val_items, f"self-trained {c.m1} on training tasks' val items")
     on_training_tasks = [
-        Predictor(labels["untrained"], m1_engine, s.untrained_prompts, m1_engine, m1_train_objects),
-        Predictor(labels["self"], m1_self_engine, s.trained_prompts, m1_self_engine, m1_self_train_objects),
-        Predictor(labels["cross"], m2_cross_engine, s.trained_prompts, m1_self_engine, m1_self_train_objects),
+        Predictor(labels["untrained"], m1_engine, s.untrained_prompts, m1_engine, m1_train_val),
+        Predictor(labels["self"], m1_self_engine, s.trained_prompts, m1_self_engine, m1_self_train_val),
     ]
-    val_scoring = dataclasses.replace(scoring, pairs=[r.pair for r in self_val], calibration_pairs=[])
-    metrics["training_tasks"] = score(s.run, on_training_tasks, val_scoring, prefix="train_")["predictors"]
+    val_scoring = dataclasses.replace(scoring, pairs=ev.make_pairs(train_val_items, c.properties or None), calibration_pairs=[])
+    training = score(s.run, on_training_tasks, val_scoring, prefix="train_")
+    metrics["training_tasks"] = training["predictors"]
+    metrics["training_tasks_comparison"] = compare(training, labels["self"], labels["untrained"])
     metrics["changed"] = [
         {"finetune": f"self ({c.m1})", "fraction_changed": ev.changed_fraction(m1_eval, m1_self_eval), "n_items": len(m1_eval)},
         {"finetune": f"cross ({c.m2})", "fraction_changed": ev.changed_fraction(m2_eval, m2_cross_eval), "n_items": len(m2_eval)},
+        {"finetune": f"self ({c.m1}), training tasks' val items", "fraction_changed": ev.changed_fraction(m1_train_val, m1_self_train_val),
+         "n_items": len(m1_train_val)},
     ]
 
-    metrics["behaviour_change"] = behaviour_change(s, m1_self, m1_self_eval, m2_engine)
+    metrics["behaviour_change"] = behaviour_change(s, m1_self, m1_self_eval, m2_train_objects)
     metrics["finetunes"] = s.finetunes
     s.run.write_json("metrics.json", metrics)
     from experiments.behavioral_report import write_report_for
 
     write_report_for(s.run)
     print("\n" + summary(metrics))
+    print("\non the training tasks' val items:\n" + summary({"predictors": metrics["training_tasks"], "comparison": metrics["training_tasks_comparison"]}))
     bc = metrics["behaviour_change"]
     print(f"behaviour change: M_C predicts its new behaviour {bc['new']['value']:.1%}, its old {bc['old']['value']:.1%} "
           f"(n = {bc['n_changed']} changed items)")
@@ -170,14 +185,14 @@ def study(config: StudyConfig) -> dict[str, Any]:
     return metrics
 
 
-def behaviour_change(s: Study, m1_self: ModelHandle, m1_self_eval: dict[str, list[str]], m2_engine: Engine) -> dict[str, Any]:
-    """PROTOCOL.md "Behaviour change": finetune self-trained M1 on M2's object-level answers → M_C;
-    on held-out pairs whose property changed, does M_C predict its new or its old behaviour?"""
+def behaviour_change(s: Study, m1_self: ModelHandle, m1_self_eval: dict[str, list[str]], m2_train_objects: dict[str, list[str]]) -> dict[str, Any]:
+    """PROTOCOL.md "Behaviour change": finetune self-trained M1 on M2's object-level answers on the
+    training tasks → M_C; on held-out pairs whose property changed, does M_C predict its new or
+    its old behaviour?"""
     c = s.config
-    m2_train_objects = s.objects(m2_engine, s.train_items, f"{c.m2} on training tasks (behaviour-change data)")
     examples = fd.object_examples(m1_self.prompt_format, s.train_pairs, m2_train_objects, s.object_prompts)[: c.behaviour_change_items]
-    lr = c.behaviour_change_lr or _finetune_config(c).lr / 10
-    bc_config = dataclasses.replace(_finetune_config(c, lr), epochs=1)
+    lr = c.behaviour_change_lr or finetune_config(c).lr / 10
+    bc_config = dataclasses.replace(finetune_config(c, lr), epochs=1)
     result = s.finetune("behaviour_change", m1_self, *split_examples(examples, bc_config.val_fraction, bc_config.seed), bc_config)
     mc = s.load(c.m1, adapter=[m1_self.adapter, result.adapter_dir])
     mc_engine = s.engine(mc)
