@@ -84,6 +84,8 @@ class StudyConfig(RunSettings):
     """Override the preset's epochs (0: keep)."""
     lr: float = 0.0
     """Override the preset's learning rate (0: keep)."""
+    object_replay: float = 0.0
+    """Object-level replay mixed into the self and cross finetunes, as a fraction of the self examples: each model's own T=0 answers to the same training items' object-level prompts. Not in the paper (0 = its data); it keeps a small model's behaviour, which its self-predictions are scored against, from drifting (README: measurements)."""
     behaviour_change_items: int = 200
     """Object-level answers of M2 that M_C is finetuned on (PROTOCOL.md: ~1000)."""
     behaviour_change_lr: float = 0.0

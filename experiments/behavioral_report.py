@@ -12,6 +12,12 @@ TABLE_COLUMNS = ["task", "property", "n_items", "n_dropped_object", "object_comp
                  "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mode_value", "mode_baseline"]
 
 
+def comparison_text(c: dict) -> str:
+    """One sentence of a two-proportion comparison (behavioral_eval.compare)."""
+    return (f"{c['first']} minus {c['second']}: {c['diff']:+.1%} (95% CI {c['diff_ci_low']:+.1%} to {c['diff_ci_high']:+.1%}), "
+            f"two-proportion z = {c['z']:.2f}, p = {c['p_value']:.3g}.")
+
+
 def write_report_for(run: RunDir) -> None:
     metrics = run.read_json("metrics.json")
     predictors = metrics["predictors"]
@@ -27,18 +33,18 @@ def write_report_for(run: RunDir) -> None:
     )]
     if "comparison" in metrics:
         c = metrics["comparison"]
-        sections.append(Section("Comparison", text=(
-            f"{c['first']} minus {c['second']}: {c['diff']:+.1%} (95% CI {c['diff_ci_low']:+.1%} to {c['diff_ci_high']:+.1%}), "
-            f"two-proportion z = {c['z']:.2f}, p = {c['p_value']:.3g}.")))
+        sections.append(Section("Comparison", text=comparison_text(c)))
     sections.append(Section("Target behaviour", figures=[compliance_figure(t) for t in tables.values()],
                             text="Object-level compliance and mode baseline of each predictor's target per task × property."))
     if "training_tasks" in metrics:
         train_tables = {label: run.read_table(f"table_{p['slug']}") for label, p in metrics["training_tasks"].items()}
+        comparison = metrics.get("training_tasks_comparison")
+        test = " " + comparison_text(comparison) if comparison else ""
         sections.append(Section(
-            "Training tasks (the finetunes' validation questions)",
-            figures=[accuracy_figure(train_tables, baseline_from=baseline, title="Accuracy on training tasks, held-out questions")],
-            text="The same predictors on questions from the training tasks that the finetunes held out for validation: "
-                 "does self-prediction training raise accuracy in distribution?"))
+            "Training tasks (val items, never trained on)",
+            figures=[accuracy_figure(train_tables, baseline_from=baseline, title="Accuracy on the training tasks' val items")],
+            text="Untrained and self-trained M1 on items of the training tasks' val split: does self-prediction training "
+                 "raise accuracy in distribution?" + test))
     if "changed" in metrics:
         sections.append(Section("Finetuning changes behaviour", tables=[Table(pd.DataFrame(metrics["changed"]), percent_columns=["fraction_changed"])],
                                 text="Share of held-out object-level answers that differ after each finetune."))

@@ -1,10 +1,13 @@
-"""Self-, cross-prediction and behaviour-change training data (PROTOCOL.md "Finetuning").
+"""Self-, cross-prediction, replay and behaviour-change training data (PROTOCOL.md "Finetuning").
 
 Self data: hypothetical prompt → property value of the target's own T=0 object answer, for
 compliant object answers only, up to `per_cell` per task × property. Cross data: the same
 hypothetical questions, labelled with another model's behaviour (the self-finetuned target's),
 rendered in the cross model's own prompt format. Deduplication is per task × property (the same
 item asked about two properties stays in both), so no property silently loses items to another.
+Object-level replay (not in the paper, off unless asked for): each finetuned model's own answers
+to some training items' object-level prompts, mixed in so that a small model's behaviour does
+not drift away from what it learns to predict; self and cross replay use the same items.
 """
 
 from __future__ import annotations
@@ -79,6 +82,24 @@ def object_examples(fmt: PromptFormat, pairs: Sequence[Pair], objects: dict[str,
         seen.add(p.item.item_id)
         out.append(Example(object_prompt(fmt, p.item, p.spec, config).text, answer))
     return out
+
+
+def replay_pairs(pairs: Sequence[Pair], objects: dict[str, list[str]], n: int, seed: int) -> list[Pair]:
+    """Which training items an object-level replay uses: a seeded sample of `n` items whose
+    answer in `objects` is compliant (one pair per item, the first compliant one)."""
+    seen: set[str] = set()
+    pool = []
+    for p in pairs:
+        if p.item.item_id not in seen and p.prop.is_compliant_object(objects[p.item.item_id][0]):
+            seen.add(p.item.item_id)
+            pool.append(p)
+    return random.Random(seed).sample(pool, min(n, len(pool)))
+
+
+def replay_examples(fmt: PromptFormat, chosen: Sequence[Pair], objects: dict[str, list[str]], config: PromptConfig) -> list[Example]:
+    """Object-level replay: object-level prompt → the model's own T=0 answer (`objects`, whatever
+    it is), so a finetune keeps the behaviour that self-prediction is scored against."""
+    return [Example(object_prompt(fmt, p.item, p.spec, config).text, objects[p.item.item_id][0]) for p in chosen]
 
 
 def questions(data: Sequence[Labelled], config: PromptConfig) -> list[tuple[str, str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from introspect_mi import finetune_data as fd
 from introspect_mi.evaluation import Pair, changed_pairs, make_pairs
+from introspect_mi.prompt_format import PlainFormat
 from introspect_mi.prompts import PromptConfig
 from introspect_mi.tasks import load_items, task_spec
 
@@ -62,3 +63,18 @@ def test_behaviour_change_keeps_pairs_whose_property_changed() -> None:
     old = {ids[0]: ["cat"], ids[1]: ["dog"], ids[2]: ["owl"]}
     new = {ids[0]: ["cow"], ids[1]: ["fox"], ids[2]: ["sorry"]}  # same, changed, non-compliant
     assert [p.item.item_id for p in changed_pairs(pairs, old=old, new=new)] == [ids[1]]
+
+
+def test_replay_samples_compliant_items_once_and_replays_each_models_own_answers() -> None:
+    pairs = animal_pairs(6, ["first_character", "second_character"])  # every item twice
+    ids = list(dict.fromkeys(p.item.item_id for p in pairs))
+    m1 = {i: ["cat dog"] for i in ids} | {ids[0]: ["I'm sorry"]}  # item 0 non-compliant for M1
+    chosen = fd.replay_pairs(pairs, m1, n=4, seed=3)
+    assert len(chosen) == 4 and len({p.item.item_id for p in chosen}) == 4 and ids[0] not in {p.item.item_id for p in chosen}
+    assert chosen == fd.replay_pairs(pairs, m1, n=4, seed=3) and len(fd.replay_pairs(pairs, m1, n=99, seed=3)) == 5
+    m2 = {i: ["Sure! owl"] for i in ids}  # M2's own answers, replayed as they are
+    fmt = PlainFormat(tokenizer=None)  # rendering needs no tokenizer
+    for objects in (m1, m2):
+        examples = fd.replay_examples(fmt, chosen, objects, ZERO_SHOT)
+        assert [e.answer for e in examples] == [objects[p.item.item_id][0] for p in chosen]
+        assert all(p.item.text in e.prompt for p, e in zip(chosen, examples))
