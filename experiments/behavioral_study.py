@@ -114,7 +114,7 @@ def study(config: StudyConfig) -> dict[str, Any]:
     self_train, self_val = split_examples(fd.label_pairs(s.train_pairs, m1_train_objects, c.per_cell, c.seed), ft.val_fraction, ft.seed)
     replayed = fd.replay_pairs(s.train_pairs, m1_train_objects, round(c.object_replay * len(self_train)), c.seed)
     self_result = s.finetune("self", m1, s.examples(m1, self_train, replayed, m1_train_objects), s.examples(m1, self_val), ft)
-    s.finetunes["self"]["n_replay"] = len(replayed)
+    s.finetunes["self"]["n_replay"] = s.finetunes["self"]["n_train"] - len(self_train)
 
     m1_self = s.load(c.m1, adapter=self_result.adapter_dir)
     m1_self_engine = s.engine(m1_self)
@@ -124,7 +124,7 @@ def study(config: StudyConfig) -> dict[str, Any]:
     m2_engine = s.engine(m2)
     m2_train_objects = s.objects(m2_engine, s.train_items, f"{c.m2} on training tasks (replay and behaviour-change data)")
     cross_result = s.finetune("cross", m2, s.examples(m2, cross_train, replayed, m2_train_objects), s.examples(m2, cross_val), ft)
-    s.finetunes["cross"].update(dropped_noncompliant=dropped_train + dropped_val, n_replay=len(replayed))
+    s.finetunes["cross"].update(dropped_noncompliant=dropped_train + dropped_val, n_replay=s.finetunes["cross"]["n_train"] - len(cross_train))
 
     m1_eval = s.objects(m1_engine, s.eval_items, f"{c.m1} on held-out tasks")
     m1_self_eval = s.objects(m1_self_engine, s.eval_items, f"self-trained {c.m1} on held-out tasks")

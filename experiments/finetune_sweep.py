@@ -1,7 +1,8 @@
 """Choose a finetune preset from measurements: self-finetune M1 under several settings and score
 each on the training tasks' held-out items.
 
-    python -m experiments.finetune_sweep --preset quick --settings lr=5e-4,epochs=2 lr=1e-3,epochs=1
+    python -m experiments.finetune_sweep --preset quick        # the sweep that chose the quick preset
+    python -m experiments.finetune_sweep --preset quick --settings lr=1e-3,epochs=1,replay=0.5 rank=8 --name my-sweep
 
 Each setting overrides fields of the study's finetune preset (`lr=…,epochs=…,rank=…,alpha=…`,
 any FinetuneConfig field) and may add `replay=F`: F × (number of self examples) object-level
@@ -38,8 +39,9 @@ from introspect_mi.models import ModelHandle
 
 @dataclass(frozen=True)
 class SweepConfig(StudyConfig):
-    settings: tuple[str, ...] = ("lr=5e-4,epochs=2",)
-    """Finetune settings to compare, each `field=value,…` over the preset (plus `replay=F`: object-level replay examples, F × the self examples)."""
+    settings: tuple[str, ...] = ("lr=5e-4,epochs=2", "lr=5e-4,epochs=2,replay=0.5", "lr=1e-4,epochs=2", "lr=1e-3,epochs=1",
+                                 "lr=1e-3,epochs=1,replay=0.5", "lr=5e-4,epochs=1,replay=0.5")
+    """Finetune settings to compare, each `field=value,…` over the preset (plus `replay=F`: object-level replay examples, F × the self examples; the study's object_replay is not used). Default: the sweep that chose the quick preset."""
 
 
 @dataclass(frozen=True)

@@ -97,9 +97,12 @@ def replay_pairs(pairs: Sequence[Pair], objects: dict[str, list[str]], n: int, s
 
 
 def replay_examples(fmt: PromptFormat, chosen: Sequence[Pair], objects: dict[str, list[str]], config: PromptConfig) -> list[Example]:
-    """Object-level replay: object-level prompt → the model's own T=0 answer (`objects`, whatever
-    it is), so a finetune keeps the behaviour that self-prediction is scored against."""
-    return [Example(object_prompt(fmt, p.item, p.spec, config).text, objects[p.item.item_id][0]) for p in chosen]
+    """Object-level replay: object-level prompt → the model's own T=0 answer (`objects`, compliant
+    or not), so a finetune keeps the behaviour that self-prediction is scored against. An empty
+    answer has no tokens to train on: its item is left out (so another model's replay of the same
+    items can be a little shorter; the study records each finetune's `n_replay`)."""
+    return [Example(object_prompt(fmt, p.item, p.spec, config).text, objects[p.item.item_id][0])
+            for p in chosen if objects[p.item.item_id][0].strip()]
 
 
 def questions(data: Sequence[Labelled], config: PromptConfig) -> list[tuple[str, str, str]]:

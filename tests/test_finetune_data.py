@@ -74,6 +74,8 @@ def test_replay_samples_compliant_items_once_and_replays_each_models_own_answers
     assert chosen == fd.replay_pairs(pairs, m1, n=4, seed=3) and len(fd.replay_pairs(pairs, m1, n=99, seed=3)) == 5
     m2 = {i: ["Sure! owl"] for i in ids}  # M2's own answers, replayed as they are
     fmt = PlainFormat(tokenizer=None)  # rendering needs no tokenizer
+    blank = m2 | {chosen[0].item.item_id: [" "]}  # an empty answer has no tokens to train on
+    assert [e.answer for e in fd.replay_examples(fmt, chosen, blank, ZERO_SHOT)] == ["Sure! owl"] * 3
     for objects in (m1, m2):
         examples = fd.replay_examples(fmt, chosen, objects, ZERO_SHOT)
         assert [e.answer for e in examples] == [objects[p.item.item_id][0] for p in chosen]
