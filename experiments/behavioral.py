@@ -4,12 +4,15 @@
     python -m experiments.behavioral evaluate --preset quick  one evaluation of given models
 
 The study, every stage cached or resumable: M1's object-level answers on the training tasks →
-self-prediction data → LoRA-finetune M1 (self) → self-trained M1's object answers → cross data
-(the same questions labelled with self-trained M1's behaviour) → finetune M2 (cross) → evaluate
-on held-out tasks (untrained M1 on itself, self-trained M1 on itself, cross-trained M2 on
-self-trained M1; mode baselines, CIs, z-test) → calibration → behaviour change (finetune
-self-trained M1 on M2's object answers, then ask whether its self-predictions follow its new
-or its old behaviour). Results: runs/<name>/report.html, metrics.json and a printed summary.
+self-prediction data (plus, with --object-replay, M1's own object-level answers) → LoRA-finetune
+M1 (self) → self-trained M1's object answers → cross data (the same questions labelled with
+self-trained M1's behaviour; replay of the same items with M2's own answers) → finetune M2
+(cross) → evaluate on held-out tasks (untrained M1 on itself, self-trained M1 on itself,
+cross-trained M2 on self-trained M1; mode baselines, CIs, z-test) → calibration → untrained vs
+self-trained M1 on the training tasks' val items (did the finetune work in distribution?) →
+behaviour change (finetune self-trained M1 on M2's object answers, then ask whether its
+self-predictions follow its new or its old behaviour). Results: runs/<name>/report.html,
+metrics.json and a printed summary.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def write_report_for(run: RunDir) -> None:
                  "raise accuracy in distribution?" + test))
     if "changed" in metrics:
         sections.append(Section("Finetuning changes behaviour", tables=[Table(pd.DataFrame(metrics["changed"]), percent_columns=["fraction_changed"])],
-                                text="Share of held-out object-level answers that differ after each finetune."))
+                                text="Share of object-level answers (T=0) that differ after each finetune, on the held-out tasks and on the training tasks' val items."))
     if metrics.get("calibration"):
         sections.append(_calibration_section(run, metrics))
     losses = {name: run.read_table(f"loss_{name}") for name in metrics.get("finetunes", {}) if run.exists(f"loss_{name}.jsonl")}

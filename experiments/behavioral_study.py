@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -162,9 +162,11 @@ def study(config: StudyConfig) -> dict[str, Any]:
     metrics["training_tasks"] = training["predictors"]
     metrics["training_tasks_comparison"] = compare(training, labels["self"], labels["untrained"])
     metrics["changed"] = [
-        {"finetune": f"self ({c.m1})", "fraction_changed": ev.changed_fraction(m1_eval, m1_self_eval), "n_items": len(m1_eval)},
-        {"finetune": f"cross ({c.m2})", "fraction_changed": ev.changed_fraction(m2_eval, m2_cross_eval), "n_items": len(m2_eval)},
-        {"finetune": f"self ({c.m1}), training tasks' val items", "fraction_changed": ev.changed_fraction(m1_train_val, m1_self_train_val),
+        {"finetune": f"self ({c.m1})", "items": "held-out tasks", "fraction_changed": ev.changed_fraction(m1_eval, m1_self_eval),
+         "n_items": len(m1_eval)},
+        {"finetune": f"cross ({c.m2})", "items": "held-out tasks", "fraction_changed": ev.changed_fraction(m2_eval, m2_cross_eval),
+         "n_items": len(m2_eval)},
+        {"finetune": f"self ({c.m1})", "items": "training tasks' val items", "fraction_changed": ev.changed_fraction(m1_train_val, m1_self_train_val),
          "n_items": len(m1_train_val)},
     ]
 
@@ -180,7 +182,7 @@ def study(config: StudyConfig) -> dict[str, Any]:
     print(f"behaviour change: M_C predicts its new behaviour {bc['new']['value']:.1%}, its old {bc['old']['value']:.1%} "
           f"(n = {bc['n_changed']} changed items)")
     for row in metrics["changed"]:
-        print(f"object-level answers changed by the {row['finetune']} finetune: {row['fraction_changed']:.0%} of {row['n_items']}")
+        print(f"object-level answers changed by the {row['finetune']} finetune on {row['items']}: {row['fraction_changed']:.0%} of {row['n_items']}")
     print(f"\n{calls_line(s.counter)}\nreport: {s.run.path('report.html')}")
     return metrics
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,26 @@ def checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("INTROSPECT_MI_CHECKPOINTS", str(tmp_path / "checkpoints"))
     return tmp_path / "checkpoints"
 
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium through Playwright (`make browser` installs it; never `playwright install`)."""
+    if os.environ.get("INTROSPECT_MI_SKIP_BROWSER") == "1":
+        pytest.skip("INTROSPECT_MI_SKIP_BROWSER=1")
+    if not (Path(CHROMIUM).is_file() or shutil.which("chromium")):
+        pytest.fail(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium), or set INTROSPECT_MI_SKIP_BROWSER=1")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is missing: pip install -e '.[test]' (never `playwright install`), or set INTROSPECT_MI_SKIP_BROWSER=1")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"), args=CHROMIUM_ARGS)
+        yield b
+        b.close()

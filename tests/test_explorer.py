@@ -2,15 +2,13 @@
 is self-contained, and a real headless Chromium draws the cosine heatmap and redraws it when
 another item is selected.
 
-The browser test needs /usr/bin/chromium (`make browser` installs it) and Playwright's Python
+The browser tests (fixture `browser` in tests/conftest.py) need /usr/bin/chromium (`make browser` installs it) and Playwright's Python
 package (the `test` extra); it fails when they are missing unless INTROSPECT_MI_SKIP_BROWSER=1.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,11 +28,7 @@ from introspect_mi.explorer import (
     resolve_inside, url_of, write_explorer_data, write_static,
 )
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
+
 N_LAYERS = 4
 
 
@@ -242,22 +236,6 @@ def test_busy_port_is_a_user_error(run_dir: Path) -> None:
 
 
 # --- a real browser -------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def browser():
-    if os.environ.get("INTROSPECT_MI_SKIP_BROWSER") == "1":
-        pytest.skip("INTROSPECT_MI_SKIP_BROWSER=1")
-    if not (Path(CHROMIUM).is_file() or shutil.which("chromium")):
-        pytest.fail(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium), or set INTROSPECT_MI_SKIP_BROWSER=1")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is missing: pip install -e '.[test]' (never `playwright install`), or set INTROSPECT_MI_SKIP_BROWSER=1")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
 
 HEATMAP = "() => { const d = document.getElementById('cosine-heatmap').data; return d && d[0].type === 'heatmap' ? d[0].z : null; }"
 

@@ -1,5 +1,6 @@
 """`python -m experiments.behavioral` (the whole study) end to end on the embedded models at toy
-sizes: every stage runs, the metrics hold what the README reads, and a rerun reuses everything.
+sizes: every stage runs, the metrics hold what the README reads, the report opens in headless
+Chromium, and a rerun reuses everything.
 (Tiny random models cannot stand in: their object-level answers are never compliant, so there
 is no self data to train on.)"""
 
@@ -33,7 +34,7 @@ def without_finetune_state(metrics: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_the_toy_study_runs_every_stage_and_a_rerun_reuses_them(tmp_path: Path) -> None:
+def test_the_toy_study_runs_every_stage_and_a_rerun_reuses_them(tmp_path: Path, browser) -> None:
     first = study(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "runs" / "toy"
@@ -49,6 +50,15 @@ def test_the_toy_study_runs_every_stage_and_a_rerun_reuses_them(tmp_path: Path) 
     assert "on the training tasks' val items" in first.stdout and (run / "report.html").stat().st_size > 10_000
     for name in ("self", "cross", "behaviour_change"):
         assert (tmp_path / "checkpoints" / "adapters" / "toy" / name / "adapter_model.safetensors").exists()
+
+    page = browser.new_page()  # the report opens in a browser and Plotly draws every figure
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((run / "report.html").as_uri())
+    figures = page.locator("div[id^='fig-']").count()
+    page.wait_for_function(f"() => document.querySelectorAll('.main-svg').length >= {figures}", timeout=15_000)
+    assert figures >= 6 and errors == []
+    page.close()
 
     second = study(tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
