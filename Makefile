@@ -32,13 +32,13 @@ MECH := capture probing patching sae_features
 
 study: models
 	$(PY) -m experiments.behavioral --preset quick
-	for e in $(MECH); do $(PY) -m experiments.$$e --preset quick || exit 1; done
+	@for e in $(MECH); do echo "== python -m experiments.$$e --preset quick"; $(PY) -m experiments.$$e --preset quick || exit 1; done
 
 behavioral: models
 	$(PY) -m experiments.behavioral --preset quick
 
 mech: models
-	for e in $(MECH); do $(PY) -m experiments.$$e --preset quick || exit 1; done
+	@for e in $(MECH); do echo "== python -m experiments.$$e --preset quick"; $(PY) -m experiments.$$e --preset quick || exit 1; done
 
 # The explorer's browser test drives the Debian chromium through Playwright (never `playwright install`).
 browser:
