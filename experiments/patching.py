@@ -162,6 +162,8 @@ def candidate_logits(steerer: Steerer, items: Sequence[ItemPrompts], per_group: 
         if it.value is not None and seen.get(key, 0) < per_group:
             seen[key] = seen.get(key, 0) + 1
             chosen.append(it)
+    if not chosen:
+        return {}
     logits = steerer.logits([it.hyp_ids for it in chosen], [RowSteer(None)] * len(chosen), resid_post(0))
     return {(it.item_id, it.property): row for it, row in zip(chosen, logits)}
 
@@ -190,12 +192,16 @@ def patch_stage(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPromp
 
 def steer_stage(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], store: ActivationStore,
                 c: PatchingConfig) -> tuple[dict[str, pd.DataFrame], dict]:
-    """D: cross-fitted steering vectors from the store, the scale sweep, the conditions and the pattern."""
+    """D: cross-fitted steering vectors from the store, the scale sweep, the conditions and the pattern.
+    A subject whose behaviour gives the steering cell fewer than two values (a finetuned model that
+    answers every MCQ with one letter) skips D; the reason goes into its metrics and the report."""
     chosen = [it for it in items if (it.task, it.property) == (c.steer_task, c.steer_property)]
     try:
         values = steer_values(chosen)
     except ValueError as exc:
-        raise UserError(f"{exc} on {c.steer_task} / {c.steer_property}", "choose another --steer-task / --steer-property") from None
+        reason = f"{exc} on {c.steer_task} / {c.steer_property} (another --steer-task / --steer-property may have two)"
+        _log(f"steering (D) skipped: {reason}")
+        return {}, {"skipped": reason}
     folds = assign_folds(chosen, values)
     layer = layer_at(c.steer_depth, handle.n_layers)
     vectors = store_steering_vectors(store, layer, c.steer_position, c.steer_task, c.steer_property, values, folds)
@@ -268,7 +274,7 @@ def main_patching(config: PatchingConfig, preset: str) -> dict:
         for k, frame in got.items():
             tables[k].append(frame)
             out.write_table(k, pd.concat(tables[k], ignore_index=True))
-        _log(f"{label}: done in {sum(metrics['seconds'].values()):.0f} s ({metrics['seconds']}); pattern (D): {metrics['steering']['pattern']}")
+        _log(f"{label}: done in {sum(metrics['seconds'].values()):.0f} s ({metrics['seconds']}); pattern (D): {metrics['steering'].get('pattern', 'skipped')}")
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["load_average_1min"] = os.getloadavg()[0]
     out.write_json("metrics.json", _finite(results))

@@ -72,6 +72,8 @@ def _beats(effect: float, control: float) -> bool:
 
 def steering_text(label: str, m: dict, sweep: pd.DataFrame) -> str:
     s = m["steering"]
+    if "skipped" in s:
+        return f"{label}: skipped — {s['skipped']}."
     x, y = s["values"]
     head = (f"{label}: {s['task']} / {s['property']}, X = {x!r} vs Y = {y!r}, {s['items']} items, layer {s['layer']}, scale {s['scale']:g} "
             f"(vector norms {', '.join(f'{v:.1f}' for v in s['vector_norms'].values())}). Pattern: {s['pattern'].upper()}.")
@@ -104,7 +106,8 @@ def _representative(pairs: pd.DataFrame, label: str) -> str | None:
 def write_report(run: RunDir) -> Path:
     """report.html of a finished patching run folder."""
     metrics = run.read_json("metrics.json")
-    t = {name: run.read_table(name) for name in ("pairs", "cells", "grid", "exact", "steering_sweep", "steering_summary", "concept_summary")}
+    t = {name: run.read_table(name) if run.exists(f"{name}.jsonl") else pd.DataFrame()
+         for name in ("pairs", "cells", "grid", "exact", "steering_sweep", "steering_summary", "concept_summary")}
     subjects = list(metrics["subjects"])
     per_subject = ", ".join(f"{s}: {m['seconds']}" for s, m in metrics["subjects"].items())
     overview = (f"Study {metrics['study']}, capture {metrics['capture']}; subjects {', '.join(subjects)}. Wall time {metrics['seconds']:.0f} s "
@@ -135,9 +138,9 @@ def write_report(run: RunDir) -> Path:
                   "old_before", "hyp_readable"]
     sections.append(Section(
         "D: steering — does the self-prediction follow the steered behaviour?",
-        figures=[steering_bars(summary), steering_sweep_figure(t["steering_sweep"])],
+        figures=[steering_bars(summary), steering_sweep_figure(t["steering_sweep"])] if len(summary) else [],
         tables=[Table(summary[steer_cols], caption="Steering at the chosen scale (shares of items; random: mean and max over controls)",
-                      percent_columns=[c for c in steer_cols if c not in ("subject", "label", "n", "n_object_moved")])],
+                      percent_columns=[c for c in steer_cols if c not in ("subject", "label", "n", "n_object_moved")])] if len(summary) else [],
         text=("Predictions: reading P's state and re-computing both predict that (i) moves the object answer and the self-prediction "
               "with it; a shortcut at the question predicts that (ii) moves the self-prediction while the object answer stays.\n\n"
               + "\n\n".join(steering_text(s, m, t["steering_sweep"]) for s, m in metrics["subjects"].items())),

@@ -97,7 +97,16 @@ def test_patching_end_to_end_on_the_tiny_study(two_value_study: TinyStudy) -> No
     from introspect_mi.explorer.page import report_links
 
     assert ("patching/report.html" in {href for href, _ in report_links(tiny_study.runs / "mech-patch", "")})
+    # a subject whose behaviour gives the steering cell no two values skips D and says why; the rest runs
+    skip = tiny_study.run("patching", "--capture", "mech-patch", "--subjects", "self", *TINY_ARGS, "--steer-task", "myopic_reward",
+                          "--name", "patching-no-steer")
+    assert skip.returncode == 0, skip.stderr[-3000:]
+    skipped = tiny_study.runs / "mech-patch" / "patching-no-steer"
+    steering = json.loads((skipped / "metrics.json").read_text())["subjects"]["self"]["steering"]
+    assert set(steering) == {"skipped"} and "myopic_reward / first_character" in steering["skipped"]
+    assert "self: skipped — steering needs two values" in (skipped / "report.html").read_text()
+    assert (skipped / "concept_summary.jsonl").stat().st_size > 0 and not (skipped / "steering.jsonl").exists()
     # a stage's bad input names the subject it failed on (several run in one command)
-    bad = tiny_study.run("patching", "--capture", "mech-patch", "--subjects", "self", *TINY_ARGS, "--steer-task", "myopic_reward",
-                         "--name", "patching-bad-steer")
-    assert bad.returncode == 2 and "error: self: " in bad.stderr and "--steer-task" in bad.stderr and "Traceback" not in bad.stderr
+    bad = tiny_study.run("patching", "--capture", "mech-patch", "--subjects", "self", *TINY_ARGS, "--tasks", "animals",
+                         "--properties", "ethical_stance", "--name", "patching-bad")
+    assert bad.returncode == 2 and "error: self: no pair of items" in bad.stderr and "Traceback" not in bad.stderr
