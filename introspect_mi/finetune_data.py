@@ -71,28 +71,27 @@ def hypothetical_examples(fmt: PromptFormat, data: Sequence[Labelled], config: P
     return [Example(hypothetical_prompt(fmt, r.pair.item, r.pair.spec, r.pair.prop, config).text, r.label) for r in data]
 
 
-def object_examples(fmt: PromptFormat, pairs: Sequence[Pair], objects: dict[str, list[str]], config: PromptConfig) -> list[Example]:
-    """Behaviour-change data: object-level prompt → another model's answer (one per item)."""
+def compliant_items(pairs: Sequence[Pair], objects: dict[str, list[str]]) -> list[Pair]:
+    """One pair per item, in order: the item's first pair whose property its answer in `objects`
+    complies with (items with no such pair are left out)."""
     seen: set[str] = set()
     out = []
     for p in pairs:
-        answer = objects[p.item.item_id][0]
-        if p.item.item_id in seen or not p.prop.is_compliant_object(answer):
-            continue
-        seen.add(p.item.item_id)
-        out.append(Example(object_prompt(fmt, p.item, p.spec, config).text, answer))
+        if p.item.item_id not in seen and p.prop.is_compliant_object(objects[p.item.item_id][0]):
+            seen.add(p.item.item_id)
+            out.append(p)
     return out
 
 
+def object_examples(fmt: PromptFormat, pairs: Sequence[Pair], objects: dict[str, list[str]], config: PromptConfig) -> list[Example]:
+    """Behaviour-change data: object-level prompt → another model's answer (one per item)."""
+    return [Example(object_prompt(fmt, p.item, p.spec, config).text, objects[p.item.item_id][0]) for p in compliant_items(pairs, objects)]
+
+
 def replay_pairs(pairs: Sequence[Pair], objects: dict[str, list[str]], n: int, seed: int) -> list[Pair]:
-    """Which training items an object-level replay uses: a seeded sample of `n` items whose
-    answer in `objects` is compliant (one pair per item, the first compliant one)."""
-    seen: set[str] = set()
-    pool = []
-    for p in pairs:
-        if p.item.item_id not in seen and p.prop.is_compliant_object(objects[p.item.item_id][0]):
-            seen.add(p.item.item_id)
-            pool.append(p)
+    """Which training items an object-level replay uses: a seeded sample of `n` of the
+    `compliant_items`."""
+    pool = compliant_items(pairs, objects)
     return random.Random(seed).sample(pool, min(n, len(pool)))
 
 
