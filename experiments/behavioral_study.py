@@ -60,6 +60,9 @@ class Study:
         self.train_pairs = ev.make_pairs(self.train_items, props)
         self.eval_items = ev.load_task_items(config.held_out_tasks, "val", config.eval_items, config.seed)
         self.eval_pairs = ev.make_pairs(self.eval_items, props)
+        # the training tasks' val split: the tasks finetuned on, items never trained on
+        self.train_val_items = ev.load_task_items(config.train_tasks, "val", config.eval_items, config.seed)
+        self.train_val_pairs = ev.make_pairs(self.train_val_items, props)
         if not self.train_pairs or not self.eval_pairs:
             raise UserError("no (task, property) pair applies", "check the tasks and properties of the preset")
         self.finetunes: dict[str, Any] = {}
@@ -73,6 +76,16 @@ class Study:
     def objects(self, engine: Engine, items: list, label: str) -> dict[str, list[str]]:
         _log(f"object-level answers: {label}")
         return ev.object_answers(engine, items, self.object_prompts, self.cache, self.counter)
+
+    def self_data(self, objects: dict[str, list[str]], ft: FinetuneConfig) -> tuple[list[fd.Labelled], list[fd.Labelled]]:
+        """Self-prediction data labelled with `objects` (M1's answers on the training items), split
+        into train / validation."""
+        c = self.config
+        return split_examples(fd.label_pairs(self.train_pairs, objects, c.per_cell, c.seed), ft.val_fraction, ft.seed)
+
+    def replay_items(self, objects: dict[str, list[str]], fraction: float, n_self: int) -> list[ev.Pair]:
+        """The training items whose object-level answers are replayed: `fraction` × `n_self` of them."""
+        return fd.replay_pairs(self.train_pairs, objects, round(fraction * n_self), self.config.seed)
 
     def examples(self, handle: ModelHandle, rows: list[fd.Labelled], replay: Sequence[ev.Pair] = (),
                  objects: dict[str, list[str]] | None = None) -> list[Example]:
@@ -111,8 +124,8 @@ def study(config: StudyConfig) -> dict[str, Any]:
     m1 = s.load(c.m1)
     m1_engine = s.engine(m1)
     m1_train_objects = s.objects(m1_engine, s.train_items, f"{c.m1} on training tasks")
-    self_train, self_val = split_examples(fd.label_pairs(s.train_pairs, m1_train_objects, c.per_cell, c.seed), ft.val_fraction, ft.seed)
-    replayed = fd.replay_pairs(s.train_pairs, m1_train_objects, round(c.object_replay * len(self_train)), c.seed)
+    self_train, self_val = s.self_data(m1_train_objects, ft)
+    replayed = s.replay_items(m1_train_objects, c.object_replay, len(self_train))
     self_result = s.finetune("self", m1, s.examples(m1, self_train, replayed, m1_train_objects), s.examples(m1, self_val), ft)
     s.finetunes["self"]["n_replay"] = s.finetunes["self"]["n_train"] - len(self_train)
 
@@ -150,14 +163,13 @@ def study(config: StudyConfig) -> dict[str, Any]:
     metrics["comparison"] = compare(metrics, labels["self"], labels["cross"])
 
     _log("self-prediction on the training tasks' val items (the tasks trained on, items never trained on)")
-    train_val_items = ev.load_task_items(c.train_tasks, "val", c.eval_items, c.seed)
-    m1_train_val = s.objects(m1_engine, train_val_items, f"{c.m1} on training tasks' val items")
-    m1_self_train_val = s.objects(m1_self_engine, train_val_items, f"self-trained {c.m1} on training tasks' val items")
+    m1_train_val = s.objects(m1_engine, s.train_val_items, f"{c.m1} on training tasks' val items")
+    m1_self_train_val = s.objects(m1_self_engine, s.train_val_items, f"self-trained {c.m1} on training tasks' val items")
     on_training_tasks = [
         Predictor(labels["untrained"], m1_engine, s.untrained_prompts, m1_engine, m1_train_val),
         Predictor(labels["self"], m1_self_engine, s.trained_prompts, m1_self_engine, m1_self_train_val),
     ]
-    val_scoring = dataclasses.replace(scoring, pairs=ev.make_pairs(train_val_items, c.properties or None), calibration_pairs=[])
+    val_scoring = dataclasses.replace(scoring, pairs=s.train_val_pairs, calibration_pairs=[])
     training = score(s.run, on_training_tasks, val_scoring, prefix="train_")
     metrics["training_tasks"] = training["predictors"]
     metrics["training_tasks_comparison"] = compare(training, labels["self"], labels["untrained"])

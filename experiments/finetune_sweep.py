@@ -30,9 +30,8 @@ from experiments.behavioral_config import StudyConfig
 from experiments.behavioral_study import Study, finetune_config
 from experiments.common import config_main
 from introspect_mi import evaluation as ev
-from introspect_mi import finetune_data as fd
 from introspect_mi.errors import UserError
-from introspect_mi.finetune import FinetuneConfig, split_examples
+from introspect_mi.finetune import FinetuneConfig
 from introspect_mi.metrics import evaluate_table, two_proportion_ztest
 from introspect_mi.models import ModelHandle
 
@@ -56,7 +55,7 @@ class Setting:
     def parse(cls, text: str, base: FinetuneConfig) -> Setting:
         overrides: dict[str, Any] = {}
         replay = 0.0
-        fields = {f.name: f for f in dataclasses.fields(base)}
+        fields = {f.name for f in dataclasses.fields(base)}
         for part in filter(None, text.split(",")):
             key, sep, value = part.partition("=")
             key = key.strip()
@@ -94,39 +93,38 @@ def sweep(config: SweepConfig) -> pd.DataFrame:
     m1 = s.load(config.m1)
     m1_engine = s.engine(m1)
     train_objects = s.objects(m1_engine, s.train_items, f"{config.m1} on training tasks")
-    self_train, self_val = split_examples(fd.label_pairs(s.train_pairs, train_objects, config.per_cell, config.seed), base.val_fraction, base.seed)
+    self_train, self_val = s.self_data(train_objects, base)
 
-    val_items = ev.load_task_items(config.train_tasks, "val", config.eval_items, config.seed)
-    val_pairs = ev.make_pairs(val_items, config.properties or None)
-    untrained_objects = s.objects(m1_engine, val_items, f"{config.m1} on training tasks' val items")
-    untrained_rows = ev.score_rows(val_pairs, untrained_objects, ev.hypothetical_answers(m1_engine, val_pairs, s.untrained_prompts, s.cache, s.counter))
+    untrained_objects = s.objects(m1_engine, s.train_val_items, f"{config.m1} on training tasks' val items")
+    untrained_hyps = ev.hypothetical_answers(m1_engine, s.train_val_pairs, s.untrained_prompts, s.cache, s.counter)
+    untrained_rows = ev.score_rows(s.train_val_pairs, untrained_objects, untrained_hyps)
     untrained = _score(untrained_rows, config.n_boot, config.seed)
     table = [{"setting": "untrained", **untrained, "accuracy_vs_untrained_behaviour": untrained["accuracy"], "changed": 0.0, "train_s": 0.0}]
     for setting in settings:
         ft = dataclasses.replace(base, **setting.overrides)
-        replayed = fd.replay_pairs(s.train_pairs, train_objects, round(setting.replay * len(self_train)), config.seed)
-        train_ex = s.examples(m1, self_train, replayed, train_objects)
+        train_ex = s.examples(m1, self_train, s.replay_items(train_objects, setting.replay, len(self_train)), train_objects)
         start = time.perf_counter()
         result = s.finetune(setting.label, m1, train_ex, s.examples(m1, self_val), ft)
         trained_s = time.perf_counter() - start if result.trained else float("nan")
-        row = _evaluate(s, s.load(config.m1, adapter=result.adapter_dir), val_items, val_pairs, untrained_objects, config)
+        row = _evaluate(s, s.load(config.m1, adapter=result.adapter_dir), untrained_objects)
         z = two_proportion_ztest(row["n_correct"], row["n"], untrained["n_correct"], untrained["n"])
         table.append({"setting": setting.label, **row, "z_vs_untrained": z.z, "p_vs_untrained": z.p_value, "train_s": trained_s,
                       "final_val_loss": s.finetunes[setting.label]["final_val_loss"]})
         print(pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
     df = pd.DataFrame(table)
     s.run.write_table("sweep", df, csv=True)
-    s.run.write_json("metrics.json", {"rows": df.to_dict(orient="records"), "finetunes": s.finetunes, "n_val_pairs": len(val_pairs)})
+    s.run.write_json("metrics.json", {"rows": df.to_dict(orient="records"), "finetunes": s.finetunes, "n_val_pairs": len(s.train_val_pairs)})
     return df
 
 
-def _evaluate(s: Study, handle: ModelHandle, val_items: list, val_pairs: list, untrained_objects: dict[str, list[str]],
-              config: SweepConfig) -> dict[str, Any]:
+def _evaluate(s: Study, handle: ModelHandle, untrained_objects: dict[str, list[str]]) -> dict[str, Any]:
+    """A finetuned M1 on the training tasks' val items: against its own behaviour and untrained M1's."""
+    c = s.config
     engine = s.engine(handle)
-    objects = s.objects(engine, val_items, f"{handle.name} (finetuned) on training tasks' val items")
-    hyps = ev.hypothetical_answers(engine, val_pairs, s.trained_prompts, s.cache, s.counter)
-    own = _score(ev.score_rows(val_pairs, objects, hyps), config.n_boot, config.seed)
-    old = _score(ev.score_rows(val_pairs, untrained_objects, hyps), config.n_boot, config.seed)
+    objects = s.objects(engine, s.train_val_items, f"{handle.name} (finetuned) on training tasks' val items")
+    hyps = ev.hypothetical_answers(engine, s.train_val_pairs, s.trained_prompts, s.cache, s.counter)
+    own = _score(ev.score_rows(s.train_val_pairs, objects, hyps), c.n_boot, c.seed)
+    old = _score(ev.score_rows(s.train_val_pairs, untrained_objects, hyps), c.n_boot, c.seed)
     return {**own, "accuracy_vs_untrained_behaviour": old["accuracy"], "changed": ev.changed_fraction(untrained_objects, objects)}
 
 
