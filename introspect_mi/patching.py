@@ -19,9 +19,11 @@ Speed, each step exact (PITFALLS.md "Speed"):
 - a cell whose source vectors equal the target's own (a shared prompt prefix, self-patching)
   changes nothing and is answered from the clean run without a forward.
 
-Numerics (CPU fp32): a cell run alone sees the clean run's matrix shapes (MIN_SUFFIX), so
-patching a run with itself, or every position of resid_post[l] from a source, returns the clean
-or source logits bit for bit, cache shortcuts included (tested). Cells batched together go through taller matrices, and MKL picks
+Numerics (CPU fp32): patching every position of resid_post[l] from a source recomputes the
+layers above with the source run's shapes and returns its logits bit for bit (tested); a cell run
+alone through the clean cache recomputes a shorter suffix (at least MIN_SUFFIX tokens), which on
+this CPU also reproduced the clean logits bit for bit, but other shapes may take other kernels on
+another CPU, so that is tested to float rounding. Cells batched together go through taller matrices, and MKL picks
 kernels (and summation orders) by shape, so batched and one-at-a-time results agree to float
 rounding (~1e-7 on logits of size 1), not always bitwise; the same holds between two loads of
 equal weights. On GPU, and in bf16, expect more.
