@@ -64,7 +64,9 @@ def score(run: RunDir, predictors: list[Predictor], s: Scoring, prefix: str = ""
 
 
 def compare(metrics: dict[str, Any], first: str, second: str) -> dict[str, Any]:
-    """Two-proportion z-test of two predictors' micro-averaged accuracy."""
+    """Two-proportion z-test of two predictors' micro-averaged accuracy (two different entries)."""
+    if first == second:
+        raise ValueError(f"compare needs two different predictors, got {first!r} twice")
     a, b = (metrics["predictors"][label]["overall"] for label in (first, second))
     z = two_proportion_ztest(int(a["n_correct"]), int(a["n_items"]), int(b["n_correct"]), int(b["n_items"]))
     return {"first": first, "second": second, **z.to_dict()}
@@ -88,6 +90,12 @@ def summary(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def weights_label(model: str, adapter: str) -> str:
+    """A model as the summary names it: `model`, or `model + adapter` (adapter '-' or '': none), so
+    two predictors of one model with different adapters get different labels."""
+    return model if adapter in ("-", "") else f"{model} + {adapter}"
+
+
 def calls_line(counter: CallCounter) -> str:
     if counter.model_calls == 0:
         return "zero model calls: every answer came from the cache"
@@ -103,6 +111,11 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     adapters = list(config.predictor_adapter) or ["-"] * len(config.predictor)
     if len(adapters) != len(config.predictor):
         raise UserError(f"{len(config.predictor)} predictors but {len(adapters)} predictor adapters", "give one adapter per predictor ('-' for none)")
+    adapters = ["-" if a in ("-", "") else a for a in adapters]
+    listed = list(zip(config.predictor, adapters))
+    twice = sorted({weights_label(*p) for p in listed if listed.count(p) > 1})
+    if twice:
+        raise UserError(f"predictor {', '.join(twice)} is listed twice", "list each predictor (model and adapter) once")
     name = config.name or f"evaluate-{config.target.rstrip('/').split('/')[-1]}"
     run = RunDir.create(runs_dir(), name, cfg.to_dict(config), seed=config.seed)
     prompts = PromptConfig(shots=config.shots)
@@ -121,10 +134,11 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     objects = ev.object_answers(target, items, prompts, scoring.cache_root, counter)
 
     predictors = []
-    for model, adapter in zip(config.predictor, adapters):
-        same = model == config.target and adapter in ("-", config.target_adapter or "-")
+    target_weights = (config.target, config.target_adapter or "-")
+    for model, adapter in listed:
+        same = (model, adapter) == target_weights  # the very same weights: reuse the target's engine
         engine = target if same else Engine(load(model, adapter=None if adapter == "-" else adapter, device=device), config.batch_size)
-        predictors.append(Predictor(f"{model} → {config.target}", engine, prompts, target, objects))
+        predictors.append(Predictor(f"{weights_label(model, adapter)} → {weights_label(*target_weights)}", engine, prompts, target, objects))
     metrics: dict[str, Any] = {"run": name, "target": config.target, **score(run, predictors, scoring)}
     if len(predictors) >= 2:
         metrics["comparison"] = compare(metrics, predictors[0].label, predictors[1].label)
