@@ -24,6 +24,7 @@ import torch
 from introspect_mi import embedded
 from introspect_mi.checkfiles import check_gguf, check_safetensors
 from introspect_mi.errors import UserError
+from introspect_mi.fingerprint import cached_digest, folder_digest, model_files
 from introspect_mi.paths import checkpoints_dir
 from introspect_mi.prompt_format import PromptFormat, format_for
 
@@ -70,32 +71,6 @@ def _weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def sampled_hash(path: Path, samples: int = 16, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's size and `samples` evenly spaced 1 MiB chunks (whole file if small).
-
-    Constant time on a 140 GB checkpoint; any finetune changes every tensor, so changed
-    weights change the hash. Used for caching keys, not for security.
-    """
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        if size <= samples * chunk:
-            h.update(f.read())
-        else:
-            for i in range(samples):
-                f.seek((size - chunk) * i // (samples - 1))
-                h.update(f.read(chunk))
-    return h.hexdigest()
-
-
-def folder_hash(folder: Path, files: list[Path]) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(folder).as_posix().encode())
-        h.update(sampled_hash(f).encode())
-    return h.hexdigest()[:16]
-
-
 ADAPTER_CONFIG = "adapter_config.json"
 PLACE_DEPENDENT_KEYS = ("base_model_name_or_path", "revision")
 """adapter_config.json keys that say where the base model was, not what the adapter computes."""
@@ -113,8 +88,20 @@ def adapter_hash(folder: Path) -> str:
         config["target_modules"] = sorted(config["target_modules"])
     h.update(json.dumps(config, sort_keys=True).encode())
     weights = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin"))
-    h.update(folder_hash(folder, weights).encode())
+    h.update(folder_digest(folder, weights).encode())
     return h.hexdigest()[:12]
+
+
+def base_fingerprint(folder: Path, weights: list[Path]) -> str:
+    """16-hex id of a checkpoint: every byte of its weights, config, generation config and tokenizer files."""
+    return folder_digest(folder, model_files(folder, weights))
+
+
+def weights_fingerprint(spec: str | Path, adapters: Sequence[str | Path] = ()) -> str:
+    """`ModelHandle.fingerprint` of `load(spec, adapter=adapters)`, without loading the weights
+    (from the fingerprint cache when the files are unchanged)."""
+    _, folder = resolve(spec)
+    return "+".join([base_fingerprint(folder, _weight_files(folder)), *(adapter_hash(Path(a)) for a in adapters)])
 
 
 def resolve(spec: str | Path) -> tuple[str, Path]:
@@ -145,7 +132,7 @@ def resolve(spec: str | Path) -> tuple[str, Path]:
 def _converted_gguf(path: Path) -> Path:
     """A .gguf is dequantized once into checkpoints/base/<stem>-<hash>/ and loaded from there."""
     check_gguf(path)
-    out = checkpoints_dir() / "base" / f"{path.stem}-{sampled_hash(path)[:10]}"
+    out = checkpoints_dir() / "base" / f"{path.stem}-{cached_digest(path)[:10]}"
     if not (out / embedded.MARKER).is_file():
         embedded.convert_once(out, lambda _scratch: path, {"source_path": str(path)})
     return out
@@ -286,7 +273,7 @@ def load(
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     handle = ModelHandle(
         name=name, checkpoint=folder, model=model, tokenizer=tokenizer, prompt_format=format_for(tokenizer),
-        placement=placement, attn_implementation=attn_implementation, base_fingerprint=folder_hash(folder, weights),
+        placement=placement, attn_implementation=attn_implementation, base_fingerprint=base_fingerprint(folder, weights),
     )
     chain = [] if adapter is None else [adapter] if isinstance(adapter, (str, Path)) else list(adapter)
     if len(chain) > 1 and adapter_mode != "merged":
