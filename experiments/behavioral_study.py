@@ -18,7 +18,7 @@ from introspect_mi.answers import CallCounter
 from introspect_mi.errors import UserError
 from introspect_mi.finetune import PRESETS, Example, FinetuneConfig, TrainResult, split_examples, train
 from introspect_mi.inference import Engine
-from introspect_mi.metrics import accuracy
+from introspect_mi.metrics import accuracy, exact_mcnemar
 from introspect_mi.models import ModelHandle, load
 from introspect_mi.paths import checkpoints_dir, runs_dir
 from introspect_mi.prompts import PromptConfig
@@ -190,9 +190,7 @@ def study(config: StudyConfig) -> dict[str, Any]:
     write_report_for(s.run)
     print("\n" + summary(metrics))
     print("\non the training tasks' val items:\n" + summary({"predictors": metrics["training_tasks"], "comparison": metrics["training_tasks_comparison"]}))
-    bc = metrics["behaviour_change"]
-    print(f"behaviour change: M_C predicts its new behaviour {bc['new']['value']:.1%}, its old {bc['old']['value']:.1%} "
-          f"(n = {bc['n_changed']} changed items)")
+    print(behaviour_change_line(metrics["behaviour_change"]))
     for row in metrics["changed"]:
         print(f"object-level answers changed by the {row['finetune']} finetune on {row['items']}: {row['fraction_changed']:.0%} of {row['n_items']}")
     print(f"\n{calls_line(s.counter)}\nreport: {s.run.path('report.html')}")
@@ -201,10 +199,26 @@ def study(config: StudyConfig) -> dict[str, Any]:
 
 def behaviour_change(s: Study, m1_self: ModelHandle, m1_self_eval: dict[str, list[str]], m2_train_objects: dict[str, list[str]]) -> dict[str, Any]:
     """PROTOCOL.md "Behaviour change": finetune self-trained M1 on M2's object-level answers on the
+MIN_CHANGED = 50
+"""Held-out pairs the behaviour change must change for its new-vs-old comparison to mean much."""
+
+
+def behaviour_change_line(bc: dict[str, Any]) -> str:
+    """The printed result of the behaviour change, with its paired test and a warning when weak."""
+    line = f"behaviour change: M_C predicts its new behaviour {bc['new']['value']:.1%}, its old {bc['old']['value']:.1%} (n = {bc['n_changed']} changed pairs"
+    if "mcnemar" in bc:
+        m = bc["mcnemar"]
+        line += f"; exact McNemar on {m['new_only'] + m['old_only']} discordant pairs: {m['new_only']} new only, {m['old_only']} old only, p = {m['p_value']:.3g}"
+    line += ")"
+    if bc["n_changed"] < MIN_CHANGED:
+        line += f"\n  fewer than {MIN_CHANGED} pairs changed: raise behaviour_change_items or behaviour_change_lr in the preset"
+    return line
+
+
     training tasks → M_C; on held-out pairs whose property changed, does M_C predict its new or
     its old behaviour?"""
     c = s.config
-    examples = fd.object_examples(m1_self.prompt_format, s.train_pairs, m2_train_objects, s.object_prompts)[: c.behaviour_change_items]
+    examples = fd.object_examples(m1_self.prompt_format, s.train_pairs, m2_train_objects, s.object_prompts, c.behaviour_change_items, c.seed)
     lr = c.behaviour_change_lr or finetune_config(c).lr / 10
     bc_config = dataclasses.replace(finetune_config(c, lr), epochs=1)
     result = s.finetune("behaviour_change", m1_self, *split_examples(examples, bc_config.val_fraction, bc_config.seed), bc_config)
@@ -222,4 +236,6 @@ def behaviour_change(s: Study, m1_self: ModelHandle, m1_self_eval: dict[str, lis
     s.run.write_table("behaviour_change_rows", new_rows.assign(old_object_answer=old_rows["object_answer"], old_value=old_rows["object_value"],
                                                                correct_old=old_rows["correct"]))
     new, old = accuracy(new_rows["correct"].tolist(), seed=c.seed), accuracy(old_rows["correct"].tolist(), seed=c.seed)
-    return {"n_changed": len(changed), "n_train": len(examples), "source": c.m2, "new": new.to_dict(), "old": old.to_dict()}
+    new_only, old_only = int((new_rows["correct"] & ~old_rows["correct"]).sum()), int((old_rows["correct"] & ~new_rows["correct"]).sum())
+    mcnemar = {"new_only": new_only, "old_only": old_only, "p_value": exact_mcnemar(new_only, old_only)}
+    return {"n_changed": len(changed), "n_train": len(examples), "source": c.m2, "new": new.to_dict(), "old": old.to_dict(), "mcnemar": mcnemar}

@@ -83,9 +83,42 @@ def compliant_items(pairs: Sequence[Pair], objects: dict[str, list[str]]) -> lis
     return out
 
 
-def object_examples(fmt: PromptFormat, pairs: Sequence[Pair], objects: dict[str, list[str]], config: PromptConfig) -> list[Example]:
-    """Behaviour-change data: object-level prompt → another model's answer (one per item)."""
-    return [Example(object_prompt(fmt, p.item, p.spec, config).text, objects[p.item.item_id][0]) for p in compliant_items(pairs, objects)]
+def stratified_sample(pairs: Sequence[Pair], n: int, seed: int) -> list[Pair]:
+    """A seeded sample of `n` of `pairs` spread evenly over their tasks: each task's pairs are
+    shuffled and the tasks take turns (a task that runs out drops out), so no task order or
+    task size decides which tasks the sample covers. Kept in the input order."""
+    rng = random.Random(seed)
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(pairs):
+        by_task[p.spec.name].append(i)
+    queues = [rng.sample(idx, len(idx)) for _, idx in sorted(by_task.items())]
+    chosen: list[int] = []
+    while len(chosen) < min(n, len(pairs)):
+        for q in queues:
+            if q and len(chosen) < n:
+                chosen.append(q.pop())
+    return [pairs[i] for i in sorted(chosen)]
+
+
+def object_examples(fmt: PromptFormat, pairs: Sequence[Pair], objects: dict[str, list[str]], config: PromptConfig,
+                    n: int, seed: int) -> list[Example]:
+    """Behaviour-change data: object-level prompt → another model's answer, for a `stratified_sample`
+    of `n` of the items it answered compliantly (one pair per item)."""
+    chosen = stratified_sample(compliant_items(pairs, objects), n, seed)
+    return [Example(object_prompt(fmt, p.item, p.spec, config).text, objects[p.item.item_id][0]) for p in chosen]
+
+
+def subsample(data: Sequence[Labelled], fraction: float, seed: int) -> list[Labelled]:
+    """A seeded `fraction` of the labelled rows of each task × property (at least one per cell),
+    in the input order: smaller training sets with the composition of the whole (data scaling)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], not {fraction}")
+    by_cell: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, row in enumerate(data):
+        by_cell[row.cell].append(i)
+    rng = random.Random(seed)
+    keep = {i for _, idx in sorted(by_cell.items()) for i in rng.sample(idx, max(1, round(fraction * len(idx))))}
+    return [row for i, row in enumerate(data) if i in keep]
 
 
 def replay_pairs(pairs: Sequence[Pair], objects: dict[str, list[str]], n: int, seed: int) -> list[Pair]:

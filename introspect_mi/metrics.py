@@ -146,6 +146,17 @@ def two_proportion_ztest(k1: int, n1: int, k2: int, n2: int) -> ZTest:
     return ZTest(z=z, p_value=math.erfc(abs(z) / math.sqrt(2.0)), diff=diff, diff_ci=ci)
 
 
+def exact_mcnemar(first_only: int, second_only: int) -> float:
+    """Two-sided exact McNemar p-value of paired binary outcomes: an exact binomial test (p = 1/2)
+    of the discordant pairs (`first_only`: right for the first and wrong for the second, and vice
+    versa); concordant pairs carry no information. No discordant pairs: p = 1."""
+    if first_only < 0 or second_only < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {first_only}, {second_only}")
+    n = first_only + second_only
+    tail = sum(math.comb(n, i) for i in range(min(first_only, second_only) + 1))
+    return min(1.0, 2.0 * tail / 2**n)
+
+
 def _flat(prefix: str, prop: Proportion | None) -> dict[str, Any]:
     keys = ("value", "ci_low", "ci_high", "sem_low", "sem_high")
     names = (prefix, *(f"{prefix}_{k}" for k in keys[1:]))

@@ -80,3 +80,31 @@ def test_replay_samples_compliant_items_once_and_replays_each_models_own_answers
         examples = fd.replay_examples(fmt, chosen, objects, ZERO_SHOT)
         assert [e.answer for e in examples] == [objects[p.item.item_id][0] for p in chosen]
         assert all(p.item.text in e.prompt for p, e in zip(chosen, examples))
+
+
+def mixed_pairs(counts: dict[str, int]) -> list[Pair]:
+    """The first `n` items of each task, one pair each (their first property)."""
+    return [make_pairs([(item, task_spec(task))], None)[0] for task, n in counts.items() for item in load_items(task, "train", n=n)]
+
+
+def test_behaviour_change_sample_spreads_over_tasks_is_seeded_and_keeps_input_order() -> None:
+    pairs = mixed_pairs({"countries": 30, "colours": 30, "wealth_seeking": 4, "mcq_arithmetic": 30})
+    chosen = fd.stratified_sample(pairs, 40, seed=1)
+    tasks = [p.spec.name for p in chosen]
+    # 4 turns of 4 tasks, then wealth_seeking has run out: 12, 12, 4, 12 (the first 40 in task order were 30 countries + 10 colours)
+    assert {t: tasks.count(t) for t in set(tasks)} == {"countries": 12, "colours": 12, "wealth_seeking": 4, "mcq_arithmetic": 12}
+    assert chosen == sorted(chosen, key=pairs.index) and chosen == fd.stratified_sample(pairs, 40, seed=1)
+    assert chosen != fd.stratified_sample(pairs, 40, seed=2) and len(fd.stratified_sample(pairs, 999, seed=1)) == len(pairs)
+    objects = {p.item.item_id: ["A" if p.spec.name in ("wealth_seeking", "mcq_arithmetic") else "cat dog"] for p in pairs}  # all compliant
+    examples = fd.object_examples(PlainFormat(tokenizer=None), pairs, objects, ZERO_SHOT, 40, seed=1)
+    assert [e.prompt for e in examples] == [fd.object_prompt(PlainFormat(tokenizer=None), p.item, p.spec, ZERO_SHOT).text for p in chosen]
+
+
+def test_subsample_keeps_a_share_of_every_cell_seeded() -> None:
+    pairs = animal_pairs(20, ["first_character", "second_character"])
+    data = fd.label_pairs(pairs, {p.item.item_id: ["cat dog"] for p in pairs}, per_cell=20, seed=0)
+    half = fd.subsample(data, 0.5, seed=3)
+    assert [r.cell[1] for r in half].count("first_character") == 10 and [r.cell[1] for r in half].count("second_character") == 10
+    assert half == fd.subsample(data, 0.5, seed=3) and half != fd.subsample(data, 0.5, seed=4)
+    assert half == [r for r in data if r in half]  # input order kept
+    assert fd.subsample(data, 1.0, seed=3) == data and len(fd.subsample(data, 0.01, seed=3)) == 2  # at least one per cell

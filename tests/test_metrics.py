@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from introspect_mi.metrics import (
-    Proportion, accuracy, bootstrap_ci, calibration_curve, calibration_pairs, evaluate_table,
+    Proportion, accuracy, bootstrap_ci, calibration_curve, calibration_pairs, evaluate_table, exact_mcnemar,
     mad, mode_baseline, sample_distribution, two_proportion_ztest,
 )
 
@@ -209,3 +209,13 @@ def test_exact_and_sampled_variants_feed_the_same_pipeline() -> None:
                                calibration_pairs([obj_x], [hyp_x], top_k=2))
     # pairs (0.75, 0.5), (0.25, 0.25); one bin each: |0.25| and 0 → MAD 12.5
     assert mad(calibration_pairs([obj_s], [hyp_s], top_k=2), n_bins=2) == pytest.approx(12.5)
+
+
+def test_exact_mcnemar_hand_computed_and_symmetric() -> None:
+    # 10 vs 2 discordant: P(X <= 2 | n = 12, 1/2) = (1 + 12 + 66) / 4096; two-sided doubles it
+    assert exact_mcnemar(10, 2) == pytest.approx(2 * 79 / 4096) and exact_mcnemar(2, 10) == exact_mcnemar(10, 2)
+    assert exact_mcnemar(5, 0) == pytest.approx(2 / 32) and exact_mcnemar(3, 3) == 1.0 and exact_mcnemar(0, 0) == 1.0
+    brute = sum(math.comb(30, i) for i in range(31) if math.comb(30, i) <= math.comb(30, 9)) / 2**30  # outcomes as unlikely as 9 of 30
+    assert exact_mcnemar(21, 9) == pytest.approx(brute)
+    with pytest.raises(ValueError):
+        exact_mcnemar(-1, 3)
