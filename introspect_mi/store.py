@@ -6,15 +6,23 @@ makes no model calls for work already done. `RunDir` is one `runs/<name>/` folde
 resolved config, provenance, results (every file written atomically) and the pipeline stages
 already finished.
 
-Crash safety. Each `put_many` appends all its lines with one `os.write` on an `O_APPEND` fd under
-an exclusive `flock`, then `fsync`s. A process killed mid-call (SIGKILL cannot stop a regular-file
-write halfway) therefore leaves either the whole batch or none of it; a partial trailing line
-(e.g. disk full or power loss) is dropped, and the file truncated, the next time the cache opens.
+Crash safety, as guaranteed (tests/test_store.py kills writers inside a write to check it):
+
+- A `put_many` batch is one JSON line (`{"batch": [records]}`) appended under an exclusive
+  `flock`, then fsynced. A writer killed inside the write (SIGKILL or SIGTERM can stop a
+  multi-page write after a prefix: a short write) leaves a prefix without its final newline, a
+  partial line; a batch therefore counts whole or not at all. The partial line is dropped, and
+  the file truncated, when the cache next opens, and before every append (under the lock), so a
+  process appending beside a killed one never glues its batch onto the fragment.
+- Old files with one record per line stay readable; each such line is a record of its own.
+- `RunDir.create` and `RunDir.mark_done` hold the run folder's lock (`<run>/.lock`): two
+  processes never both create a run, nor lose each other's finished stages.
+- Temp files of atomic writes left by killed writers are removed when a run folder or cache
+  folder opens, once no live process holds them (see `introspect_mi.durable`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -23,14 +31,14 @@ import platform
 import re
 import socket
 import subprocess
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from introspect_mi.durable import atomic_write_bytes, atomic_write_text, file_lock, remove_stale_temps
 from introspect_mi.errors import UserError
 from introspect_mi.paths import PROJECT_ROOT
 
@@ -41,57 +49,16 @@ log = logging.getLogger(__name__)
 
 KEY_CHARS = 32  # hex digits of sha256(prompt) stored as "k"
 DECODING_KEY_CHARS = 16
+TAIL_CHUNK = 1 << 16  # bytes read at a time when looking back for the last newline
 PROVENANCE_PACKAGES = ("torch", "transformers", "peft", "transformer_lens", "nnsight", "sae_lens", "numpy", "pandas")
 
 
-# --- atomic writes ---------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `path` so readers see the old file or the new one, never a torn one.
-
-    Temp file in the same folder (same filesystem), fsync, `os.replace`, fsync of the folder.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in `folder` durable (best effort: not every OS allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+# --- answer cache ----------------------------------------------------------------------------
 
 
 def _write_once_json(path: Path, obj: Any) -> None:
     if not path.exists():
         atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-
-
-# --- answer cache ----------------------------------------------------------------------------
 
 
 def prompt_key(prompt: str) -> str:
@@ -116,10 +83,11 @@ def safe_name(fingerprint: str) -> str:
 class AnswerCache:
     """Results of model calls for one (model fingerprint, decoding settings), kept on disk.
 
-    Files: `root/<safe fingerprint>/<decoding key>.jsonl` (one record per line:
-    `{"k": sha256(prompt)[:32], "prompt": ..., "result": ...}`), `<decoding key>.decoding.json`
-    beside it (the settings that file holds), `model.json` (the fingerprint) and a `.lock` per
-    JSONL. Duplicate prompts: the last record wins. Counters: `hits` and `misses` count the unique
+    Files: `root/<safe fingerprint>/<decoding key>.jsonl` (one line per `put_many` batch:
+    `{"batch": [record, ...]}`, a record being `{"k": sha256(prompt)[:32], "prompt": ..., "result": ...}`;
+    files written before batches were framed hold one record per line, read as they are),
+    `<decoding key>.decoding.json` beside it (the settings that file holds), `model.json` (the
+    fingerprint) and a `.lock` per JSONL. Duplicate prompts: the last record wins. Counters: `hits` and `misses` count the unique
     prompts looked up by `missing()`; `writes` counts the records written.
     """
 
@@ -136,6 +104,7 @@ class AnswerCache:
         self._index: dict[str, Any] = {}
 
         self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.folder)
         model_json = self.folder / "model.json"
         _write_once_json(model_json, {"fingerprint": fingerprint})
         recorded = _read_json_file(model_json).get("fingerprint")
@@ -171,15 +140,15 @@ class AnswerCache:
     # writes
 
     def put_many(self, items: Sequence[tuple[str, Any]]) -> None:
-        """Append one call's results: all lines in one write + fsync, so the batch lands whole or not at all."""
+        """Append one call's results as one line + fsync, so the batch counts whole or not at all."""
         items = list(items)
         if not items:
             return
-        data = b"".join(self._line(prompt, result) for prompt, result in items)
+        data = self._batch_line(items)
         with self._locked():
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                start = os.fstat(fd).st_size
+                start = self._trim_partial_tail(fd)
                 try:
                     written = os.write(fd, data)
                     while written < len(data):  # short write (rare on regular files): finish under the lock
@@ -195,23 +164,40 @@ class AnswerCache:
         self.writes += len(items)
 
     @staticmethod
-    def _line(prompt: str, result: Any) -> bytes:
-        if not isinstance(prompt, str):
-            raise TypeError(f"cache prompts must be str, not {type(prompt).__name__}")
-        record = {"k": prompt_key(prompt), "prompt": prompt, "result": result}
-        return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    def _batch_line(items: Sequence[tuple[str, Any]]) -> bytes:
+        """One JSONL line holding the whole batch: a torn write of it is a partial line, never a shorter batch."""
+        records = []
+        for prompt, result in items:
+            if not isinstance(prompt, str):
+                raise TypeError(f"cache prompts must be str, not {type(prompt).__name__}")
+            records.append({"k": prompt_key(prompt), "prompt": prompt, "result": result})
+        return (json.dumps({"batch": records}, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+    def _trim_partial_tail(self, fd: int) -> int:
+        """Cut a partial last line (a writer killed mid-append) off the open file; return the new size.
+
+        Called under the lock before each append, so a batch never lands glued onto a fragment.
+        """
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return size
+        keep, end = 0, size
+        while end > 0:
+            begin = max(0, end - TAIL_CHUNK)
+            at = os.pread(fd, end - begin, begin).rfind(b"\n")
+            if at >= 0:
+                keep = begin + at + 1
+                break
+            end = begin
+        log.warning("%s: dropping a partial last batch (%d bytes) left by an interrupted write", self.path, size - keep)
+        os.ftruncate(fd, keep)
+        return keep
 
     # loading
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> AbstractContextManager[None]:
         """Exclusive flock on the `.lock` file: appends and the open-time repair never interleave."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+        return file_lock(self.lock_path)
 
     def _load(self) -> None:
         """Read the records; truncate a partial tail (a crashed append); reject corrupt middle lines."""
@@ -225,9 +211,9 @@ class AnswerCache:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            record = _parse_record(line)
-            if record is not None:
-                records.append(record)
+            batch = _parse_line(line)
+            if batch is not None:
+                records.extend(batch)
             elif number == len(lines) and not tail:
                 good_end -= len(line) + 1  # the last line is unreadable: treat it as a torn append
             else:
@@ -236,7 +222,7 @@ class AnswerCache:
                     "delete the line or the file; it is a cache",
                 )
         if good_end < len(data):
-            log.warning("%s: dropping a partial last record (%d bytes) left by an interrupted write", self.path, len(data) - good_end)
+            log.warning("%s: dropping a partial last line (%d bytes) left by an interrupted write", self.path, len(data) - good_end)
             with open(self.path, "r+b") as f:
                 f.truncate(good_end)
                 f.flush()
@@ -245,12 +231,23 @@ class AnswerCache:
             self._index[prompt] = result
 
 
-def _parse_record(line: bytes) -> tuple[str, Any] | None:
-    """(prompt, result) of one JSONL line, or None if it is not a well-formed record."""
+def _parse_line(line: bytes) -> list[tuple[str, Any]] | None:
+    """The (prompt, result) pairs of one JSONL line (a batch, or an old one-record line); None if malformed."""
     try:
-        record = json.loads(line)
+        obj = json.loads(line)
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
         return None
+    if isinstance(obj, dict) and set(obj) == {"batch"}:
+        if not isinstance(obj["batch"], list) or not obj["batch"]:
+            return None
+        pairs = [p for p in map(_record, obj["batch"]) if p is not None]
+        return pairs if len(pairs) == len(obj["batch"]) else None
+    pair = _record(obj)
+    return None if pair is None else [pair]
+
+
+def _record(record: Any) -> tuple[str, Any] | None:
+    """(prompt, result) of one record, or None if it is not well formed (its key must match its prompt)."""
     if not isinstance(record, dict) or "result" not in record or not isinstance(record.get("prompt"), str):
         return None
     if record.get("k") != prompt_key(record["prompt"]):
@@ -318,9 +315,12 @@ class RunDir:
     """One run folder `runs/<name>/`: config, provenance, results and finished stages.
 
     Every file goes through `atomic_write_bytes`, so a crash never leaves a torn result, and
-    `stages.json` lets a resumed run skip stages already done.
+    `stages.json` lets a resumed run skip stages already done. Creating or resuming the run and
+    recording a stage hold the folder's `.lock`, so concurrent processes neither both start it nor
+    lose each other's stages.
     """
 
+    LOCK = ".lock"
     CONFIG = "config.json"
     PROVENANCE = "provenance.json"
     STAGES = "stages.json"
@@ -336,24 +336,28 @@ class RunDir:
             raise UserError(f"invalid run name {name!r}", "use a plain folder name such as `exp1` for --name")
         run = cls(Path(root) / name)
         run.folder.mkdir(parents=True, exist_ok=True)
-        text = _canonical_config(config)
-        config_path = run.path(cls.CONFIG)
-        if config_path.exists():
-            old = _read_json_file(config_path)
+        with file_lock(run.folder / cls.LOCK):  # the check and the writes below are one step
+            remove_stale_temps(run.folder, recursive=True)
+            run._create(name, _canonical_config(config), seed)
+        return run
+
+    def _create(self, name: str, text: str, seed: int) -> None:
+        """Write a new run's provenance and config, or append to a matching one's provenance."""
+        if self.exists(self.CONFIG):
+            old = self.read_json(self.CONFIG)
             new = json.loads(text)
             if old != new:
                 keys = sorted(k for k in set(old) | set(new) if old.get(k, _ABSENT) != new.get(k, _ABSENT)) if isinstance(old, dict) else []
                 raise UserError(
-                    f"run name {name!r} is taken by a different config in {run.folder} (differs in: {', '.join(keys) or 'everything'})",
+                    f"run name {name!r} is taken by a different config in {self.folder} (differs in: {', '.join(keys) or 'everything'})",
                     "pick another --name, or delete that folder to start over (finished results are never overwritten)",
                 )
-            prov = run.read_json(cls.PROVENANCE) if run.exists(cls.PROVENANCE) else provenance(seed)
+            prov = self.read_json(self.PROVENANCE) if self.exists(self.PROVENANCE) else provenance(seed)
             prov.setdefault("resumed", []).append(provenance(seed))
-            run.write_json(cls.PROVENANCE, prov)
+            self.write_json(self.PROVENANCE, prov)
         else:
-            run.write_json(cls.PROVENANCE, provenance(seed))
-            run.write_text(cls.CONFIG, text)  # last: a folder with a config.json is a started run
-        return run
+            self.write_json(self.PROVENANCE, provenance(seed))
+            self.write_text(self.CONFIG, text)  # last: a folder with a config.json is a started run
 
     @classmethod
     def open(cls, root: Path, name: str) -> RunDir:
@@ -426,10 +430,11 @@ class RunDir:
         return stage in self.stages()
 
     def mark_done(self, stage: str, info: Mapping[str, Any] | None = None) -> None:
-        """Record a finished stage (atomic rewrite of stages.json), so a resumed run skips it."""
-        stages = self.stages()
-        stages[stage] = {**dict(info or {}), "finished_utc": _utc_now()}
-        self.write_json(self.STAGES, stages)
+        """Record a finished stage (atomic rewrite of stages.json, under the lock), so a resumed run skips it."""
+        with file_lock(self.folder / self.LOCK):
+            stages = self.stages()
+            stages[stage] = {**dict(info or {}), "finished_utc": _utc_now()}
+            self.write_json(self.STAGES, stages)
 
 
 _ABSENT = object()

@@ -1,4 +1,4 @@
-"""The run store: answer cache (round trips, crash repair, real SIGKILL) and run folders."""
+"""The run store: answer cache (round trips, crash repair, writers killed inside a write) and run folders."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import pytest
 
 from introspect_mi.errors import UserError
 from introspect_mi.paths import PROJECT_ROOT
+from introspect_mi import store
 from introspect_mi.store import AnswerCache, RunDir, atomic_write_text, decoding_key, prompt_key
+from tests.race import Race
 
 FP = "0123456789abcdef+fedcba9876543210"
 GREEDY = {"max_new_tokens": 8, "temperature": 0.0}
@@ -39,10 +41,10 @@ def test_round_trip_and_layout(tmp_path: Path) -> None:
     assert json.loads((folder / "model.json").read_text()) == {"fingerprint": FP}
     assert json.loads((folder / f"{decoding_key(GREEDY)}.decoding.json").read_text()) == GREEDY
     lines = cache.path.read_text(encoding="utf-8").splitlines()
-    assert [json.loads(line) for line in lines] == [
+    assert [json.loads(line) for line in lines] == [{"batch": [  # one line per batch
         {"k": prompt_key("a"), "prompt": "a", "result": "alpha"},
         {"k": prompt_key("b"), "prompt": "b", "result": {"text": "β", "logprobs": [-0.5, -1.25]}},
-    ]
+    ]}]
     assert len(prompt_key("a")) == 32
 
 
@@ -93,7 +95,7 @@ def test_partial_trailing_line_is_dropped_and_truncated(tmp_path: Path, caplog: 
     cache = AnswerCache(tmp_path, FP, GREEDY)
     cache.put_many([("a", 1), ("b", 2)])
     good_size = cache.path.stat().st_size
-    whole = AnswerCache._line("c", 3)
+    whole = AnswerCache._batch_line([("c", 3)])
     with cache.path.open("ab") as f:
         f.write(whole[: len(whole) // 2])
 
@@ -119,7 +121,8 @@ def test_unparseable_last_line_with_newline_is_dropped(tmp_path: Path) -> None:
 
 def test_corrupt_middle_line_names_file_and_line(tmp_path: Path) -> None:
     cache = AnswerCache(tmp_path, FP, GREEDY)
-    cache.put_many([("a", 1), ("b", 2), ("c", 3)])
+    for item in [("a", 1), ("b", 2), ("c", 3)]:
+        cache.put_many([item])
     lines = cache.path.read_bytes().split(b"\n")
     lines[1] = lines[1][:-5] + b"#oops"
     cache.path.write_bytes(b"\n".join(lines))
@@ -135,7 +138,8 @@ def test_corrupt_middle_line_names_file_and_line(tmp_path: Path) -> None:
 def test_record_with_wrong_key_is_corrupt(tmp_path: Path) -> None:
     cache = AnswerCache(tmp_path, FP, GREEDY)
     cache.put_many([("a", 1), ("b", 2)])
-    text = cache.path.read_text().replace(prompt_key("a"), "0" * 32)
+    cache.put_many([("c", 3)])
+    text = cache.path.read_text().replace(prompt_key("a"), "0" * 32)  # one bad record spoils its whole batch
     cache.path.write_text(text)
     with pytest.raises(UserError, match=r":1 is not a valid cache record"):
         AnswerCache(tmp_path, FP, GREEDY)
@@ -167,7 +171,64 @@ def _batches(cache: AnswerCache, prompts_of: dict[int, list[str]]) -> dict[int, 
     return rows
 
 
-def test_sigkill_mid_append_leaves_whole_batches(tmp_path: Path) -> None:
+_TORN_WRITER = """
+import os, resource, sys, time
+from pathlib import Path
+from introspect_mi.store import AnswerCache
+cache = AnswerCache(Path(sys.argv[1]), sys.argv[2], {"temperature": 0.0})
+whole, sig = int(sys.argv[3]), int(sys.argv[4])
+def rows(b):
+    return [(f"w0 b{b} r{i}", {"batch": b, "row": i, "pad": "x" * 500}) for i in range(50)]
+for b in range(whole):
+    cache.put_many(rows(b))
+# The next batch (~28 kB) may grow the file by 3 pages only, so the kernel writes a prefix and
+# returns a short count, as when a signal lands inside a multi-page write; then the signal lands.
+size = cache.path.stat().st_size if cache.path.exists() else 0
+print(size, flush=True)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 3 * 4096 + 100, resource.RLIM_INFINITY))
+real_write = os.write
+def write_then_die(fd, data):
+    n = real_write(fd, data)
+    if n < len(data):
+        os.kill(os.getpid(), sig)
+        time.sleep(30)
+    return n
+os.write = write_then_die
+cache.put_many(rows(whole))
+sys.exit("no short write happened")
+"""
+
+
+def _killed_inside_a_write(tmp_path: Path, whole: int, sig: signal.Signals = signal.SIGKILL) -> tuple[Path, int]:
+    """Run a writer that appends `whole` batches, then dies by `sig` inside the next batch's write.
+
+    Returns the cache file and its size before the torn write.
+    """
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    args = [sys.executable, "-c", _TORN_WRITER, str(tmp_path), FP, str(whole), str(int(sig))]
+    proc = subprocess.run(args, cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=60)
+    assert proc.returncode == -sig, proc.stderr.decode()
+    data = tmp_path / FP / f"{decoding_key({'temperature': 0.0})}.jsonl"
+    before = int(proc.stdout)
+    assert data.stat().st_size == before + 3 * 4096 + 100  # the prefix the kernel wrote before the kill
+    return data, before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=lambda s: s.name)
+def test_sigkill_mid_append_leaves_whole_batches(tmp_path: Path, sig: signal.Signals) -> None:
+    """A writer killed inside a multi-page write loses that batch whole, never part of it."""
+    data, whole_size = _killed_inside_a_write(tmp_path, whole=3, sig=sig)
+    cache = AnswerCache(tmp_path, FP, {"temperature": 0.0})
+    assert len(cache) == 150
+    rows = _batches(cache, {b: [f"w0 b{b} r{i}" for i in range(50)] for b in range(4)})
+    assert rows == {b: set(range(50)) for b in range(3)}  # batch 3 is gone whole
+    assert data.stat().st_size == whole_size and data.read_bytes().endswith(b"\n")
+
+    cache.put_many([("after", "ok")])
+    assert AnswerCache(tmp_path, FP, {"temperature": 0.0}).get_many(["after"]) == {"after": "ok"}
+
+
+def test_sigkill_at_a_random_moment_leaves_whole_batches(tmp_path: Path) -> None:
     proc = _writer(tmp_path, writer=0, batches=-1)  # runs until killed
     data = tmp_path / FP / f"{decoding_key({'temperature': 0.0})}.jsonl"
     deadline = time.monotonic() + 10
@@ -189,8 +250,33 @@ def test_sigkill_mid_append_leaves_whole_batches(tmp_path: Path) -> None:
     assert sorted(rows) == list(range(n // 50))  # batches in order, none half-written
     assert all(r == set(range(50)) for r in rows.values())
 
-    cache.put_many([("after", "ok")])
-    assert AnswerCache(tmp_path, FP, {"temperature": 0.0}).get_many(["after"]) == {"after": "ok"}
+
+def test_append_beside_a_killed_writer_trims_its_fragment(tmp_path: Path) -> None:
+    """A process with the cache open appends after another was killed mid-write: the file stays readable."""
+    survivor = AnswerCache(tmp_path, FP, {"temperature": 0.0})
+    survivor.put_many([("s0", 0)])
+    data, _ = _killed_inside_a_write(tmp_path, whole=1)
+    survivor.put_many([("s1", 1)])  # would glue onto the killed writer's fragment
+    survivor.put_many([("s2", 2)])
+
+    reopened = AnswerCache(tmp_path, FP, {"temperature": 0.0})  # no "not a valid cache record" error
+    assert reopened.get_many(["s0", "s1", "s2"]) == {"s0": 0, "s1": 1, "s2": 2}
+    assert len(reopened) == 3 + 50  # the killed writer's whole batch 0 too, nothing of its torn batch 1
+    lines = data.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])
+
+
+def test_files_with_one_record_per_line_stay_readable(tmp_path: Path) -> None:
+    """Cache files written before batches were framed: every whole line is a record."""
+    cache = AnswerCache(tmp_path, FP, GREEDY)
+    old = [{"k": prompt_key(p), "prompt": p, "result": r} for p, r in [("a", 1), ("b", {"t": "β"}), ("a", 3)]]
+    torn = json.dumps({"k": prompt_key("c"), "prompt": "c", "result": 4}).encode()[:20]
+    cache.path.write_bytes(b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in old) + torn)
+
+    again = AnswerCache(tmp_path, FP, GREEDY)
+    assert again.get_many(["a", "b", "c"]) == {"a": 3, "b": {"t": "β"}}
+    again.put_many([("c", 5), ("d", 6)])
+    assert AnswerCache(tmp_path, FP, GREEDY).get_many(["a", "b", "c", "d"]) == {"a": 3, "b": {"t": "β"}, "c": 5, "d": 6}
 
 
 def test_two_processes_appending_do_not_interleave(tmp_path: Path) -> None:
@@ -275,7 +361,7 @@ def test_writes_round_trip_atomically(tmp_path: Path) -> None:
     run.write_json("metrics.json", {"acc": 0.5})  # overwrite in place
     assert run.read_json("metrics.json") == {"acc": 0.5}
     leftovers = [p.name for p in run.folder.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")]
-    assert leftovers == []
+    assert leftovers == [RunDir.LOCK]  # the run's lock file, no temp file
     with pytest.raises(ValueError):
         run.path("../escape.json")
 
@@ -305,3 +391,55 @@ def test_stages_resume(tmp_path: Path) -> None:
     assert resumed.stage_done("generate") and resumed.stage_done("score") and not resumed.stage_done("plot")
     assert resumed.stages()["generate"]["rows"] == 100 and "finished_utc" in resumed.stages()["generate"]
     assert not [p for p in run.folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_two_creates_of_one_run_with_different_configs_never_both_succeed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check-then-write: the second create runs between the first's check and its write of config.json."""
+    real = store.provenance
+
+    def paused_provenance(seed: int) -> dict:
+        race.pause()  # after the first create found no config.json, before it writes one
+        return real(seed)
+
+    monkeypatch.setattr(store, "provenance", paused_provenance)
+    race = Race(lambda: RunDir.create(tmp_path, "exp1", {**CONFIG, "n": 1}, seed=0),
+                lambda: RunDir.create(tmp_path, "exp1", {**CONFIG, "n": 2}, seed=0))
+    outcome = race.run()
+    assert isinstance(outcome["first"], RunDir), outcome
+    assert isinstance(outcome["second"], UserError) and "differs in: n" in outcome["second"].problem
+    assert RunDir.open(tmp_path, "exp1").config["n"] == 1
+
+
+def test_stages_marked_at_once_are_all_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read-modify-write of stages.json: the second mark_done runs between the first's read and its write."""
+    run = RunDir.create(tmp_path, "exp1", CONFIG, seed=0)
+    real = RunDir.stages
+
+    def paused_stages(self: RunDir) -> dict:
+        stages = real(self)
+        race.pause()
+        return stages
+
+    monkeypatch.setattr(RunDir, "stages", paused_stages)
+    race = Race(lambda: run.mark_done("a", {"rows": 1}), lambda: RunDir(run.folder).mark_done("b", {"rows": 2}))
+    assert race.run() == {"first": None, "second": None}
+    monkeypatch.undo()
+    assert {k: v["rows"] for k, v in run.stages().items()} == {"a": 1, "b": 2}
+
+
+def test_stale_temp_files_are_removed_when_a_run_or_cache_opens(tmp_path: Path) -> None:
+    """Temp files of killed atomic writes go; fresh ones (a write in progress elsewhere) stay."""
+    run = RunDir.create(tmp_path, "exp1", CONFIG, seed=0)
+    cache = AnswerCache(tmp_path / "cache", FP, GREEDY)
+    old = time.time() - 3600
+    stale = [run.folder / ".metrics.json.k1l2.tmp", run.folder / "sub" / ".t.jsonl.x9.tmp", cache.folder / ".model.json.ab.tmp"]
+    fresh = run.folder / ".answers.jsonl.zz.tmp"
+    for path in [*stale, fresh]:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"partial")
+    for path in stale:
+        os.utime(path, (old, old))
+
+    RunDir.create(tmp_path, "exp1", CONFIG, seed=0)
+    AnswerCache(tmp_path / "cache", FP, GREEDY)
+    assert [p for p in stale if p.exists()] == [] and fresh.exists()
