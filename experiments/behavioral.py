@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from experiments.behavioral_config import EvalConfig, StudyConfig
-from experiments.common import add_common_arguments, preset_path, run_main
+from experiments.common import add_common_arguments, load_preset, run_main
 from introspect_mi import config as cfg
 
 
@@ -43,13 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_evaluate(args: argparse.Namespace) -> None:
     from experiments.behavioral_eval import evaluate
 
-    evaluate(cfg.build(EvalConfig, cfg.load_preset(preset_path(args.preset), "evaluate"), args))
+    evaluate(cfg.build(EvalConfig, load_preset(args.preset, "evaluate"), args))
 
 
 def _run_study(args: argparse.Namespace) -> None:
     from experiments.behavioral_study import study
 
-    study(cfg.build(StudyConfig, cfg.load_preset(preset_path(args.preset), "study"), args))
+    study(cfg.build(StudyConfig, load_preset(args.preset, "study"), args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from introspect_mi.errors import UnknownName
 
 HELD_OUT = ("animals", "english_words", "myopic_reward", "survival_instinct", "mcq_general")
 TRAIN = ("countries", "colours", "wealth_seeking", "power_seeking", "mcq_arithmetic", "numbers")
@@ -90,3 +93,26 @@ class StudyConfig(RunSettings):
     """Object-level answers of M2 that M_C is finetuned on (PROTOCOL.md: ~1000)."""
     behaviour_change_lr: float = 0.0
     """Learning rate of the behaviour-change finetune (0: a tenth of the preset's, 'lr low')."""
+    self_rounds: int = 1
+    """Self-training rounds: round r > 1 relabels the self data with round r − 1's behaviour and finetunes M1 afresh (experiments/behavioral_training.py); cross is trained on the last round's behaviour."""
+
+
+def check_names(models: Sequence[str], tasks: Sequence[str], properties: Sequence[str], finetune: str | None = None) -> None:
+    """Every model (its files checked, not loaded), task (registered name or user `.jsonl` file),
+    property and finetune preset named exists. Runs before the run folder is made: a typo must not
+    leave a folder behind that then refuses the corrected command as "a different config"."""
+    from introspect_mi.models import resolve
+    from introspect_mi.properties import get_property
+    from introspect_mi.tasks import get_task, read_user_tasks
+
+    for spec in models:
+        resolve(spec)
+    for name in tasks:
+        read_user_tasks(name) if name.endswith(".jsonl") else get_task(name)
+    for name in properties:
+        get_property(name)
+    if finetune is not None:
+        from introspect_mi.finetune import PRESETS
+
+        if finetune not in PRESETS:
+            raise UnknownName("finetune preset", finetune, list(PRESETS))

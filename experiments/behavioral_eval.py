@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.behavioral_config import EvalConfig
+from experiments.behavioral_config import EvalConfig, check_names
 from introspect_mi import config as cfg
 from introspect_mi import evaluation as ev
 from introspect_mi.answers import CallCounter
@@ -117,6 +117,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     if twice:
         raise UserError(f"predictor {', '.join(twice)} is listed twice", "list each predictor (model and adapter) once")
     name = config.name or f"evaluate-{config.target.rstrip('/').split('/')[-1]}"
+    check_names([config.target, *config.predictor], [*config.tasks, config.calibration_task], [*config.properties, config.calibration_property])
     run = RunDir.create(runs_dir(), name, cfg.to_dict(config), seed=config.seed)
     prompts = PromptConfig(shots=config.shots)
     device = config.device or None

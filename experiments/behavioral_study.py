@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.behavioral_config import StudyConfig
+from experiments.behavioral_config import StudyConfig, check_names
 from experiments.behavioral_eval import Predictor, Scoring, calls_line, compare, score, summary
 from introspect_mi import config as cfg
 from introspect_mi import evaluation as ev
@@ -48,6 +48,8 @@ class Study:
     def __init__(self, config: StudyConfig) -> None:
         self.config = config
         self.name = config.name or f"study-{config.m1}-{config.m2}".replace("/", "_")
+        check_names([config.m1, config.m2], [*config.train_tasks, *config.held_out_tasks, config.calibration_task],
+                    [*config.properties, config.calibration_property], config.finetune)
         self.run = RunDir.create(runs_dir(), self.name, cfg.to_dict(config), seed=config.seed)
         self.adapters = checkpoints_dir() / "adapters" / self.name
         self.cache = runs_dir() / "cache"

@@ -13,9 +13,21 @@ from typing import Any
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
+PRESET_SECTIONS = ("evaluate", "study", "capture", "sae_features", "probing", "patching")
+"""The `[section]`s a preset may hold: one per experiment that reads one (finetune_sweep and the
+mechanistic experiments also read `[study]`)."""
+
+
 def preset_path(preset: str) -> Path:
     """`quick` → experiments/configs/quick.toml; anything else is a path to a .toml file."""
     return CONFIGS / f"{preset}.toml" if (CONFIGS / f"{preset}.toml").is_file() else Path(preset)
+
+
+def load_preset(preset: str, section: str) -> dict[str, Any]:
+    """The preset's `[section]`; a section that no experiment reads (a typo) is an error."""
+    from introspect_mi import config as cfg
+
+    return cfg.load_preset(preset_path(preset), section, PRESET_SECTIONS)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +52,7 @@ def config_main(argv: Sequence[str] | None, *, prog: str, doc: str | None, confi
     from introspect_mi import config as cfg
 
     args = config_parser(prog=prog, doc=doc, config=config).parse_args(argv)
-    return run_main(lambda a: run(cfg.build(config, cfg.load_preset(preset_path(a.preset), section), a), a.preset), args)
+    return run_main(lambda a: run(cfg.build(config, load_preset(a.preset, section), a), a.preset), args)
 
 
 def config_parser(*, prog: str, doc: str | None, config: type) -> argparse.ArgumentParser:

@@ -87,9 +87,9 @@ def _score(rows: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
 
 def sweep(config: SweepConfig) -> pd.DataFrame:
     """Train and score every setting; returns (and writes) the comparison table."""
-    s = Study(dataclasses.replace(config, name=config.name or "finetune-sweep"))
     base = finetune_config(config)
-    settings = [Setting.parse(t, base) for t in config.settings]
+    settings = [Setting.parse(t, base) for t in config.settings]  # before Study makes the run folder: a typo leaves none
+    s = Study(dataclasses.replace(config, name=config.name or "finetune-sweep"))
     m1 = s.load(config.m1)
     m1_engine = s.engine(m1)
     train_objects = s.objects(m1_engine, s.train_items, f"{config.m1} on training tasks")

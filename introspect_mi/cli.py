@@ -7,9 +7,12 @@ Bad input (a wrong path, a corrupt file, an unknown name, a mismatched adapter) 
 from __future__ import annotations
 
 import argparse
+import errno
+import io
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from introspect_mi.errors import UserError
 
@@ -101,12 +104,38 @@ def run_cli(func, args: argparse.Namespace) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or args.debug:
+            raise
+        print(f"error: no space left on the device while writing {_written_path(exc)} — free disk space, then rerun the same "
+              "command (finished work is kept: every result is written atomically)", file=sys.stderr)
+        return UserError.exit_code
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _written_path(exc: OSError) -> str:
+    """The file a disk-full error happened on: the error's own filename, else the innermost open
+    file being written (a write through a file object raises without a filename), else a path local."""
+    if exc.filename:
+        return str(exc.filename)
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        values = list(frame.f_locals.values())
+        for value in values:
+            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+                return value.name
+        for value in values:
+            if isinstance(value, Path):
+                return str(value)
+    return "a file"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,6 +56,7 @@ from typing import Any, TypeVar
 import torch
 
 from introspect_mi.batching import left_pad
+from introspect_mi.checkfiles import read_json_object
 from introspect_mi.errors import UserError
 from introspect_mi.models import ADAPTER_SIDECAR, ModelHandle
 from introspect_mi.prompt_format import ChatTemplateFormat, PlainFormat, PromptFormat
@@ -430,7 +431,7 @@ def _read_finished(out_dir: Path) -> dict[str, Any] | None:
             f"{out_dir} exists but holds no finished adapter of ours (no {ADAPTER_SIDECAR})",
             "choose another output folder, or remove this one",
         )
-    return json.loads(sidecar.read_text())
+    return read_json_object(sidecar, f"the adapter in {out_dir} is damaged: delete that folder to train it again")
 
 
 def _finished_result(out_dir: Path, meta: dict[str, Any]) -> TrainResult:
@@ -453,6 +454,20 @@ def _save_resume(path: Path, state: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _load_resume(path: Path) -> dict[str, Any]:
+    """A resume checkpoint; a damaged one is a user error (it is written atomically, so only a
+    damaged disk or a hand edit makes one) that names the file to delete."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError … on damaged files
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"resume checkpoint {path} is corrupt ({type(exc).__name__}: {first})",
+                        "delete it to train this adapter from the start") from None
+    if not isinstance(state, dict):
+        raise UserError(f"resume checkpoint {path} is corrupt (not a checkpoint dict)", "delete it to train this adapter from the start")
+    return state
 
 
 def _rng_state() -> dict[str, Any]:
@@ -533,7 +548,7 @@ def train(
 
         resume = None
         if resume_path.is_file():
-            resume = torch.load(resume_path, map_location="cpu", weights_only=True)
+            resume = _load_resume(resume_path)
             if resume.get("version") != RESUME_VERSION or resume.get("key") != key or resume.get("orders") != orders:
                 log.warning("ignoring resume checkpoint %s: it was made for other data or another config", resume_path)
                 resume = None

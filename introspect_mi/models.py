@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from introspect_mi import embedded
-from introspect_mi.checkfiles import check_gguf, check_safetensors
+from introspect_mi.checkfiles import check_adapter_files, check_gguf, check_weight_files
 from introspect_mi.errors import UserError
 from introspect_mi.fingerprint import cached_digest, folder_digest, model_files
 from introspect_mi.paths import checkpoints_dir
@@ -123,9 +123,7 @@ def resolve(spec: str | Path) -> tuple[str, Path]:
             f"{path} has no config.json, so it is not an HF model checkpoint",
             "point at the folder that holds config.json and the weights (e.g. a downloaded Meta-Llama-3-8B-Instruct)",
         )
-    for f in _weight_files(path):
-        if f.suffix == ".safetensors":
-            check_safetensors(f)
+    check_weight_files(_weight_files(path))
     return path.name, path
 
 
@@ -308,9 +306,8 @@ def attach_adapter(handle: ModelHandle, adapter: Path, mode: str = "merged") -> 
         raise ValueError(f"adapter_mode must be 'merged' or 'peft', not {mode!r}")
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter} is not a peft adapter folder (no adapter_config.json)", "give the folder a LoRA finetune saved (checkpoints/adapters/<run>/)")
-    sidecar = adapter / ADAPTER_SIDECAR
-    if sidecar.is_file():
-        meta = json.loads(sidecar.read_text())
+    meta = check_adapter_files(adapter, ADAPTER_CONFIG, ADAPTER_SIDECAR)
+    if meta is not None:
         trained_on = meta.get("base_fingerprint")
         if trained_on and trained_on != handle.base_fingerprint:
             raise UserError(

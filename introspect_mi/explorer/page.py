@@ -13,6 +13,7 @@ import json
 import os
 from importlib.resources import files
 from pathlib import Path
+from urllib.parse import quote
 
 from plotly.offline import get_plotlyjs
 
@@ -33,10 +34,12 @@ def explorer_payload(run_dir: Path) -> dict:
 
 
 def report_links(run_dir: Path, link_base: str) -> list[tuple[str, str]]:
-    """(href, name) of the reports of later stages present in the run folder."""
+    """(href, name) of the reports of later stages present in the run folder. The href is a
+    percent-encoded relative URL, so a folder named `javascript:…` or holding `#` or `?` is a path,
+    never a scheme, a fragment or a query."""
     found = sorted({p.relative_to(run_dir).as_posix() for g in REPORT_GLOBS for p in run_dir.glob(g) if p.is_file()})
     prefix = link_base.rstrip("/") + "/" if link_base not in ("", ".") else ""
-    return [(prefix + rel, rel) for rel in found]
+    return [(quote(prefix + rel, safe="/"), rel) for rel in found]
 
 
 def _results_html(links: list[tuple[str, str]]) -> str:

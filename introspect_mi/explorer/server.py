@@ -1,8 +1,12 @@
 """Serve the explorer page and the run folder's files, read-only, on 127.0.0.1.
 
 `/` (and `/index.html`) is the explorer page, built once at start (restart to see new results);
-any other path is a file of the run folder (reports, tables), never one outside it: `..`,
-encoded `..` and symbolic links that lead out are answered 404. Only GET and HEAD exist.
+any other path is a file of the run folder (reports, tables), never one outside it: the URL path
+is resolved once (symbolic links and `..`, encoded or not, in the order the file system follows
+them), a resolved path outside the folder is answered 404, and exactly that resolved path is
+served. Requests whose Host header is not this server (127.0.0.1, localhost or [::1] with its
+port) are refused with 421, so a web page that rebinds its DNS name to 127.0.0.1 cannot read the
+run folder. Only GET and HEAD exist.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from introspect_mi.explorer.page import build_page
 
 HOST = "127.0.0.1"
 PAGE_PATHS = ("/", "/index.html")
+INDEX_FILES = ("index.html", "index.htm")  # what SimpleHTTPRequestHandler serves for a folder
 
 
 def resolve_inside(root: Path, url_path: str) -> Path | None:
@@ -32,7 +37,22 @@ def resolve_inside(root: Path, url_path: str) -> Path | None:
         target = (root / unquote(urlsplit(url_path).path).lstrip("/")).resolve()
     except (OSError, ValueError):  # e.g. an embedded NUL byte
         return None
-    return target if target == root or root in target.parents else None
+    return target if _within(root, target) else None
+
+
+def _within(root: Path, resolved: Path) -> bool:
+    return resolved == root or root in resolved.parents
+
+
+def _index_leads_out(root: Path, folder: Path) -> bool:
+    """Whether the index file the base handler would serve for `folder` resolves outside `root`."""
+    return any(not _within(root, (folder / name).resolve()) for name in INDEX_FILES if (folder / name).is_file())
+
+
+def allowed_hosts(port: int) -> frozenset[str]:
+    """Host header values that name this server (browsers send the port unless it is 80)."""
+    names = ("127.0.0.1", "localhost", "[::1]")
+    return frozenset(f"{n}:{port}" for n in names) | (frozenset(names) if port == 80 else frozenset())
 
 
 class ExplorerHandler(SimpleHTTPRequestHandler):
@@ -41,9 +61,19 @@ class ExplorerHandler(SimpleHTTPRequestHandler):
     def __init__(self, *args, page: bytes, root: Path, **kwargs) -> None:
         self.page = page
         self.root = root
+        self.target: Path | None = None
         super().__init__(*args, directory=str(root), **kwargs)
 
+    def translate_path(self, path: str) -> str:
+        """The path resolved (and checked) in send_head: what is served is what was checked."""
+        assert self.target is not None
+        return str(self.target)
+
     def send_head(self):
+        host = (self.headers.get("Host") or "").strip().lower()
+        if host not in allowed_hosts(self.server.server_address[1]):
+            self.send_error(HTTPStatus.MISDIRECTED_REQUEST, "this server answers only to 127.0.0.1, localhost or [::1] with its port")
+            return None
         if urlsplit(self.path).path in PAGE_PATHS:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -51,7 +81,8 @@ class ExplorerHandler(SimpleHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
             return BytesIO(self.page)
-        if resolve_inside(self.root, self.path) is None:
+        self.target = resolve_inside(self.root, self.path)
+        if self.target is None or (self.target.is_dir() and _index_leads_out(self.root.resolve(), self.target)):
             self.send_error(HTTPStatus.NOT_FOUND, "outside the run folder")
             return None
         return super().send_head()
@@ -62,6 +93,8 @@ class ExplorerHandler(SimpleHTTPRequestHandler):
 
 def make_server(run_dir: Path | str, port: int = 0) -> ThreadingHTTPServer:
     """A server for the run folder on 127.0.0.1:`port` (0: any free port), not yet serving."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"port {port} is out of range", "pass a --port from 1 to 65535, or --port 0 for any free one")
     root = Path(run_dir).resolve()
     page = build_page(root).encode("utf-8")
     handler = partial(ExplorerHandler, page=page, root=root)
