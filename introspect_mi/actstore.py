@@ -68,7 +68,7 @@ class StoreWriter:
     def _check_or_write_info(self) -> None:
         path = self.folder / INFO
         if path.exists():
-            old = json.loads(path.read_text())
+            old = json.loads(path.read_text(encoding="utf-8"))
             if old != json.loads(json.dumps(self.info)):
                 diff = sorted(k for k in set(old) | set(self.info) if old.get(k) != self.info.get(k))
                 raise UserError(f"{self.folder} holds a capture with other settings (differs in: {', '.join(diff)})",
@@ -81,7 +81,9 @@ class StoreWriter:
         for i, path in enumerate(shards):
             if path.stem != f"{i:05d}":
                 raise UserError(f"shard {path.name} is out of sequence in {self.folder}", "delete the store folder and capture again")
-        return sum(len(p.with_suffix(".jsonl").read_text().splitlines()) for p in shards)
+        # one record per b"\n"-terminated line: str.splitlines would also break at U+2028, U+2029
+        # and U+0085, which json.dumps(ensure_ascii=False) leaves raw inside strings
+        return sum(p.with_suffix(".jsonl").read_bytes().count(b"\n") for p in shards)
 
     def add(self, record: dict[str, Any], vectors: Mapping[str, torch.Tensor]) -> None:
         """One record and its vectors: `tensor_key(place, position)` → [n_positions, d_model]."""
@@ -116,7 +118,7 @@ class ActivationStore:
         if not path.is_file():
             raise UserError(f"{self.folder} is not an activation store (no {INFO})",
                             "capture one first: python -m experiments.capture --preset quick")
-        self.info: dict[str, Any] = json.loads(path.read_text())
+        self.info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         self.shards = sorted((self.folder / SHARDS).glob("*.safetensors"))
         frames = [pd.read_json(s.with_suffix(".jsonl"), lines=True, dtype=False) for s in self.shards]
         self.records = _nan_to_none(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import locale
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +37,12 @@ def record(i: int) -> dict:
             "positions": {"final": [20 + i], "p_tokens": list(range(n_p))}}
 
 
-def write(folder: Path, n: int, shard: int = 3, stop_after: int | None = None, dtype: str = "float32") -> None:
+def write(folder: Path, n: int, shard: int = 3, stop_after: int | None = None, dtype: str = "float32", extra: dict | None = None) -> None:
     w = StoreWriter(folder, info(dtype), shard_records=shard)
     for i in range(w.done, n):
         if stop_after is not None and i == stop_after:
             return  # "killed": the pending partial shard is never written
-        rec = record(i)
+        rec = {**record(i), **(extra or {})}
         w.add(rec, vectors(i, len(rec["positions"]["p_tokens"])))
     w.flush()
 
@@ -73,6 +75,32 @@ def test_killed_capture_resumes_to_the_same_shards(tmp_path: Path) -> None:
     for name in ("00000", "00001", "00002"):
         for suffix in (".safetensors", ".jsonl"):
             assert (tmp_path / "whole/shards" / (name + suffix)).read_bytes() == (tmp_path / "killed/shards" / (name + suffix)).read_bytes()
+
+
+@pytest.fixture
+def ascii_locale() -> Iterator[None]:
+    """The process locale's encoding is ASCII (LC_CTYPE=C), as on a machine without a UTF-8 locale."""
+    old = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, old)
+
+
+def test_resume_counts_records_holding_unicode_line_breaks(tmp_path: Path, ascii_locale: None) -> None:
+    """U+2028, U+2029 and U+0085 stay raw in the records' JSON (str.splitlines breaks lines at them);
+    the records are UTF-8 whatever the locale."""
+    text = {"answer": "one\u2028two\u2029three\x85four é"}
+    write(tmp_path / "whole", 8, extra=text)
+    write(tmp_path / "killed", 8, stop_after=5, extra=text)
+    assert "\u2028".encode() in (tmp_path / "killed/shards/00000.jsonl").read_bytes()
+    assert StoreWriter(tmp_path / "killed", info(), shard_records=3).done == 3
+    write(tmp_path / "killed", 8, extra=text)
+    for name in ("00000.jsonl", "00001.jsonl", "00002.jsonl", "00002.safetensors"):
+        assert (tmp_path / "whole/shards" / name).read_bytes() == (tmp_path / "killed/shards" / name).read_bytes()
+    store = ActivationStore.open(tmp_path / "killed")
+    assert store.records["record"].tolist() == list(range(8)) and set(store.records["answer"]) == {text["answer"]}
 
 
 def test_iter_vectors_streams_every_vector_once(tmp_path: Path) -> None:
