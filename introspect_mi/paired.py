@@ -193,12 +193,15 @@ class PairedComparison:
     n_strata: int
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat JSON-ready keys: a, a_ci_low, …, diff, diff_ci_low, …, p_value, z, mdd, …"""
+        """Flat JSON-ready keys (a is "first", b "second"): first_accuracy, first_accuracy_ci_low, …,
+        diff, diff_ci_low, …, macro_diff, …, only_first, only_second, p_value, z, mdd, design_effect, …"""
+        names = {"a": "first_accuracy", "b": "second_accuracy", "diff": "diff", "macro_a": "macro_first_accuracy",
+                 "macro_b": "macro_second_accuracy", "macro_diff": "macro_diff"}
         out: dict[str, Any] = {}
-        for name in ("a", "b", "diff", "macro_a", "macro_b", "macro_diff"):
-            est = getattr(self, name)
+        for field, name in names.items():
+            est = getattr(self, field)
             out.update({name: est.value, f"{name}_ci_low": est.ci_low, f"{name}_ci_high": est.ci_high})
-        out.update(only_a=self.only_a, only_b=self.only_b, statistic=self.test.statistic, p_value=self.test.p_value,
+        out.update(only_first=self.only_a, only_second=self.only_b, statistic=self.test.statistic, p_value=self.test.p_value,
                    z=self.test.z, n_strata=self.n_strata, **asdict(self.power))
         return out
 

@@ -112,5 +112,6 @@ def test_compare_paired_is_coherent() -> None:
     for est in (c.a, c.b, c.diff, c.macro_a, c.macro_b, c.macro_diff):
         assert est.ci_low <= est.value <= est.ci_high
     d = c.to_dict()
-    assert {"diff", "diff_ci_low", "macro_diff_ci_high", "p_value", "z", "mdd", "design_effect", "n_pairs"} <= set(d)
+    assert {"first_accuracy", "second_accuracy_ci_low", "diff", "diff_ci_low", "macro_diff_ci_high", "only_first", "p_value", "z",
+            "mdd", "design_effect", "n_pairs"} <= set(d)
     assert d["n_pairs"] == 60 and d["n_items"] == 20 and d["n_strata"] == 2
