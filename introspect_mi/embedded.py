@@ -5,21 +5,32 @@ model from its config (dropping the GGUF quantization config) and saves it under
 `checkpoints/base/<name>/`. The conversion is written to a temporary sibling folder and renamed
 into place only when complete, with `introspect_mi.json` written last: a folder without that
 marker is never loaded, so an interrupted conversion cannot pass for a checkpoint.
+
+Concurrency. A conversion holds an exclusive lock on `.<name>.lock` beside the checkpoint, so two
+processes never convert one model at once (the second waits, then finds it done) and one's
+clean-up of stale `.partial-*` folders never removes the other's work in progress. `reading(folder)`
+takes the same lock shared while a checkpoint is loaded (`models.load`), so a re-conversion
+(`force`) never removes a checkpoint another process is reading.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from introspect_mi.durable import file_lock
 from introspect_mi.errors import UserError
 from introspect_mi.paths import checkpoints_dir
+
+log = logging.getLogger(__name__)
 
 MARKER = "introspect_mi.json"
 
@@ -107,24 +118,43 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def convert_once(final: Path, gguf: Callable[[Path], Path], provenance: dict[str, object]) -> Path:
-    """Convert the GGUF that `gguf(scratch)` yields into `final`, atomically.
+def _lock_path(final: Path) -> Path:
+    return final.parent / f".{final.name}.lock"
+
+
+def reading(folder: Path) -> AbstractContextManager[None]:
+    """Hold while loading `folder`: a shared lock when it is a checkpoint we converted (a
+    re-conversion waits for it), nothing for other folders (a user's checkpoint is never touched)."""
+    folder = Path(folder)
+    return file_lock(_lock_path(folder), shared=True) if (folder / MARKER).is_file() else nullcontext()
+
+
+def convert_once(final: Path, gguf: Callable[[Path], Path], provenance: dict[str, object], force: bool = False) -> Path:
+    """Convert the GGUF that `gguf(scratch)` yields into `final`, atomically, unless it is there (or `force`).
 
     Everything is written into a hidden `.<name>.partial-*` sibling and renamed into place with
-    the marker inside, so `final` either holds a complete checkpoint or does not exist.
+    the marker inside, so `final` either holds a complete checkpoint or does not exist. All of it
+    runs under the exclusive lock (see the module docstring).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.partial-*"):  # left by a killed conversion
-        shutil.rmtree(stale, ignore_errors=True)
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.name}.partial-") as tmp:
-        staging = Path(tmp) / "checkpoint"
-        gguf_path = gguf(Path(tmp))
-        convert_gguf(gguf_path, staging)
-        marker = {**provenance, "source_gguf": gguf_path.name, "gguf_bytes": gguf_path.stat().st_size}
-        (staging / MARKER).write_text(json.dumps(marker, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+
+    def waiting() -> None:
+        log.warning("%s: waiting for another process converting or loading it", final)
+
+    with file_lock(_lock_path(final), on_wait=waiting):
+        if (final / MARKER).is_file() and not force:
+            return final  # converted by another process while this one waited
+        for stale in final.parent.glob(f".{final.name}.partial-*"):  # left by a killed conversion (only lock holders make them)
+            shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.name}.partial-") as tmp:
+            staging = Path(tmp) / "checkpoint"
+            gguf_path = gguf(Path(tmp))
+            convert_gguf(gguf_path, staging)
+            marker = {**provenance, "source_gguf": gguf_path.name, "gguf_bytes": gguf_path.stat().st_size}
+            (staging / MARKER).write_text(json.dumps(marker, indent=2))
+            if final.exists():
+                shutil.rmtree(final)  # no reader holds it: readers hold the lock shared
+            staging.rename(final)
     return final
 
 
@@ -137,7 +167,7 @@ def prepare(name: str, force: bool = False, log: Callable[[str], None] = print) 
         return final
     start = time.monotonic()
     log(f"{name}: converting GGUF to safetensors (one time, ~1 min on a laptop CPU)…")
-    convert_once(final, model.gguf, {"embedded": name, "package": model.package})
+    convert_once(final, model.gguf, {"embedded": name, "package": model.package}, force=force)
     log(f"{name}: done in {time.monotonic() - start:.0f}s → {final}")
     return final
 

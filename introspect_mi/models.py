@@ -257,22 +257,23 @@ def load(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name, folder = resolve(spec)
-    weights = _weight_files(folder)
-    gpus = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
-    stored = _stored_bytes_per_param(folder)
-    weight_bytes = sum(f.stat().st_size for f in weights)
-    placement = plan_placement(weight_bytes, stored, device, dtype, device_map, gpus)
-    with _progress_bars(weight_bytes > PROGRESS_BAR_BYTES):
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=placement.dtype, attn_implementation=attn_implementation, trust_remote_code=False,
-            device_map=placement.device_map or placement.device,
+    with embedded.reading(folder):  # a re-conversion of this checkpoint waits until it is read
+        weights = _weight_files(folder)
+        gpus = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+        stored = _stored_bytes_per_param(folder)
+        weight_bytes = sum(f.stat().st_size for f in weights)
+        placement = plan_placement(weight_bytes, stored, device, dtype, device_map, gpus)
+        with _progress_bars(weight_bytes > PROGRESS_BAR_BYTES):
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=placement.dtype, attn_implementation=attn_implementation, trust_remote_code=False,
+                device_map=placement.device_map or placement.device,
+            )
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        handle = ModelHandle(
+            name=name, checkpoint=folder, model=model, tokenizer=tokenizer, prompt_format=format_for(tokenizer),
+            placement=placement, attn_implementation=attn_implementation, base_fingerprint=base_fingerprint(folder, weights),
         )
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    handle = ModelHandle(
-        name=name, checkpoint=folder, model=model, tokenizer=tokenizer, prompt_format=format_for(tokenizer),
-        placement=placement, attn_implementation=attn_implementation, base_fingerprint=base_fingerprint(folder, weights),
-    )
     chain = [] if adapter is None else [adapter] if isinstance(adapter, (str, Path)) else list(adapter)
     if len(chain) > 1 and adapter_mode != "merged":
         raise UserError("a chain of adapters can only be merged", "load it with adapter_mode='merged'")
