@@ -4,7 +4,8 @@
 ids counting real tokens), raw HF hooks through the place vocabulary (the reference engine the
 bridge and nnsight are tested against), and optionally one more step that appends the model's
 greedy first answer token (the `answer_first` position). `capture` streams its results into an
-`actstore.StoreWriter`, resuming after the last complete shard.
+`actstore.StoreWriter`, resuming after the last complete shard. Given an `NnsightEngine`, the
+same forward runs as nnsight traces (locally, or on NDIF with `remote=True`), bit for bit equal.
 
 Adapters: a merged adapter is just other weights; a peft-mode handle is captured with its
 adapter on or off (`adapter_enabled`), so one process can capture both sides of a finetune.
@@ -26,6 +27,7 @@ from introspect_mi.alignment import p_token_indices
 from introspect_mi.batching import left_pad
 from introspect_mi.hooks import recording
 from introspect_mi.models import ModelHandle
+from introspect_mi.nnsight_engine import NnsightEngine
 from introspect_mi.places import Place, PlaceKind
 
 
@@ -88,9 +90,14 @@ def _adapter_state(handle: ModelHandle, enabled: bool) -> contextlib.AbstractCon
 
 @torch.no_grad()
 def forward(handle: ModelHandle, encoded: list[Encoded], places: Sequence[Place], answer_step: bool,
-            adapter_enabled: bool = True) -> Forward:
+            adapter_enabled: bool = True, nnsight: NnsightEngine | None = None) -> Forward:
     """Run one left-padded batch, recording `places`; with `answer_step`, append each row's greedy
-    first answer token and record it too (a cached one-token step, same masks and positions)."""
+    first answer token and record it too (a cached one-token step, same masks and positions).
+    Raw hooks, or the same forward as nnsight traces when `nnsight` is given."""
+    if nnsight is not None:
+        with _adapter_state(handle, adapter_enabled):
+            acts, answer_ids = nnsight.forward([e.ids for e in encoded], places, answer_step)
+        return Forward(encoded, acts, max(len(e.ids) for e in encoded), answer_ids)
     batch = left_pad([e.ids for e in encoded], handle.pad_token_id).to(handle.device)
     with _adapter_state(handle, adapter_enabled), recording(handle.model, places) as acts:
         out = handle.model(**batch.model_inputs(), use_cache=answer_step, logits_to_keep=1)
@@ -131,20 +138,23 @@ class CaptureSpec:
 
 
 def capture(handle: ModelHandle, prompts: Sequence[CapturePrompt], spec: CaptureSpec, folder: Path,
-            adapter_enabled: bool = True, extra_info: dict[str, Any] | None = None, progress: bool = True) -> ActivationStore:
-    """Capture `prompts` into the store at `folder` (resuming a partial one) and open it."""
+            adapter_enabled: bool = True, extra_info: dict[str, Any] | None = None, progress: bool = True,
+            nnsight: NnsightEngine | None = None) -> ActivationStore:
+    """Capture `prompts` into the store at `folder` (resuming a partial one) and open it; through
+    nnsight traces when `nnsight` is given (recorded in store.json as `engine`)."""
     check_positions(spec.positions)
     places = [Place.parse(p) for p in spec.places]
     info = {"model": handle.provenance(), "adapter_enabled": adapter_enabled, "places": [str(p) for p in places],
             "positions": list(spec.positions), "dtype": spec.dtype, "n_layers": handle.n_layers, "d_model": handle.d_model,
-            "n_records": len(prompts), "processing": "raw HF modules, no weight processing", **(extra_info or {})}
+            "n_records": len(prompts), "processing": "raw HF modules, no weight processing",
+            **({"engine": "nnsight", "remote": bool(nnsight.remote)} if nnsight else {}), **(extra_info or {})}
     writer = StoreWriter(folder, info, spec.shard_records)
     todo = prompts[writer.done :]
     answer_step = "answer_first" in spec.positions
     bar = tqdm(total=len(prompts), initial=min(writer.done, len(prompts)), desc=f"capture {handle.name}", unit="prompt", disable=not progress)
     for start, chunk in zip(range(writer.done, len(prompts), spec.batch_size), batches(todo, spec.batch_size)):
         encoded = [encode(handle, p) for p in chunk]
-        fw = forward(handle, encoded, places, answer_step, adapter_enabled)
+        fw = forward(handle, encoded, places, answer_step, adapter_enabled, nnsight)
         for row, (prompt, enc) in enumerate(zip(chunk, encoded)):
             pos = positions_of(enc, spec.positions)
             vectors = {}

@@ -228,7 +228,8 @@ def _reading(model: torch.nn.Module, place: Place | None, out: list[torch.Tensor
             pass
 
 
-def _noop(p: Patch) -> bool:
+def copies_target(p: Patch) -> bool:
+    """Whether a patch writes the target's own vectors (a shared prefix): it changes nothing."""
     c = p.cell
     return torch.equal(p.source.act(c.place)[list(c.source_positions)], p.target.act(c.place)[list(c.positions)])
 
@@ -364,7 +365,7 @@ def patch(
     todo = []
     for i, p in enumerate(patches):
         _check(p, layers)
-        if skip_identical and _noop(p):
+        if skip_identical and copies_target(p):
             t = p.target
             if id(t) not in clean:
                 values = t.logits if read is None else t.act(read)[-1].float()
