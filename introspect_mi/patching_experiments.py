@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from introspect_mi.alignment import align, p_token_indices
 from introspect_mi.models import ModelHandle
+from introspect_mi.nnsight_engine import NnsightEngine
 from introspect_mi.patching import Cell, Patch, Run, align_ends, attribution, clean_run, logit_diff, patch
 from introspect_mi.places import resid_post
 from introspect_mi.prompts import RenderedPrompt
@@ -179,10 +180,10 @@ def group_cells(layer: int, groups: Mapping[str, Sequence[int]], to_source: Mapp
 
 
 class Runs:
-    """Clean runs of items' prompts, each made once."""
+    """Clean runs of items' prompts, each made once (by `make`: ids → Run)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
+    def __init__(self, make: Callable[[Sequence[int]], Run]) -> None:
+        self.make = make
         self._runs: dict[tuple[str, str, str], Run] = {}
 
     def hypothetical(self, item: ItemPrompts) -> Run:
@@ -193,7 +194,7 @@ class Runs:
 
     def _get(self, key: tuple[str, str, str], ids: Sequence[int]) -> Run:
         if key not in self._runs:
-            self._runs[key] = clean_run(self.model, ids)
+            self._runs[key] = self.make(ids)
         return self._runs[key]
 
 
@@ -250,22 +251,34 @@ def pair_patches(pair: Pair, layout: PairLayout, runs: Runs, layers: Sequence[in
 
 
 def run_pairs(handle: ModelHandle, pairs: Sequence[Pair], layers: Sequence[int], *, min_gap: float = 0.5, exact_pairs: int = 1,
-              exact_cells: int = 48, batch_size: int = 16, progress: bool = True) -> PatchingTables:
+              exact_cells: int = 48, batch_size: int = 16, progress: bool = True, nnsight: NnsightEngine | None = None) -> PatchingTables:
     """Experiments A, B and C (with controls) on every pair, attribution over the full grid, and
-    exact single-cell patching on `exact_cells` grid cells of the first `exact_pairs` pairs."""
+    exact single-cell patching on `exact_cells` grid cells of the first `exact_pairs` pairs.
+
+    With `nnsight`, clean runs and patched cells go through its traces (the same numbers); the
+    attribution grid needs a backward pass through local weights, so a remote engine leaves it NaN."""
     model, tok = handle.model, handle.tokenizer
+
+    def patched(patches: list[Patch], metric: Callable) -> torch.Tensor:
+        if nnsight is not None:
+            return nnsight.patch(patches, metric, batch_size=batch_size)
+        return patch(model, patches, metric, batch_size=batch_size, pad_id=handle.pad_token_id)
+
     every_layer = [resid_post(l) for l in range(handle.n_layers)]
     pair_rows, cell_rows, grid_rows, exact_rows = [], [], [], []
     for k, pair in enumerate(tqdm(pairs, desc=f"patching pairs {handle.name}", unit="pair", disable=not progress)):
-        runs = Runs(model)  # per pair: a run holds every layer's stream and KV cache (~100 MB for an 8B model)
+        runs = Runs((lambda ids: clean_run(model, ids)) if nnsight is None else nnsight.clean_run)  # per pair: a run holds every layer's stream and KV cache (~100 MB for an 8B model)
         layout = PairLayout.of(pair, runs)
         hyp_a, hyp_b, hyp_map, to_source, groups, start = (layout.hyp_a, layout.hyp_b, layout.hyp_map, layout.to_source, layout.groups,
                                                            layout.start)
         metric = logit_diff(pair.source_token, pair.target_token)
         m_src, m_tgt = (float(metric(r.logits[None], [r])[0]) for r in (hyp_a, hyp_b))
         rows = pair_patches(pair, layout, runs, layers)
-        values = patch(model, [r[3] for r in rows], metric, batch_size=batch_size, pad_id=handle.pad_token_id)
-        grid = attribution(model, hyp_b, hyp_a, every_layer, metric, alignment=hyp_map)
+        values = patched([r[3] for r in rows], metric)
+        if nnsight is not None and nnsight.remote:
+            grid = torch.full((handle.n_layers, len(hyp_b)), float("nan"))
+        else:
+            grid = attribution(model, hyp_b, hyp_a, every_layer, metric, alignment=hyp_map)
         for (exp, layer, name, p), value in zip(rows, values.tolist()):
             estimate = float(np.nansum(grid[layer, list(p.cell.positions)].numpy())) if exp == "A" else float("nan")
             cell_rows.append({"pair": pair.id, "experiment": exp, "layer": layer, "group": name, "n_positions": len(p.cell.positions),
@@ -275,8 +288,7 @@ def run_pairs(handle: ModelHandle, pairs: Sequence[Pair], layers: Sequence[int],
                        "attribution": float(grid[layer, t])} for layer in range(handle.n_layers) for t in range(min(groups["P"]), len(hyp_b))]
         if k < exact_pairs and exact_cells > 0:
             chosen = _spread([(l, t) for l in range(handle.n_layers) for t in range(start, len(hyp_b)) if t in to_source], exact_cells)
-            exact = patch(model, [Patch(hyp_b, hyp_a, Cell(resid_post(l), (t,), (to_source[t],))) for l, t in chosen], metric,
-                          batch_size=batch_size, pad_id=handle.pad_token_id)
+            exact = patched([Patch(hyp_b, hyp_a, Cell(resid_post(l), (t,), (to_source[t],))) for l, t in chosen], metric)
             exact_rows += [{"pair": pair.id, "layer": l, "position": t, "group": group_of(t, groups), "exact": float(v) - m_tgt,
                             "attribution": float(grid[l, t])} for (l, t), v in zip(chosen, exact.tolist())]
         src, tgt = pair.source, pair.target

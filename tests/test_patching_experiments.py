@@ -13,12 +13,14 @@ import pytest
 import torch
 
 from introspect_mi.models import ModelHandle, load
+from introspect_mi.nnsight_engine import NnsightEngine
 from introspect_mi.patching import clean_run
 from introspect_mi.patching_experiments import (
     GROUPS, ItemPrompts, Pair, compose, first_difference, flow_summary, group_cells, group_of, normalise, pearson,
     position_groups, run_pairs, select_pairs, tokenise,
 )
 from introspect_mi.prompts import RenderedPrompt
+from tests.tolerance import BATCHED
 
 TOKENS = {"a": 11, "b": 12, "c": 13, "d": 14, "e": 11}  # "e" shares "a"'s first token
 
@@ -166,3 +168,19 @@ def test_run_pairs_identities(handle: ModelHandle) -> None:
     assert len(tables.exact) == 5 and set(tables.exact["pair"]) == {cross}
     grid = tables.grid[tables.grid["pair"] == cross]
     assert grid["position"].min() == 3 and grid["layer"].nunique() == handle.n_layers
+
+
+def test_run_pairs_nnsight_engine_equals_raw_hooks(handle: ModelHandle) -> None:
+    a = item("a", "a", n_hyp=22, p_words=(40, 41, 42, 43, 44))
+    b = item("b", "b", n_hyp=22, p_words=(40, 41, 50, 51, 52))
+    pairs = [Pair(a, b, TOKENS["a"], TOKENS["b"])]
+    hooks = run_pairs(handle, pairs, [0, 2], min_gap=0.0, exact_cells=5, progress=False)
+    traced = run_pairs(handle, pairs, [0, 2], min_gap=0.0, exact_cells=5, progress=False, nnsight=NnsightEngine.of(handle))
+    assert traced.pairs.equals(hooks.pairs)  # clean runs: the same forward, bit for bit
+    assert traced.grid.equals(hooks.grid)  # attribution: raw hooks on both sides
+    for name in ("cells", "exact"):
+        got, ref = getattr(traced, name), getattr(hooks, name)
+        value = "value" if name == "cells" else "exact"
+        assert got.drop(columns=[value, "delta", "normalised"], errors="ignore").equals(ref.drop(columns=[value, "delta", "normalised"], errors="ignore"))
+        torch.testing.assert_close(torch.tensor(got[value].to_numpy()), torch.tensor(ref[value].to_numpy()), **BATCHED)
+    assert (hooks.cells["delta"].abs() > 0).sum() >= 5  # the comparison covers cells that change the metric
