@@ -10,13 +10,16 @@ The result is a folder in sae-lens's own format (`cfg.json`, `sae_weights.safete
 `save_inference_model`) plus `introspect_mi_sae.json`: place, model fingerprint, training config,
 data description, metrics, library versions. The folder appears complete or not at all (staged
 in a hidden sibling, then renamed), and training again with the same config, data description,
-place and model fingerprint reuses it.
+place and model fingerprint reuses it. The check, the training and the staging hold a lock
+(`.<name>.lock` beside the folder): a second process training the same SAE waits, then reuses
+it, and never removes the first's staging folder as stale.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -29,6 +32,7 @@ from typing import Any
 
 import torch
 
+from introspect_mi.durable import file_lock
 from introspect_mi.errors import UserError
 from introspect_mi.paths import checkpoints_dir
 from introspect_mi.places import Place, bridge_name
@@ -37,6 +41,7 @@ from introspect_mi.saes.metrics import reconstruction_metrics
 from introspect_mi.store import library_versions, safe_name
 
 SIDECAR_FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -232,34 +237,39 @@ def train_sae(
     data = dict(data or {})
     key = _digest({"config": cfg.identity(), "d_in": d_in, "place": str(place), "fingerprint": fingerprint, "data": data})
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()  # an empty folder made beforehand holds nothing to keep
-    if out_dir.exists():
-        return _reuse(out_dir, key, device)
-
-    held_out, rest = _held_out(_checked(batches, d_in), cfg.eval_samples)
-    start = time.monotonic()
-    trained = _fit(_training_batches(rest, batches, d_in, cfg), d_in, cfg, place, device)
-    seconds = time.monotonic() - start
-
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-") as tmp:
-        staging = Path(tmp) / "sae"
-        trained.save_inference_model(staging)
-        saved = load_sae(staging, place, device=device)
-        metrics = reconstruction_metrics(saved.sae, held_out.split(cfg.batch_size))
-        sidecar = {
-            "format": SIDECAR_FORMAT, "key": key, "place": str(place), "hook_name": bridge_name(place),
-            "d_in": d_in, "d_sae": saved.d_sae, "model_fingerprint": fingerprint, "config": asdict(cfg), "data": data,
-            "metrics": {**asdict(metrics), "measured_on": f"the first {len(held_out)} vectors of the stream, held out of training"},
-            "training": {
-                "steps": cfg.steps(), "samples": cfg.steps() * cfg.batch_size, "seconds": round(seconds, 2), "device": device,
-                "final_window_l0": trained.cfg.metadata.l0, "final_window_dead_latents": trained.cfg.metadata.num_dead_features,
-            },
-            "versions": library_versions(), "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        (staging / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2, default=str) + "\n", encoding="utf-8")
-        staging.rename(out_dir)
-    return load_sae(out_dir, place, device=device)
+
+    def waiting() -> None:
+        log.warning("%s: waiting for another process training this SAE", out_dir)
+
+    with file_lock(out_dir.parent / f".{out_dir.name}.lock", on_wait=waiting):  # check, train, stage: one step
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # an empty folder made beforehand holds nothing to keep
+        if out_dir.exists():
+            return _reuse(out_dir, key, device)
+
+        held_out, rest = _held_out(_checked(batches, d_in), cfg.eval_samples)
+        start = time.monotonic()
+        trained = _fit(_training_batches(rest, batches, d_in, cfg), d_in, cfg, place, device)
+        seconds = time.monotonic() - start
+
+        for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-") as tmp:
+            staging = Path(tmp) / "sae"
+            trained.save_inference_model(staging)
+            saved = load_sae(staging, place, device=device)
+            metrics = reconstruction_metrics(saved.sae, held_out.split(cfg.batch_size))
+            sidecar = {
+                "format": SIDECAR_FORMAT, "key": key, "place": str(place), "hook_name": bridge_name(place),
+                "d_in": d_in, "d_sae": saved.d_sae, "model_fingerprint": fingerprint, "config": asdict(cfg), "data": data,
+                "metrics": {**asdict(metrics), "measured_on": f"the first {len(held_out)} vectors of the stream, held out of training"},
+                "training": {
+                    "steps": cfg.steps(), "samples": cfg.steps() * cfg.batch_size, "seconds": round(seconds, 2), "device": device,
+                    "final_window_l0": trained.cfg.metadata.l0, "final_window_dead_latents": trained.cfg.metadata.num_dead_features,
+                },
+                "versions": library_versions(), "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            (staging / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2, default=str) + "\n", encoding="utf-8")
+            staging.rename(out_dir)
+        return load_sae(out_dir, place, device=device)

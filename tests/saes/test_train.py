@@ -15,6 +15,7 @@ from introspect_mi.saes import train as train_module
 from introspect_mi.saes.load import load_sae
 from introspect_mi.saes.metrics import reconstruction_metrics, spliced_loss
 from introspect_mi.saes.train import SAETrainConfig, sae_dir, train_sae
+from tests.race import Race
 
 D = 16
 PLACE = Place(PlaceKind.RESID_POST, 1)
@@ -49,7 +50,7 @@ def test_saves_sae_lens_format_with_our_sidecar(trained) -> None:
     assert meta["config"]["k"] == 4 and meta["data"] == {"source": "low-rank"}
     assert meta["training"]["steps"] == 32 and meta["d_sae"] == 32
     assert loaded.place == PLACE and type(loaded.sae).__name__ == "TopKSAE"
-    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == [".sae.lock"]  # no staging left behind
 
 
 def test_metrics_are_measured_on_the_held_out_head(trained) -> None:
@@ -109,7 +110,7 @@ def test_one_shot_iterator_that_runs_out_leaves_nothing(tmp_path) -> None:
     with pytest.raises(UserError, match="ran out of vectors.*one-shot") as err:
         train_sae(iter(chunks(data)), D, CFG, tmp_path / "sae", PLACE, fingerprint="fp")
     assert "re-iterable" in err.value.fix
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".sae.lock"]
 
 
 def test_killed_training_leaves_no_folder(tmp_path) -> None:
@@ -123,7 +124,30 @@ def test_killed_training_leaves_no_folder(tmp_path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         train_sae(Broken(), D, CFG, tmp_path / "sae", PLACE, fingerprint="fp")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".sae.lock"]  # the (free) lock file only
+
+
+def test_two_processes_training_one_sae_train_it_once(tmp_path, monkeypatch) -> None:
+    """The second starts while the first trains: it waits and reuses the SAE, instead of training
+    too and making the first's rename fail (or removing its staging folder as stale)."""
+    data = low_rank_vectors(n=700)
+    real_fit, fits = train_module._fit, []
+
+    def paused_fit(*args, **kwargs):
+        race.pause()
+        fits.append(1)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_fit", paused_fit)
+
+    def train():
+        return train_sae(chunks(data, 100), D, CFG, tmp_path / "sae", PLACE, fingerprint="fp")
+
+    race = Race(train, train)
+    outcome = race.run()
+    assert len(fits) == 1, outcome
+    assert torch.equal(outcome["first"].sae.W_dec, outcome["second"].sae.W_dec)  # one SAE, read twice
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".sae.lock", "sae"]
 
 
 def test_bad_config_and_bad_shapes(tmp_path) -> None:
