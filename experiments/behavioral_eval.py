@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from experiments.behavioral_config import EvalConfig, check_names
+from experiments.behavioral_endpoint import align, comparison_line, paired_stats
 from introspect_mi import config as cfg
 from introspect_mi import evaluation as ev
 from introspect_mi.answers import CallCounter
 from introspect_mi.errors import UserError
 from introspect_mi.inference import Engine
-from introspect_mi.metrics import evaluate_table, two_proportion_ztest
+from introspect_mi.metrics import evaluate_table
 from introspect_mi.prompts import PromptConfig
 from introspect_mi.store import RunDir
 
@@ -56,20 +57,31 @@ def score(run: RunDir, predictors: list[Predictor], s: Scoring, prefix: str = ""
         out["predictors"][p.label] = {"slug": slug, "overall": _jsonable(table.iloc[-1].to_dict())}
         if s.calibration_pairs:
             cal = ev.calibration(p.engine, p.target, s.calibration_pairs, s.object_prompts, p.prompts, s.cache_root,
-                                 s.calibration_samples, s.seed, s.counter)
+                                 s.calibration_samples, s.seed, s.counter, n_boot=s.n_boot)
             run.write_table(f"calibration_{slug}_sampled", cal.curve_sampled)
             run.write_table(f"calibration_{slug}_exact", cal.curve_exact)
-            out["calibration"][p.label] = {"mad_sampled": cal.mad_sampled, "mad_exact": cal.mad_exact, "n_prompts": cal.n_prompts}
+            out["calibration"][p.label] = {
+                "mad_sampled": cal.mad_sampled, "mad_sampled_ci_low": cal.mad_sampled_ci[0], "mad_sampled_ci_high": cal.mad_sampled_ci[1],
+                "mad_exact": cal.mad_exact, "mad_exact_ci_low": cal.mad_exact_ci[0], "mad_exact_ci_high": cal.mad_exact_ci[1],
+                "noise_floor": cal.noise_floor, "noise_floor_ci_low": cal.noise_floor_ci[0], "noise_floor_ci_high": cal.noise_floor_ci[1],
+                "n_prompts": cal.n_prompts}
     return out
 
 
-def compare(metrics: dict[str, Any], first: str, second: str) -> dict[str, Any]:
-    """Two-proportion z-test of two predictors' micro-averaged accuracy (two different entries)."""
+def calibration_text(cal: dict[str, Any]) -> str:
+    """One predictor's calibration MADs with their CIs over prompts and the sampling noise floor."""
+    return (f"sampled {cal['mad_sampled']:.1f} [{cal['mad_sampled_ci_low']:.1f}–{cal['mad_sampled_ci_high']:.1f}] "
+            f"(noise floor {cal['noise_floor']:.1f} [{cal['noise_floor_ci_low']:.1f}–{cal['noise_floor_ci_high']:.1f}]), "
+            f"exact {cal['mad_exact']:.1f} [{cal['mad_exact_ci_low']:.1f}–{cal['mad_exact_ci_high']:.1f}]")
+
+
+def compare(run: RunDir, metrics: dict[str, Any], first: str, second: str, n_boot: int, seed: int) -> dict[str, Any]:
+    """Two different predictors scored on the same pairs (rows in `run`): the paired, item-clustered
+    comparison on the pairs where both targets' answers comply (behavioral_endpoint.paired_stats)."""
     if first == second:
         raise ValueError(f"compare needs two different predictors, got {first!r} twice")
-    a, b = (metrics["predictors"][label]["overall"] for label in (first, second))
-    z = two_proportion_ztest(int(a["n_correct"]), int(a["n_items"]), int(b["n_correct"]), int(b["n_items"]))
-    return {"first": first, "second": second, **z.to_dict()}
+    a, b = (run.read_table(f"rows_{metrics['predictors'][label]['slug']}") for label in (first, second))
+    return {"first": first, "second": second, **paired_stats(align(a, b), n_boot, seed)}
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -84,9 +96,9 @@ def summary(metrics: dict[str, Any]) -> str:
         lines.append(f"{label:<64} {o['accuracy']:>8.1%} {o['accuracy_ci_low']:>7.1%}–{o['accuracy_ci_high']:<7.1%} {o['mode_baseline']:>6.1%} {int(o['n_items']):>5}")
     if "comparison" in metrics:
         c = metrics["comparison"]
-        lines.append(f"{c['first']} minus {c['second']}: {c['diff']:+.1%} (z = {c['z']:.2f}, p = {c['p_value']:.3g})")
+        lines.append(f"{c['first']} minus {c['second']} (paired): {comparison_line(c)}")
     for label, cal in metrics.get("calibration", {}).items():
-        lines.append(f"calibration MAD, {label}: sampled {cal['mad_sampled']:.1f}, exact {cal['mad_exact']:.1f}")
+        lines.append(f"calibration MAD, {label}: {calibration_text(cal)}")
     return "\n".join(lines)
 
 
@@ -142,7 +154,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         predictors.append(Predictor(f"{weights_label(model, adapter)} → {weights_label(*target_weights)}", engine, prompts, target, objects))
     metrics: dict[str, Any] = {"run": name, "target": config.target, **score(run, predictors, scoring)}
     if len(predictors) >= 2:
-        metrics["comparison"] = compare(metrics, predictors[0].label, predictors[1].label)
+        metrics["comparison"] = compare(run, metrics, predictors[0].label, predictors[1].label, config.n_boot, config.seed)
     run.write_json("metrics.json", metrics)
     write_report_for(run)
     print(summary(metrics))

@@ -8,10 +8,11 @@ from introspect_mi.viz.accuracy import (
     MAX_MODE_BASELINE, MIN_OBJECT_COMPLIANCE, accuracy_figure, compliance_figure,
 )
 from introspect_mi.viz.calibration import calibration_figure
+from introspect_mi.viz.paired import difference_figure
 from introspect_mi.viz.report import Section, Table, render_report, write_report
 from introspect_mi.viz.training import loss_figure
 
 __all__ = [
     "MAX_MODE_BASELINE", "MIN_OBJECT_COMPLIANCE", "Section", "Table", "accuracy_figure",
-    "calibration_figure", "compliance_figure", "loss_figure", "render_report", "write_report",
+    "calibration_figure", "compliance_figure", "difference_figure", "loss_figure", "render_report", "write_report",
 ]

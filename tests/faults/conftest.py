@@ -1,0 +1,29 @@
+"""Shared set-up of the fault suite, and its figures printed at the end of the pytest run."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+TALLY: Counter[str] = Counter()
+"""faults injected / survived (the rerun completed with no recomputation beyond the batch in
+flight) / equal (its results equal an uninterrupted run's); concurrent pairs tried / consistent."""
+
+
+@pytest.fixture(scope="session")
+def fault_ctx(tiny_llama_dir: Path, tiny_gemma_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """What every victim needs: the tiny models and a checkpoints folder of its own."""
+    checkpoints = tmp_path_factory.mktemp("fault_checkpoints")
+    return {"llama": str(tiny_llama_dir), "gemma": str(tiny_gemma_dir), "env": {"INTROSPECT_MI_CHECKPOINTS": str(checkpoints)}}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if TALLY:
+        t = TALLY
+        terminalreporter.write_line(
+            f"fault injection: {t['injected']} faults injected (SIGKILL/SIGTERM), {t['survived']} survived "
+            f"(rerun completed, nothing recomputed beyond the batch in flight), {t['equal']} with results equal "
+            f"to an uninterrupted run's; {t['concurrent']} concurrent pairs, {t['consistent']} consistent"
+        )
