@@ -27,6 +27,7 @@ Files (`train(..., out_dir)`)::
         losses.jsonl                  one {"step", "loss", "lr"} line per optimizer step
     .<name>.partial/                  the adapter being written; renamed to out_dir when complete
     .<name>.resume                    resume checkpoint (every `save_every` steps), removed at the end
+                                      (or, if a kill left it, by the next call that finds the adapter finished)
     .<name>.lock                      held while a process trains this adapter
 
 The caller's model. `train` injects the LoRA layers into `handle.model` in place (no copy: a 70B
@@ -42,10 +43,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -60,7 +59,7 @@ from introspect_mi.checkfiles import read_json_object
 from introspect_mi.errors import UserError
 from introspect_mi.models import ADAPTER_SIDECAR, ModelHandle
 from introspect_mi.prompt_format import ChatTemplateFormat, PlainFormat, PromptFormat
-from introspect_mi.store import atomic_write_text
+from introspect_mi.durable import atomic_file, atomic_write_text, remove_stale_temps
 
 T = TypeVar("T")
 
@@ -443,17 +442,9 @@ def _finished_result(out_dir: Path, meta: dict[str, Any]) -> TrainResult:
 
 
 def _save_resume(path: Path, state: dict[str, Any]) -> None:
-    """torch.save into a temp file beside `path`, fsync, os.replace: never a torn checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through `atomic_file`: never a torn checkpoint; a killed save's temp file is removed later."""
+    with atomic_file(path) as f:
+        torch.save(state, f)
 
 
 def _load_resume(path: Path) -> dict[str, Any]:
@@ -526,8 +517,12 @@ def train(
     partial, resume_path, lock_path = _paths(out_dir)
 
     with _exclusive(lock_path):
+        remove_stale_temps(out_dir.parent)  # e.g. a resume checkpoint's, from a save that was killed
         finished = _read_finished(out_dir)
         if finished is not None:
+            if resume_path.exists():  # a run killed between finishing the adapter and removing its checkpoint
+                log.info("removing %s: its adapter %s is finished", resume_path, out_dir)
+                resume_path.unlink()
             old = {k: finished.get(k) for k in key}
             if old != key:
                 diff = ", ".join(k for k in key if old[k] != key[k])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -207,6 +209,21 @@ def test_rerun_is_idempotent_and_other_data_never_overwrites(llama: ModelHandle,
     (tmp_path / "foreign").mkdir()
     with pytest.raises(UserError, match="no finished adapter"):
         train(llama, exs, [], cfg, tmp_path / "foreign", progress=False)
+
+
+def test_a_resume_checkpoint_left_beside_a_finished_adapter_is_removed(llama: ModelHandle, tmp_path: Path) -> None:
+    """A run killed after its adapter was renamed into place, before its `.resume` was removed;
+    and the temp file of a killed resume save."""
+    out, exs, cfg = tmp_path / "adapter", examples(llama, 2), replace(TINY, epochs=1)
+    train(llama, exs, [], cfg, out, progress=False)
+    leftover = tmp_path / ".adapter.resume"
+    leftover.write_bytes(b"the finished run's last resume checkpoint")
+    killed_save = tmp_path / ".adapter.resume.k9x2.tmp"
+    killed_save.write_bytes(b"half a checkpoint")
+    os.utime(killed_save, (time.time() - 3600, time.time() - 3600))
+    again = train(llama, exs, [], cfg, out, progress=False, on_step=lambda *a: pytest.fail("trained again"))
+    assert not again.trained and not leftover.exists() and not killed_save.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".adapter.lock", "adapter"]
 
 
 def test_split_is_deterministic_disjoint_and_ordered() -> None:
