@@ -80,6 +80,14 @@ def excluded_cells(paired: pd.DataFrame, max_mode: float = MAX_TARGET_MODE) -> l
     return out
 
 
+def primary_pairs(paired: pd.DataFrame, max_mode: float = MAX_TARGET_MODE) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """`align`'s rows of the cells the exclusion rule keeps, and the cells it excluded."""
+    excluded = excluded_cells(paired, max_mode)
+    dropped = {(c["task"], c["property"]) for c in excluded}
+    kept = paired[[(t, p) not in dropped for t, p in zip(paired["task"], paired["property"])]]
+    return kept.reset_index(drop=True), excluded
+
+
 def cell_table(paired: pd.DataFrame, excluded: Sequence[Mapping[str, Any]], n_boot: int, seed: int,
                others: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """Per task × property: n, target mode baseline, excluded?, both accuracies, their paired difference
@@ -119,9 +127,7 @@ def primary_endpoint(run: RunDir, metrics: Mapping[str, Any], *, first: str, sec
     (predictor labels of metrics["predictors"]); also writes the per-cell table `primary_cells`."""
     rows = {label: run.read_table(f"rows_{metrics['predictors'][label]['slug']}") for label in (first, second, untrained, *others)}
     paired = align(rows[first], rows[second])
-    excluded = excluded_cells(paired)
-    dropped = {(c["task"], c["property"]) for c in excluded}
-    kept = paired[[(t, p) not in dropped for t, p in zip(paired["task"], paired["property"])]].reset_index(drop=True)
+    kept, excluded = primary_pairs(paired)
     untrained_values = rows[untrained][["task", "item_id", "property", "object_value"]].rename(columns={"object_value": "value"})
     primary = paired_stats(kept, n_boot, seed)
     out: dict[str, Any] = {

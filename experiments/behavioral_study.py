@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from experiments.behavioral_config import StudyConfig, check_names
+from experiments import behavioral_endpoint as be
 from experiments.behavioral_eval import Predictor, Scoring, calls_line, compare, score, summary
 from introspect_mi import config as cfg
 from introspect_mi import evaluation as ev
@@ -162,7 +163,10 @@ def study(config: StudyConfig) -> dict[str, Any]:
     _log("evaluating untrained / self / cross predictors on held-out tasks")
     scoring = Scoring(s.eval_pairs, cal_pairs, s.object_prompts, s.cache, s.counter, c.calibration_samples, c.n_boot, c.seed)
     metrics: dict[str, Any] = {"run": s.name, "m1": c.m1, "m2": c.m2, **score(s.run, predictors, scoring)}
-    metrics["comparison"] = compare(metrics, labels["self"], labels["cross"])
+    metrics[be.KEY] = be.primary_endpoint(s.run, metrics, first=labels["self"], second=labels["cross"], untrained=labels["untrained"],
+                                          m2_values=be.pair_values(s.eval_pairs, m2_cross_eval),
+                                          others=[label for label in metrics["predictors"] if label not in labels.values()],
+                                          n_boot=c.n_boot, seed=c.seed)
 
     _log("self-prediction on the training tasks' val items (the tasks trained on, items never trained on)")
     m1_train_val = s.objects(m1_engine, s.train_val_items, f"{c.m1} on training tasks' val items")
@@ -174,7 +178,7 @@ def study(config: StudyConfig) -> dict[str, Any]:
     val_scoring = dataclasses.replace(scoring, pairs=s.train_val_pairs, calibration_pairs=[])
     training = score(s.run, on_training_tasks, val_scoring, prefix="train_")
     metrics["training_tasks"] = training["predictors"]
-    metrics["training_tasks_comparison"] = compare(training, labels["self"], labels["untrained"])
+    metrics["training_tasks_comparison"] = compare(s.run, training, labels["self"], labels["untrained"], c.n_boot, c.seed)
     metrics["changed"] = [
         {"finetune": f"self ({c.m1})", "items": "held-out tasks", "fraction_changed": ev.changed_fraction(m1_eval, m1_self_eval),
          "n_items": len(m1_eval)},
@@ -190,7 +194,7 @@ def study(config: StudyConfig) -> dict[str, Any]:
     from experiments.behavioral_report import write_report_for
 
     write_report_for(s.run)
-    print("\n" + summary(metrics))
+    print("\n" + be.endpoint_text(metrics[be.KEY]) + "\n\nEXPLORATORY (secondary results; not the primary endpoint):\n" + summary(metrics))
     print("\non the training tasks' val items:\n" + summary({"predictors": metrics["training_tasks"], "comparison": metrics["training_tasks_comparison"]}))
     print(behaviour_change_line(metrics["behaviour_change"]))
     for row in metrics["changed"]:
@@ -199,8 +203,6 @@ def study(config: StudyConfig) -> dict[str, Any]:
     return metrics
 
 
-def behaviour_change(s: Study, m1_self: ModelHandle, m1_self_eval: dict[str, list[str]], m2_train_objects: dict[str, list[str]]) -> dict[str, Any]:
-    """PROTOCOL.md "Behaviour change": finetune self-trained M1 on M2's object-level answers on the
 MIN_CHANGED = 50
 """Held-out pairs the behaviour change must change for its new-vs-old comparison to mean much."""
 
@@ -217,6 +219,8 @@ def behaviour_change_line(bc: dict[str, Any]) -> str:
     return line
 
 
+def behaviour_change(s: Study, m1_self: ModelHandle, m1_self_eval: dict[str, list[str]], m2_train_objects: dict[str, list[str]]) -> dict[str, Any]:
+    """PROTOCOL.md "Behaviour change": finetune self-trained M1 on M2's object-level answers on the
     training tasks → M_C; on held-out pairs whose property changed, does M_C predict its new or
     its old behaviour?"""
     c = s.config

@@ -19,7 +19,7 @@ import pandas as pd
 from introspect_mi import answers
 from introspect_mi.answers import CallCounter
 from introspect_mi.inference import Decoding, Engine
-from introspect_mi.metrics import calibration_curve, calibration_pairs, mad, sample_distribution
+from introspect_mi.metrics import calibration_curve, calibration_pairs, mad, mad_interval, sample_distribution
 from introspect_mi.prompts import PromptConfig, hypothetical_prompt, object_prompt
 from introspect_mi.properties import Property, get_property, properties_for
 from introspect_mi.tasks import get_task, read_user_tasks
@@ -105,37 +105,52 @@ def score_rows(pairs: Sequence[Pair], objects: dict[str, list[str]], hypothetica
 
 @dataclass(frozen=True)
 class Calibration:
-    """Calibration of a predictor about a target on one task × property (PROTOCOL.md)."""
+    """Calibration of a predictor about a target on one task × property (PROTOCOL.md), each MAD
+    with a 95% bootstrap CI over prompts. `noise_floor`: the sampled MAD between two independent
+    sets of the target's own T=1 object samples — what a perfect predictor would score with this
+    many samples per prompt (the exact variant has no sampling noise)."""
 
     mad_sampled: float
     mad_exact: float
     curve_sampled: pd.DataFrame
     curve_exact: pd.DataFrame
     n_prompts: int
+    mad_sampled_ci: tuple[float, float]
+    mad_exact_ci: tuple[float, float]
+    noise_floor: float
+    noise_floor_ci: tuple[float, float]
 
 
 def calibration(predictor: Engine, target: Engine, pairs: Sequence[Pair], object_config: PromptConfig,
                 hypothetical_config: PromptConfig, root: Path, n_samples: int, seed: int,
-                counter: CallCounter | None = None, n_bins: int = 10) -> Calibration:
+                counter: CallCounter | None = None, n_bins: int = 10, n_boot: int = 1000) -> Calibration:
     """MAD from T=1 samples, and the exact variant from first-token probabilities."""
-    obj_dec = Decoding(pairs[0].spec.max_new_tokens, temperature=1.0, n=n_samples, seed=seed)
-    hyp_dec = Decoding(HYPOTHETICAL_MAX_NEW_TOKENS, temperature=1.0, n=n_samples, seed=seed)
     items = [(p.item, p.spec) for p in pairs]
-    obj_samples = object_answers(target, items, object_config, root, counter, decoding=obj_dec)
+
+    def object_dists(sample_seed: int) -> list[dict[str, float]]:
+        dec = Decoding(pairs[0].spec.max_new_tokens, temperature=1.0, n=n_samples, seed=sample_seed)
+        samples = object_answers(target, items, object_config, root, counter, decoding=dec)
+        return [sample_distribution([object_value(p.prop, a, p.item.target) for a in samples[p.item.item_id]], drop_none=True)
+                for p in pairs]
+
+    hyp_dec = Decoding(HYPOTHETICAL_MAX_NEW_TOKENS, temperature=1.0, n=n_samples, seed=seed)
+    obj_dists, replica = object_dists(seed), object_dists(seed + 1)
     hyp_samples = hypothetical_answers(predictor, pairs, hypothetical_config, root, counter, decoding=hyp_dec)
-    obj_dists = [sample_distribution([object_value(p.prop, a, p.item.target) for a in obj_samples[p.item.item_id]], drop_none=True)
-                 for p in pairs]
     hyp_dists = [sample_distribution([p.prop.normalize_hypothetical(a) for a in s]) for p, s in zip(pairs, hyp_samples)]
-    sampled = calibration_pairs(obj_dists, hyp_dists)
 
     fmt = target.handle.prompt_format
     obj_next = answers.next_token_distributions(target, [object_prompt(fmt, p.item, p.spec, object_config).text for p in pairs], root, counter=counter)
     hyp_next = answers.next_token_distributions(predictor, hypothetical_prompts(predictor, pairs, hypothetical_config), root, counter=counter)
-    exact = calibration_pairs(
-        [_value_distribution(d, lambda t, p=p: object_value(p.prop, t, p.item.target)) for p, d in zip(pairs, obj_next)],
-        [_value_distribution(d, lambda t, p=p: p.prop.normalize_hypothetical(t)) for p, d in zip(pairs, hyp_next)],
-    )
-    return Calibration(mad(sampled, n_bins), mad(exact, n_bins), calibration_curve(sampled, n_bins), calibration_curve(exact, n_bins), len(pairs))
+    obj_exact = [_value_distribution(d, lambda t, p=p: object_value(p.prop, t, p.item.target)) for p, d in zip(pairs, obj_next)]
+    hyp_exact = [_value_distribution(d, lambda t, p=p: p.prop.normalize_hypothetical(t)) for p, d in zip(pairs, hyp_next)]
+
+    def measured(objects: list[dict[str, float]], hypotheticals: list[dict[str, float]]) -> tuple[np.ndarray, tuple[float, float]]:
+        return calibration_pairs(objects, hypotheticals), mad_interval(objects, hypotheticals, n_bins=n_bins, n_boot=n_boot, seed=seed)
+
+    (sampled, sampled_ci), (exact, exact_ci), (floor, floor_ci) = (
+        measured(obj_dists, hyp_dists), measured(obj_exact, hyp_exact), measured(obj_dists, replica))
+    return Calibration(mad(sampled, n_bins), mad(exact, n_bins), calibration_curve(sampled, n_bins), calibration_curve(exact, n_bins),
+                       len(pairs), sampled_ci, exact_ci, mad(floor, n_bins), floor_ci)
 
 
 def _value_distribution(token_probs: dict[str, float], value_of) -> dict[str, float]:

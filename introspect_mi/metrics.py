@@ -1,4 +1,4 @@
-"""Scoring for self-prediction: accuracy, mode baseline, CIs, z-test, calibration (MAD).
+"""Scoring for self-prediction: accuracy, mode baseline, CIs, z-test, calibration (MAD with CI).
 
 Pure functions over plain Python / numpy / pandas data; no model code. Conventions follow
 PROTOCOL.md: a non-compliant *object* answer (None) drops the pair and is counted; a
@@ -8,6 +8,8 @@ compared as already-normalised strings (normalisation lives with the properties)
 Calibration has two variants that feed the same `calibration_pairs` / `mad`:
 - samples: build each prompt's dicts with `sample_distribution` from its T=1 samples;
 - exact: pass next-token probability dicts ({value: prob}) directly.
+`mad_interval` resamples prompts for a CI of either. Paired comparisons (two predictors on the
+same pairs) belong to `introspect_mi.paired`; `two_proportion_ztest` is for independent samples.
 """
 
 from __future__ import annotations
@@ -123,7 +125,8 @@ def mode_baseline(values: Sequence[str], *, n_boot: int = 1000, seed: int = 0) -
 
 
 def two_proportion_ztest(k1: int, n1: int, k2: int, n2: int) -> ZTest:
-    """Two-sided z-test of k1/n1 vs k2/n2 (e.g. self vs cross prediction).
+    """Two-sided z-test of k1/n1 vs k2/n2 for two *independent* samples (not for two predictors
+    on the same pairs: see `introspect_mi.paired`).
 
     Degenerate inputs give an explicit no-evidence result instead of NaN: if either n is 0,
     z=0, p=1, diff=0 and diff_ci=(-1, 1) (nothing known); if the pooled variance is 0 (all
@@ -246,6 +249,14 @@ def calibration_pairs(object_dists: list[dict[str, float]],
     return np.array(out, dtype=float).reshape(-1, 2)
 
 
+def _bins(pairs: np.ndarray, n_bins: int) -> list[np.ndarray]:
+    p = np.asarray(pairs, dtype=float).reshape(-1, 2)
+    if p.shape[0] == 0:
+        raise ValueError("no calibration pairs")
+    order = np.argsort(p[:, 0], kind="stable")
+    return np.array_split(p[order], min(n_bins, p.shape[0]))
+
+
 def calibration_curve(pairs: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
     """Bin pairs by object prob into equal-frequency bins; per-bin means, for plotting/MAD.
 
@@ -253,17 +264,29 @@ def calibration_curve(pairs: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
     one (earlier, lower-prob bins get the extra item) and tied probs keep input order, so they
     may straddle a bin edge. With fewer pairs than n_bins, each pair is its own bin.
     """
-    p = np.asarray(pairs, dtype=float).reshape(-1, 2)
-    if p.shape[0] == 0:
-        raise ValueError("no calibration pairs")
-    order = np.argsort(p[:, 0], kind="stable")
-    bins = np.array_split(p[order], min(n_bins, p.shape[0]))
     return pd.DataFrame([{"bin": i, "n": len(b), "object_min": b[:, 0].min(),
                           "object_max": b[:, 0].max(), "object_mean": b[:, 0].mean(),
-                          "hypothetical_mean": b[:, 1].mean()} for i, b in enumerate(bins)])
+                          "hypothetical_mean": b[:, 1].mean()} for i, b in enumerate(_bins(pairs, n_bins))])
 
 
 def mad(pairs: np.ndarray, n_bins: int = 10) -> float:
     """Mean absolute deviation ×100 between bin object and hypothetical means (lower = better)."""
-    c = calibration_curve(pairs, n_bins)
-    return float((c["object_mean"] - c["hypothetical_mean"]).abs().mean() * 100.0)
+    return float(np.mean([abs(b[:, 0].mean() - b[:, 1].mean()) for b in _bins(pairs, n_bins)]) * 100.0)
+
+
+def mad_interval(object_dists: list[dict[str, float]], hypothetical_dists: list[dict[str, float]], *, top_k: int = 3,
+                 n_bins: int = 10, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of `mad` that resamples *prompts* (each with its top-k pairs), the
+    unit the calibration measurement samples; bins are recomputed in every draw."""
+    per_prompt = [calibration_pairs([o], [h], top_k) for o, h in zip(object_dists, hypothetical_dists, strict=True)]
+    if not any(len(p) for p in per_prompt):
+        raise ValueError("no calibration pairs")
+    rng = np.random.default_rng(seed)
+    stats = []
+    for draw in rng.integers(0, len(per_prompt), size=(n_boot, len(per_prompt))):
+        pairs = np.concatenate([per_prompt[i] for i in draw])
+        if len(pairs):
+            stats.append(mad(pairs, n_bins))
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)

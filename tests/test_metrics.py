@@ -11,7 +11,7 @@ import pytest
 
 from introspect_mi.metrics import (
     Proportion, accuracy, bootstrap_ci, calibration_curve, calibration_pairs, evaluate_table, exact_mcnemar,
-    mad, mode_baseline, sample_distribution, two_proportion_ztest,
+    mad, mad_interval, mode_baseline, sample_distribution, two_proportion_ztest,
 )
 
 
@@ -219,3 +219,15 @@ def test_exact_mcnemar_hand_computed_and_symmetric() -> None:
     assert exact_mcnemar(21, 9) == pytest.approx(brute)
     with pytest.raises(ValueError):
         exact_mcnemar(-1, 3)
+
+
+def test_mad_interval_resamples_prompts() -> None:
+    # prompt A: object {x: 1}, hypothetical {x: .5} → pair (1, .5); prompt B: perfectly calibrated → (1, 1).
+    # Two prompts drawn with replacement: AA → MAD 50, AB → (50 + 0) / 2 = 25, BB → 0 (each pair its own bin).
+    # With 2000 draws P(AA) = P(BB) = 1/4, so the 2.5% and 97.5% quantiles are 0 and 50.
+    obj, hyp = [{"x": 1.0}, {"x": 1.0}], [{"x": 0.5}, {"x": 1.0}]
+    assert mad(calibration_pairs(obj, hyp, top_k=1)) == pytest.approx(25.0)
+    assert mad_interval(obj, hyp, top_k=1, n_boot=2000) == pytest.approx((0.0, 50.0))
+    assert mad_interval(obj, obj, n_boot=50) == (0.0, 0.0)  # calibrated in every draw
+    with pytest.raises(ValueError):
+        mad_interval([{}], [{}])

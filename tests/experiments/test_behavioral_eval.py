@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 import introspect_mi.models as models
 from experiments.behavioral_config import EvalConfig
 from experiments.behavioral_eval import compare, evaluate
 from introspect_mi.errors import UserError
+from introspect_mi.store import RunDir
 from tests.test_models import make_adapter
 
 
@@ -53,4 +55,25 @@ def test_a_predictor_listed_twice_is_refused_before_any_work(tiny_llama_dir: Pat
 def test_compare_never_tests_an_entry_against_itself() -> None:
     metrics = {"predictors": {"a": {"overall": {"n_correct": 3, "n_items": 10}}}}
     with pytest.raises(ValueError, match="two different predictors"):
-        compare(metrics, "a", "a")
+        compare(None, metrics, "a", "a", n_boot=10, seed=0)  # type: ignore[arg-type]  # refused before any rows are read
+
+
+def test_compare_is_paired_and_resamples_items(tmp_path: Path) -> None:
+    # 10 items × 4 properties, both predictors of one target. a alone is right on all of items 0–1 (8 pairs);
+    # both are right on items 2–6 and on two pairs of item 7 (22); neither elsewhere: a 30/40, b 22/40.
+    # Independent samples would say z = 1.88, p = 0.061; pairs-as-units sign-flip p = 2/2^8 = 0.0078; but the 8
+    # discordant pairs are two items, so swapping labels per item gives T = ±4 ± 4: p = P(|T| ≥ 8) = 2/4.
+    run = RunDir.create(tmp_path, "r", {"x": 1}, seed=0)
+    keys = [(f"i{i}", f"p{k}") for i in range(10) for k in range(4)]
+    a = [i in ("i0", "i1") or i in {f"i{j}" for j in range(2, 7)} or (i == "i7" and k in ("p0", "p1")) for i, k in keys]
+    b = [ok and i not in ("i0", "i1") for ok, (i, k) in zip(a, keys)]
+    for slug, hits in (("0", a), ("1", b)):
+        run.write_table(f"rows_{slug}", pd.DataFrame([{"item_id": i, "task": "t", "property": k, "object_value": "v", "correct": c}
+                                                      for (i, k), c in zip(keys, hits)]))
+    metrics = {"predictors": {"a": {"slug": "0"}, "b": {"slug": "1"}}}
+    c = compare(run, metrics, "a", "b", n_boot=200, seed=0)
+    assert (c["first"], c["second"], c["n_pairs"], c["n_items"]) == ("a", "b", 40, 10)
+    assert (c["first_accuracy"], c["second_accuracy"], c["diff"]) == (0.75, 0.55, pytest.approx(0.2))
+    assert (c["only_first"], c["only_second"]) == (8, 0)
+    assert c["p_value"] == pytest.approx(0.5)
+    assert c["diff_ci_low"] <= 0.2 <= c["diff_ci_high"] and "mdd" in c
