@@ -10,8 +10,9 @@ examples of M1's own answers mixed into the training data. The data is the study
 (same tasks, items, properties, seed). For every setting, and for untrained M1, on items of the
 training tasks' *val* split (never trained on): self-prediction accuracy against the model's own
 new behaviour (the study's measure), against untrained M1's behaviour (the training labels'
-source), the fraction of object-level answers the finetune changed, and a z-test against
-untrained M1. Results: runs/<name>/sweep.csv and metrics.json; adapters under
+source), the fraction of object-level answers the finetune changed, and the paired, item-clustered
+difference from untrained M1 on the same pairs (experiments/behavioral_endpoint.paired_stats).
+Results: runs/<name>/sweep.csv and metrics.json; adapters under
 checkpoints/adapters/<name>/<setting>/ are reused on a rerun.
 """
 
@@ -27,12 +28,13 @@ from typing import Any
 import pandas as pd
 
 from experiments.behavioral_config import StudyConfig
+from experiments.behavioral_endpoint import align, paired_stats
 from experiments.behavioral_study import Study, finetune_config
 from experiments.common import config_main
 from introspect_mi import evaluation as ev
 from introspect_mi.errors import UserError
 from introspect_mi.finetune import FinetuneConfig
-from introspect_mi.metrics import evaluate_table, two_proportion_ztest
+from introspect_mi.metrics import evaluate_table
 from introspect_mi.models import ModelHandle
 
 
@@ -106,9 +108,10 @@ def sweep(config: SweepConfig) -> pd.DataFrame:
         start = time.perf_counter()
         result = s.finetune(setting.label, m1, train_ex, s.examples(m1, self_val), ft)
         trained_s = time.perf_counter() - start if result.trained else float("nan")
-        row = _evaluate(s, s.load(config.m1, adapter=result.adapter_dir), untrained_objects)
-        z = two_proportion_ztest(row["n_correct"], row["n"], untrained["n_correct"], untrained["n"])
-        table.append({"setting": setting.label, **row, "z_vs_untrained": z.z, "p_vs_untrained": z.p_value, "train_s": trained_s,
+        row, rows = _evaluate(s, s.load(config.m1, adapter=result.adapter_dir), untrained_objects)
+        vs = paired_stats(align(rows, untrained_rows), config.n_boot, config.seed)
+        table.append({"setting": setting.label, **row, **{f"{k}_vs_untrained": vs[k] for k in ("diff", "diff_ci_low", "diff_ci_high", "p_value")},
+                      "train_s": trained_s,
                       "final_val_loss": s.finetunes[setting.label]["final_val_loss"]})
         print(pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
     df = pd.DataFrame(table)
@@ -117,15 +120,17 @@ def sweep(config: SweepConfig) -> pd.DataFrame:
     return df
 
 
-def _evaluate(s: Study, handle: ModelHandle, untrained_objects: dict[str, list[str]]) -> dict[str, Any]:
-    """A finetuned M1 on the training tasks' val items: against its own behaviour and untrained M1's."""
+def _evaluate(s: Study, handle: ModelHandle, untrained_objects: dict[str, list[str]]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """A finetuned M1 on the training tasks' val items: against its own behaviour and untrained M1's;
+    also its rows against its own behaviour."""
     c = s.config
     engine = s.engine(handle)
     objects = s.objects(engine, s.train_val_items, f"{handle.name} (finetuned) on training tasks' val items")
     hyps = ev.hypothetical_answers(engine, s.train_val_pairs, s.trained_prompts, s.cache, s.counter)
-    own = _score(ev.score_rows(s.train_val_pairs, objects, hyps), c.n_boot, c.seed)
+    rows = ev.score_rows(s.train_val_pairs, objects, hyps)
+    own = _score(rows, c.n_boot, c.seed)
     old = _score(ev.score_rows(s.train_val_pairs, untrained_objects, hyps), c.n_boot, c.seed)
-    return {**own, "accuracy_vs_untrained_behaviour": old["accuracy"], "changed": ev.changed_fraction(untrained_objects, objects)}
+    return {**own, "accuracy_vs_untrained_behaviour": old["accuracy"], "changed": ev.changed_fraction(untrained_objects, objects)}, rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
