@@ -2,6 +2,9 @@
 
     python -m experiments.behavioral --preset quick          the whole study (below)
     python -m experiments.behavioral evaluate --preset quick  one evaluation of given models
+    python -m experiments.behavioral seeds --preset quick --seeds 3    the endpoint over finetune seeds
+    python -m experiments.behavioral scaling --preset quick            accuracy vs training-set size
+    (seeds and scaling: experiments/behavioral_replicates.py; not part of `make study`)
 
 The study, every stage cached or resumable: M1's object-level answers on the training tasks →
 self-prediction data (plus, with --object-replay, M1's own object-level answers) → LoRA-finetune
@@ -21,7 +24,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from experiments.behavioral_config import EvalConfig, StudyConfig
+from experiments.behavioral_config import EvalConfig, ScalingConfig, SeedsConfig, StudyConfig
 from experiments.common import add_common_arguments, load_preset, run_main
 from introspect_mi import config as cfg
 
@@ -37,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(ev)
     cfg.add_arguments(ev, EvalConfig)
     ev.set_defaults(func=_run_evaluate)
+    for name, config, text in (("seeds", SeedsConfig, "the study's self vs cross endpoint over N finetune seeds (mean, spread)"),
+                               ("scaling", ScalingConfig, "self, cross and input-only accuracy vs training-set size, with a figure")):
+        p = sub.add_parser(name, help=text)
+        add_common_arguments(p)
+        cfg.add_arguments(p, config)
+        p.set_defaults(func=_run_replicates, config=config, command=name)
     return parser
 
 
@@ -50,6 +59,12 @@ def _run_study(args: argparse.Namespace) -> None:
     from experiments.behavioral_study import study
 
     study(cfg.build(StudyConfig, load_preset(args.preset, "study"), args))
+
+
+def _run_replicates(args: argparse.Namespace) -> None:
+    from experiments import behavioral_replicates
+
+    getattr(behavioral_replicates, args.command)(cfg.build(args.config, load_preset(args.preset, "study"), args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -97,6 +97,18 @@ class StudyConfig(RunSettings):
     """Self-training rounds: round r > 1 relabels the self data with round r − 1's behaviour and finetunes M1 afresh (experiments/behavioral_training.py); cross is trained on the last round's behaviour."""
 
 
+@dataclass(frozen=True)
+class SeedsConfig(StudyConfig):
+    seeds: int = 3
+    """Finetune seeds per model: the study's seed and the next N − 1 (experiments/behavioral_replicates.py)."""
+
+
+@dataclass(frozen=True)
+class ScalingConfig(StudyConfig):
+    fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
+    """Shares of the self data (per task × property) to train self and cross on (experiments/behavioral_replicates.py)."""
+
+
 def check_names(models: Sequence[str], tasks: Sequence[str], properties: Sequence[str], finetune: str | None = None) -> None:
     """Every model (its files checked, not loaded), task (registered name or user `.jsonl` file),
     property and finetune preset named exists. Runs before the run folder is made: a typo must not

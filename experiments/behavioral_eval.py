@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from experiments.behavioral_config import EvalConfig, check_names
 from experiments.behavioral_endpoint import align, comparison_line, paired_stats
 from introspect_mi import config as cfg
@@ -50,11 +52,8 @@ def score(run: RunDir, predictors: list[Predictor], s: Scoring, prefix: str = ""
     out: dict[str, Any] = {"predictors": {}, "calibration": {}}
     for i, p in enumerate(predictors):
         rows = ev.score_rows(s.pairs, p.target_objects, ev.hypothetical_answers(p.engine, s.pairs, p.prompts, s.cache_root, s.counter))
-        table = evaluate_table(rows[["task", "property", "object_value", "hypothetical_value"]], n_boot=s.n_boot, seed=s.seed)
         slug = f"{prefix}{i}"
-        run.write_table(f"rows_{slug}", rows)
-        run.write_table(f"table_{slug}", table, csv=True)
-        out["predictors"][p.label] = {"slug": slug, "overall": _jsonable(table.iloc[-1].to_dict())}
+        out["predictors"][p.label] = {"slug": slug, "overall": write_scored(run, slug, rows, s.n_boot, s.seed)}
         if s.calibration_pairs:
             cal = ev.calibration(p.engine, p.target, s.calibration_pairs, s.object_prompts, p.prompts, s.cache_root,
                                  s.calibration_samples, s.seed, s.counter, n_boot=s.n_boot)
@@ -73,6 +72,15 @@ def calibration_text(cal: dict[str, Any]) -> str:
     return (f"sampled {cal['mad_sampled']:.1f} [{cal['mad_sampled_ci_low']:.1f}–{cal['mad_sampled_ci_high']:.1f}] "
             f"(noise floor {cal['noise_floor']:.1f} [{cal['noise_floor_ci_low']:.1f}–{cal['noise_floor_ci_high']:.1f}]), "
             f"exact {cal['mad_exact']:.1f} [{cal['mad_exact_ci_low']:.1f}–{cal['mad_exact_ci_high']:.1f}]")
+
+
+def write_scored(run: RunDir, slug: str, rows: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
+    """Write a predictor's rows (`evaluation.score_rows`' shape) and its evaluation table as
+    rows_<slug> / table_<slug>; returns the table's overall (micro-averaged) row."""
+    table = evaluate_table(rows[["task", "property", "object_value", "hypothetical_value"]], n_boot=n_boot, seed=seed)
+    run.write_table(f"rows_{slug}", rows)
+    run.write_table(f"table_{slug}", table, csv=True)
+    return _jsonable(table.iloc[-1].to_dict())
 
 
 def compare(run: RunDir, metrics: dict[str, Any], first: str, second: str, n_boot: int, seed: int) -> dict[str, Any]:

@@ -10,8 +10,10 @@ from typing import Any
 import pandas as pd
 
 from experiments.behavioral_config import StudyConfig, check_names
+from experiments import behavioral_training as tr
 from experiments import behavioral_endpoint as be
 from experiments.behavioral_eval import Predictor, Scoring, calls_line, compare, score, summary
+from experiments.behavioral_input_only import input_only_predictors
 from introspect_mi import config as cfg
 from introspect_mi import evaluation as ev
 from introspect_mi import finetune_data as fd
@@ -43,12 +45,17 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def default_name(config: StudyConfig) -> str:
+    """The run (and adapter folder) name of a study given no --name."""
+    return f"study-{config.m1}-{config.m2}".replace("/", "_")
+
+
 class Study:
     """State shared by the stages; each stage reads cached answers or finished adapters when present."""
 
     def __init__(self, config: StudyConfig) -> None:
         self.config = config
-        self.name = config.name or f"study-{config.m1}-{config.m2}".replace("/", "_")
+        self.name = config.name or default_name(config)
         check_names([config.m1, config.m2], [*config.train_tasks, *config.held_out_tasks, config.calibration_task],
                     [*config.properties, config.calibration_property], config.finetune)
         self.run = RunDir.create(runs_dir(), self.name, cfg.to_dict(config), seed=config.seed)
@@ -124,27 +131,15 @@ def study(config: StudyConfig) -> dict[str, Any]:
     c = config
     ft = finetune_config(c)
 
-    m1 = s.load(c.m1)
-    m1_engine = s.engine(m1)
-    m1_train_objects = s.objects(m1_engine, s.train_items, f"{c.m1} on training tasks")
-    self_train, self_val = s.self_data(m1_train_objects, ft)
-    replayed = s.replay_items(m1_train_objects, c.object_replay, len(self_train))
-    self_result = s.finetune("self", m1, s.examples(m1, self_train, replayed, m1_train_objects), s.examples(m1, self_val), ft)
-    s.finetunes["self"]["n_replay"] = s.finetunes["self"]["n_train"] - len(self_train)
-
-    m1_self = s.load(c.m1, adapter=self_result.adapter_dir)
-    m1_self_engine = s.engine(m1_self)
-    m1_self_train_objects = s.objects(m1_self_engine, s.train_items, f"self-trained {c.m1} on training tasks")
-    (cross_train, dropped_train), (cross_val, dropped_val) = (fd.relabel(rows, m1_self_train_objects) for rows in (self_train, self_val))
-    m2 = s.load(c.m2)
-    m2_engine = s.engine(m2)
-    m2_train_objects = s.objects(m2_engine, s.train_items, f"{c.m2} on training tasks (replay and behaviour-change data)")
-    cross_result = s.finetune("cross", m2, s.examples(m2, cross_train, replayed, m2_train_objects), s.examples(m2, cross_val), ft)
-    s.finetunes["cross"].update(dropped_noncompliant=dropped_train + dropped_val, n_replay=s.finetunes["cross"]["n_train"] - len(cross_train))
+    bases = tr.load_bases(s)
+    m1_engine, m2_engine, m2_train_objects = bases.m1_engine, bases.m2_engine, bases.m2_train_objects
+    replicate = tr.Replicate(c.seed, rounds=c.self_rounds, default_seed=c.seed)
+    rounds = tr.self_rounds(s, bases, ft, replicate)
+    m1_self, m1_self_engine = rounds[-1].handle, rounds[-1].engine
+    m2_cross, cross_train = tr.train_cross(s, bases, ft, replicate, rounds[-1])
 
     m1_eval = s.objects(m1_engine, s.eval_items, f"{c.m1} on held-out tasks")
     m1_self_eval = s.objects(m1_self_engine, s.eval_items, f"self-trained {c.m1} on held-out tasks")
-    m2_cross = s.load(c.m2, adapter=cross_result.adapter_dir)
     m2_cross_engine = s.engine(m2_cross)
     m2_eval = s.objects(m2_engine, s.eval_items, f"{c.m2} on held-out tasks")
     m2_cross_eval = s.objects(m2_cross_engine, s.eval_items, f"cross-trained {c.m2} on held-out tasks")
@@ -163,6 +158,8 @@ def study(config: StudyConfig) -> dict[str, Any]:
     _log("evaluating untrained / self / cross predictors on held-out tasks")
     scoring = Scoring(s.eval_pairs, cal_pairs, s.object_prompts, s.cache, s.counter, c.calibration_samples, c.n_boot, c.seed)
     metrics: dict[str, Any] = {"run": s.name, "m1": c.m1, "m2": c.m2, **score(s.run, predictors, scoring)}
+    _log("input-only predictors (P's text only; the cross model's training rows, and item-grouped CV on the held-out pairs)")
+    metrics["predictors"].update(input_only_predictors(s.run, cross_train, s.eval_pairs, m1_self_eval, f"self-trained {c.m1}", c.n_boot, c.seed))
     metrics[be.KEY] = be.primary_endpoint(s.run, metrics, first=labels["self"], second=labels["cross"], untrained=labels["untrained"],
                                           m2_values=be.pair_values(s.eval_pairs, m2_cross_eval),
                                           others=[label for label in metrics["predictors"] if label not in labels.values()],
@@ -197,6 +194,8 @@ def study(config: StudyConfig) -> dict[str, Any]:
     print("\n" + be.endpoint_text(metrics[be.KEY]) + "\n\nEXPLORATORY (secondary results; not the primary endpoint):\n" + summary(metrics))
     print("\non the training tasks' val items:\n" + summary({"predictors": metrics["training_tasks"], "comparison": metrics["training_tasks_comparison"]}))
     print(behaviour_change_line(metrics["behaviour_change"]))
+    for r in rounds:
+        print(f"self round {r.round} ({r.name}): {r.stale['n_stale']} of its {r.stale['n_labels']} training labels ({r.stale['share']:.0%}) differ from its own behaviour")
     for row in metrics["changed"]:
         print(f"object-level answers changed by the {row['finetune']} finetune on {row['items']}: {row['fraction_changed']:.0%} of {row['n_items']}")
     print(f"\n{calls_line(s.counter)}\nreport: {s.run.path('report.html')}")

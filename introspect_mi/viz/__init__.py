@@ -10,9 +10,10 @@ from introspect_mi.viz.accuracy import (
 from introspect_mi.viz.calibration import calibration_figure
 from introspect_mi.viz.paired import difference_figure
 from introspect_mi.viz.report import Section, Table, render_report, write_report
+from introspect_mi.viz.scaling import scaling_figure
 from introspect_mi.viz.training import loss_figure
 
 __all__ = [
     "MAX_MODE_BASELINE", "MIN_OBJECT_COMPLIANCE", "Section", "Table", "accuracy_figure",
-    "calibration_figure", "compliance_figure", "difference_figure", "loss_figure", "render_report", "write_report",
+    "calibration_figure", "compliance_figure", "difference_figure", "loss_figure", "render_report", "scaling_figure", "write_report",
 ]

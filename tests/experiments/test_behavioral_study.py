@@ -39,7 +39,7 @@ def test_the_toy_study_runs_every_stage_and_a_rerun_reuses_them(tmp_path: Path, 
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "runs" / "toy"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert len(metrics["predictors"]) == 3 and len(metrics["calibration"]) == 3
+    assert len(metrics["predictors"]) == 5 and len(metrics["calibration"]) == 3  # + the two input-only predictors (no calibration)
     assert set(metrics["training_tasks"]) == {metrics["comparison"]["first"], next(iter(metrics["predictors"]))}
     assert metrics["training_tasks_comparison"]["first"] == metrics["comparison"]["first"]  # self-trained vs untrained
     for predictors in (metrics["predictors"], metrics["training_tasks"]):
