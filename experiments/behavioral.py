@@ -11,7 +11,9 @@ self-prediction data (plus, with --object-replay, M1's own object-level answers)
 M1 (self) → self-trained M1's object answers → cross data (the same questions labelled with
 self-trained M1's behaviour; replay of the same items with M2's own answers) → finetune M2
 (cross) → evaluate on held-out tasks (untrained M1 on itself, self-trained M1 on itself,
-cross-trained M2 on self-trained M1; mode baselines, CIs, z-test) → calibration → untrained vs
+cross-trained M2 on self-trained M1; mode baselines, CIs) → the primary endpoint (self − cross on
+the same pairs, paired and item-clustered, declared in experiments/behavioral_endpoint.py;
+printed first, the rest is exploratory) → calibration (CIs over prompts, noise floor) → untrained vs
 self-trained M1 on the training tasks' val items (did the finetune work in distribution?) →
 behaviour change (finetune self-trained M1 on M2's object answers, then ask whether its
 self-predictions follow its new or its old behaviour). Results: runs/<name>/report.html,
