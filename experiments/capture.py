@@ -23,6 +23,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from experiments.common import config_main
+from experiments.mech_engine import check_engine, engine_of, subject_handle
 from experiments.mech import SUBJECTS, PromptPair, StudyView, Subject, prompt_pairs, study_name
 from introspect_mi import config as cfg
 from introspect_mi.alignment import Alignment, align
@@ -62,6 +63,10 @@ class CaptureConfig:
     """Run folder under runs/ (empty: mech-<study>)."""
     seed: int = 0
     """Recorded for provenance (capture itself is deterministic)."""
+    engine: str = "hooks"
+    """hooks (raw HF hooks) or nnsight (nnsight traces: the same activations, and they run on NDIF)."""
+    remote: bool = False
+    """Run the nnsight traces on NDIF (needs --engine nnsight, the untrained subject, M1 named by its hub id, NDIF_API_KEY)."""
 
 
 def _log(message: str) -> None:
@@ -167,13 +172,14 @@ def capture_subject(view: StudyView, run: RunDir, label: str, config: CaptureCon
         _log(f"capture {label}: finished earlier, reused")
         return run.stages()[stage]
     subject = view.subject(label)
-    handle = view.load(subject)
+    handle = subject_handle(view, subject, config.remote)
     pairs = prompt_pairs(view, subject, handle)
     prompts = capture_prompts(handle, pairs)
     spec = CaptureSpec(places=tuple(map(str, all_places(handle, config.place_kinds))), positions=config.positions,
                        dtype=config.dtype, batch_size=config.batch_size, shard_records=config.shard_records)
     _log(f"capture {label}: {len(prompts)} prompts ({sum(c.record['kind'] == 'object' for c in prompts)} object-level) on {handle.name}")
-    store = capture(handle, prompts, spec, run.path(f"{label}/store"), extra_info={"study": view.name, "subject": label})
+    store = capture(handle, prompts, spec, run.path(f"{label}/store"), extra_info={"study": view.name, "subject": label},
+                    nnsight=engine_of(handle, config.engine, config.remote))
     _log(f"logit lens {label}")
     table, lens = run_lens(handle, run, subject, store, config.top_k)
     n_views = write_explorer(handle, run, label, store, table, prompts, config.explorer_items, max(1, config.batch_size // 2))
@@ -183,6 +189,7 @@ def capture_subject(view: StudyView, run: RunDir, label: str, config: CaptureCon
 
 
 def main_capture(config: CaptureConfig, preset: str) -> dict:
+    check_engine(config.engine, config.remote, config.subjects)
     unknown = [s for s in config.subjects if s not in SUBJECTS]
     if unknown:
         raise UserError(f"unknown subject(s) {', '.join(unknown)}", f"use some of: {', '.join(SUBJECTS)}")

@@ -26,13 +26,14 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
 from experiments.common import config_main, config_parser
+from experiments.mech_engine import check_engine, engine_of, subject_handle
 from experiments.mech import SUBJECTS, StudyView, Subject, open_capture, prompt_pairs, study_name
 from experiments.patching_report import write_report
 from introspect_mi import config as cfg
@@ -40,6 +41,7 @@ from introspect_mi.actstore import ActivationStore
 from introspect_mi.errors import UserError
 from introspect_mi.logit_lens import first_token
 from introspect_mi.models import ModelHandle
+from introspect_mi.nnsight_engine import NnsightEngine
 from introspect_mi.patching_experiments import ItemPrompts, flow_summary, pearson, run_pairs, select_pairs, tokenise
 from introspect_mi.places import resid_post
 from introspect_mi.properties import get_property
@@ -118,6 +120,10 @@ class PatchingConfig:
     """Folder for the results inside the capture run."""
     seed: int = 0
     """Seed of the random control vectors."""
+    engine: str = "hooks"
+    """hooks (raw HF hooks) or nnsight: pair selection, clean runs and patched cells of A–C as nnsight traces (attribution, D and E stay on hooks)."""
+    remote: bool = False
+    """Run the nnsight traces on NDIF (needs --engine nnsight, the untrained subject, M1 named by its hub id, NDIF_API_KEY); runs A–C only."""
 
 
 def _log(message: str) -> None:
@@ -153,7 +159,8 @@ def item_prompts(view: StudyView, subject: Subject, handle: ModelHandle, wanted:
             for p in prompt_pairs(view, subject, handle) if (p.task, p.property) in wanted]
 
 
-def candidate_logits(steerer: Steerer, items: Sequence[ItemPrompts], per_group: int) -> dict[tuple[str, str], torch.Tensor]:
+def candidate_logits(logits_of: Callable[[list[tuple[int, ...]]], torch.Tensor], items: Sequence[ItemPrompts],
+                     per_group: int) -> dict[tuple[str, str], torch.Tensor]:
     """Clean final logits of the hypothetical prompts of up to `per_group` items per group."""
     seen: dict[tuple[str, str], int] = {}
     chosen = []
@@ -164,7 +171,7 @@ def candidate_logits(steerer: Steerer, items: Sequence[ItemPrompts], per_group: 
             chosen.append(it)
     if not chosen:
         return {}
-    logits = steerer.logits([it.hyp_ids for it in chosen], [RowSteer(None)] * len(chosen), resid_post(0))
+    logits = logits_of([it.hyp_ids for it in chosen])
     return {(it.item_id, it.property): row for it, row in zip(chosen, logits)}
 
 
@@ -175,14 +182,16 @@ def patching_layers(n_layers: int, stride: int) -> list[int]:
 
 
 def patch_stage(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], groups: set[tuple[str, str]],
-                c: PatchingConfig) -> tuple[dict[str, pd.DataFrame], dict]:
-    """A, B and C on the selected pairs."""
+                c: PatchingConfig, nnsight: NnsightEngine | None = None) -> tuple[dict[str, pd.DataFrame], dict]:
+    """A, B and C on the selected pairs (through `nnsight`'s traces when given)."""
     grouped = [it for it in items if (it.task, it.property) in groups]
-    pairs = select_pairs(grouped, lambda v: first_token(handle, v), c.pairs_per_group, candidate_logits(steerer, grouped, c.pair_candidates))
+    logits_of = (lambda seqs: steerer.logits(seqs, [RowSteer(None)] * len(seqs), resid_post(0))) if nnsight is None else nnsight.final_logits
+    pairs = select_pairs(grouped, lambda v: first_token(handle, v), c.pairs_per_group, candidate_logits(logits_of, grouped, c.pair_candidates))
     if not pairs:
         raise UserError(f"no pair of items has differing values in {sorted(groups)}", "choose other --tasks / --properties")
     layers = patching_layers(handle.n_layers, c.layer_stride)
-    t = run_pairs(handle, pairs, layers, min_gap=c.min_gap, exact_pairs=c.exact_pairs, exact_cells=c.exact_cells, batch_size=c.batch_size)
+    t = run_pairs(handle, pairs, layers, min_gap=c.min_gap, exact_pairs=c.exact_pairs, exact_cells=c.exact_cells, batch_size=c.batch_size,
+                  nnsight=nnsight)
     a = t.cells[t.cells["experiment"] == "A"]
     metrics = {"pairs": len(pairs), "normalisable_pairs": int(t.pairs["normalisable"].sum()), "layers_patched": layers,
                "flow": flow_summary(t.cells).to_dict("records"), "attribution_r_group_cells": pearson(a["delta"], a["attribution"]),
@@ -231,7 +240,8 @@ def run_subject(view: StudyView, capture: RunDir, label: str, c: PatchingConfig)
     """All five experiments on one subject: its tables (with a `subject` column) and metrics."""
     started = time.perf_counter()
     subject = view.subject(label)
-    handle = view.load(subject)
+    handle = subject_handle(view, subject, c.remote)
+    nnsight = engine_of(handle, c.engine, c.remote)
     store = open_store(capture, label, handle)
     groups = {(spec.name, p) for _, spec in view.items for p in c.properties
               if (not c.tasks or spec.name in c.tasks) and get_property(p).applies_to(spec)
@@ -239,9 +249,12 @@ def run_subject(view: StudyView, capture: RunDir, label: str, c: PatchingConfig)
     items = item_prompts(view, subject, handle, groups | {(c.steer_task, c.steer_property), (c.concept_task, c.concept_property)})
     steerer = Steerer(handle.model, handle.pad_token_id, c.batch_size)
     tables, metrics = {}, {"model": handle.provenance(), "seconds": {"load": round(time.perf_counter() - started, 1)}}
-    for stage, title, run in (("patching", "patching pairs (A, B, C)", lambda: patch_stage(handle, steerer, items, groups, c)),
+    for stage, title, run in (("patching", "patching pairs (A, B, C)", lambda: patch_stage(handle, steerer, items, groups, c, nnsight)),
                               ("steering", "steering (D)", lambda: steer_stage(handle, steerer, items, store, c)),
                               ("concepts", "concept injection (E)", lambda: concept_stage(handle, steerer, items, c))):
+        if c.remote and stage != "patching":  # steering hooks need the weights here
+            metrics[stage] = {"skipped": "--remote runs A–C only (steering and concept injection hook local weights)"}
+            continue
         _log(f"{label}: {title}")
         started = time.perf_counter()
         try:
@@ -255,6 +268,7 @@ def run_subject(view: StudyView, capture: RunDir, label: str, c: PatchingConfig)
 
 
 def main_patching(config: PatchingConfig, preset: str) -> dict:
+    check_engine(config.engine, config.remote, config.subjects)
     unknown = [s for s in config.subjects if s not in SUBJECTS]
     if unknown:
         raise UserError(f"unknown subject(s) {', '.join(unknown)}", f"use some of: {', '.join(SUBJECTS)}")

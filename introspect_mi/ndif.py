@@ -4,7 +4,7 @@ NDIF (the National Deep Inference Fabric) hosts large open models (Llama-3.1-70B
 nnsight traces against them (`remote=True`), so internals no machine here holds can be read. A
 remote run names the model by its hub id; this process then holds only its config and tokenizer
 (the weights stay on NDIF, the local copy is on the meta device). `check_remote` refuses, with one
-line, before anything touches the network: no hub id, no API key, the hub switched off, NDIF
+line, before anything touches the network: no API key, no hub id, the hub switched off; then NDIF
 unreachable.
 """
 
@@ -40,17 +40,22 @@ def ndif_host() -> str:
     return os.environ.get("NDIF_HOST") or CONFIG.API.HOST
 
 
+def check_api_key() -> None:
+    """Refuse a remote run without an NDIF API key (reads the environment and nnsight's config only)."""
+    if not api_key():
+        raise UserError("no NDIF API key for --remote (NDIF_API_KEY is unset and nnsight's config has none)", KEY_FIX)
+
+
 def check_remote(model: str, *, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Refuse a remote run that cannot work, in this order: `model` is not a hub id (an embedded
-    name or a local path), no API key, HF_HUB_OFFLINE=1 (the config and tokenizer come from the
-    hub), the NDIF host does not answer a TCP connection. Only the last step uses the network."""
+    """Refuse a remote run that cannot work, in this order: no API key; `model` is not a hub id (an
+    embedded name or a local path); HF_HUB_OFFLINE set (the config and tokenizer come from the
+    hub); the NDIF host does not accept a TCP connection. Only the last step uses the network."""
     from introspect_mi import embedded
 
+    check_api_key()
     if model in embedded.EMBEDDED or Path(model).expanduser().exists() or model.count("/") != 1:
         raise UserError(f"a remote run names its model by its hub id, not {model!r}",
                         "use the study's model as a hub id (e.g. meta-llama/Llama-3.1-70B-Instruct); local weights run without --remote")
-    if not api_key():
-        raise UserError("no NDIF API key for --remote (NDIF_API_KEY is unset and nnsight's config has none)", KEY_FIX)
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise UserError(f"--remote needs the hub for {model}'s config and tokenizer, but HF_HUB_OFFLINE is set",
                         "run with HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 on a machine with network")
@@ -58,7 +63,7 @@ def check_remote(model: str, *, connect_timeout: float = CONNECT_TIMEOUT_S) -> N
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=connect_timeout).close()
     except OSError as exc:
-        raise UserError(f"NDIF ({ndif_host()}) is unreachable: {exc}", "run --remote on a machine with network, or drop --remote to run locally") from None
+        raise UserError(f"NDIF ({ndif_host()}) is unreachable ({exc})", "run --remote on a machine with network, or drop --remote to run locally") from None
 
 
 def remote_handle(model: str) -> ModelHandle:

@@ -74,6 +74,17 @@ class NnsightEngine:
         return {p: torch.cat([a, b], dim=1) for p, a, b in zip(order, first, second)}, answer.tolist()
 
     @torch.no_grad()
+    def final_logits(self, sequences: list[list[int]], batch_size: int = 16) -> torch.Tensor:
+        """[n, vocab] float32 next-token logits after each sequence (left-padded batches)."""
+        out = []
+        for start in range(0, len(sequences), batch_size):
+            batch = left_pad(sequences[start : start + batch_size], self.pad_id).to(self.device)
+            with self.lm.trace(**batch.model_inputs(), use_cache=False, logits_to_keep=1, remote=self.remote):
+                logits = nnsight.save(self.lm.output.logits[:, -1])
+            out.append(logits.float().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
     def clean_run(self, ids: Sequence[int], places: Sequence[Place] = ()) -> Run:
         """`patching.clean_run` without a KV cache: the stream entering every layer, `places` and
         the final-position logits of one prompt."""
