@@ -1,11 +1,13 @@
 """Crash- and concurrency-safe file primitives: atomic writes, advisory locks, stale-temp clean-up.
 
-`atomic_file` writes a temp file `.<name>.<random>.tmp` beside the target, holds an exclusive
-`flock` on it while writing, fsyncs it and renames it over the target, so readers see the old file
-or the new one, never a torn one. A writer killed by SIGKILL leaves its temp file behind;
-`remove_stale_temps` removes such a file only when no live process holds its lock (the kernel
-drops a dead process's locks) and it was last modified at least `STALE_TEMP_SECONDS` ago (which
-covers the instants between creating it and locking it, and between unlocking and renaming it).
+`atomic_file` writes a temp file `.<name>.<random>.tmp` beside the target, fsyncs it and renames
+it over the target, so readers see the old file or the new one, never a torn one. It holds an
+exclusive `flock` on the temp file from just after creating it until after the rename. A writer
+killed by SIGKILL leaves its temp file behind, unlocked (the kernel drops a dead process's locks);
+`remove_stale_temps` removes a temp file only if it can take that lock, so never one a live writer
+is using. The one instant a live writer's file is unlocked, between creating and locking it, is
+covered from the writer's side: after locking, it checks that its file still has its name, and
+starts over with a new one if a clean-up removed it.
 
 `file_lock` is the one lock the toolkit takes around read-modify-write and check-then-write steps
 (run folders, the answer cache, model conversion, SAE staging): `flock` on a lock file, released
@@ -19,17 +21,12 @@ import fcntl
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 log = logging.getLogger(__name__)
-
-STALE_TEMP_SECONDS = 600
-"""A temp file nobody holds a lock on is left alone until it is this old (seconds since its last write)."""
-
 
 @contextmanager
 def file_lock(path: Path, *, shared: bool = False, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
@@ -59,24 +56,37 @@ def file_lock(path: Path, *, shared: bool = False, on_wait: Callable[[], None] |
 def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """A binary file object whose content replaces `path` atomically when the block ends without error.
 
-    Temp file in the same folder (same filesystem), locked while written (see `remove_stale_temps`),
+    Temp file in the same folder (same filesystem), locked until renamed (see the module docstring),
     fsync, `os.replace`, fsync of the folder. On an error the temp file is removed and `path` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.removeprefix('.')}.", suffix=".tmp")
+    f, tmp = _locked_temp(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # a live writer's temp file is never taken for stale
+        with f:
             yield f
             f.flush()
             os.fchmod(f.fileno(), 0o644)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # still locked: a clean-up never takes this file for stale
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def _locked_temp(path: Path) -> tuple[IO[bytes], str]:
+    """A new temp file beside `path`, opened for writing and locked; made again if a clean-up
+    removed it between its creation and the lock."""
+    while True:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.removeprefix('.')}.", suffix=".tmp")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(tmp, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                return os.fdopen(fd, "wb"), tmp
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -103,25 +113,25 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temps(folder: Path, recursive: bool = False, min_age_s: float = STALE_TEMP_SECONDS) -> list[Path]:
+def remove_stale_temps(folder: Path, recursive: bool = False) -> list[Path]:
     """Remove the `.*.tmp` files that killed writers left in `folder`; return the paths removed.
 
-    A temp file is removed only when no process holds a lock on it and it is at least `min_age_s`
-    old, so a write in progress in another process is never disturbed.
+    A temp file is removed only while this process holds its lock, so a write in progress in
+    another process is never disturbed (every `.*.tmp` in the toolkit's folders is `atomic_file`'s).
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for tmp in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
-        if _remove_if_stale(tmp, min_age_s):
+        if _remove_if_stale(tmp):
             removed.append(tmp)
     if removed:
         log.info("removed %d temp file(s) left by interrupted writes in %s", len(removed), folder)
     return removed
 
 
-def _remove_if_stale(tmp: Path, min_age_s: float) -> bool:
+def _remove_if_stale(tmp: Path) -> bool:
     try:
         fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -133,11 +143,8 @@ def _remove_if_stale(tmp: Path, min_age_s: float) -> bool:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 return False  # a live writer holds it
             raise
-        st = os.fstat(fd)
-        if time.time() - st.st_mtime < min_age_s:
-            return False
         try:
-            if os.stat(tmp, follow_symlinks=False).st_ino != st.st_ino:
+            if os.stat(tmp, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
                 return False  # replaced since we opened it
             tmp.unlink()
         except FileNotFoundError:

@@ -4,41 +4,47 @@ from __future__ import annotations
 
 import fcntl
 import os
-import time
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from introspect_mi.durable import atomic_file, file_lock, remove_stale_temps
+from introspect_mi.durable import atomic_file, atomic_write_text, file_lock, remove_stale_temps
 
 
-def _age(path: Path, seconds: float) -> None:
-    then = time.time() - seconds
-    os.utime(path, (then, then))
-
-
-def test_only_unlocked_old_temp_files_are_removed(tmp_path: Path) -> None:
-    dead = tmp_path / ".a.json.dead.tmp"  # left by a killed writer: nobody holds it
+def test_temp_files_of_dead_writers_go_those_of_live_writers_stay(tmp_path: Path) -> None:
+    dead = tmp_path / ".a.json.dead.tmp"  # left by a killed writer: nobody holds its lock
     dead.write_bytes(b"half")
-    _age(dead, 3600)
-    fresh = tmp_path / ".b.json.new.tmp"  # maybe just created by a writer that has not locked it yet
-    fresh.write_bytes(b"")
     nested = tmp_path / "sub" / ".c.json.x.tmp"
     nested.parent.mkdir()
     nested.write_bytes(b"")
-    _age(nested, 3600)
     (tmp_path / "keep.tmp").write_bytes(b"not one of ours: no leading dot")
-    _age(tmp_path / "keep.tmp", 3600)
 
-    with atomic_file(tmp_path / "live.json") as f:  # a write in progress (this process stands in for another)
+    with atomic_file(tmp_path / "live.json") as f:  # a write in progress (this thread stands in for another process)
         f.write(b"{}")
         [live] = tmp_path.glob(".live.json.*.tmp")
-        _age(live, 3600)
         assert remove_stale_temps(tmp_path) == [dead]
-        assert live.exists() and fresh.exists() and nested.exists()
+        assert live.exists() and nested.exists()
     assert (tmp_path / "live.json").read_bytes() == b"{}" and not live.exists()
     assert remove_stale_temps(tmp_path, recursive=True) == [nested]
-    assert sorted(p.name for p in tmp_path.rglob("*")) == [".b.json.new.tmp", "keep.tmp", "live.json", "sub"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.tmp", "live.json", "sub"]
+
+
+def test_a_clean_up_between_creating_and_locking_a_temp_file_does_not_break_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one instant a live writer's temp file is unlocked: the writer notices and starts over."""
+    real_mkstemp, made = tempfile.mkstemp, []
+
+    def mkstemp_then_clean_up(**kwargs):  # noqa: ANN003, ANN202 - tempfile's signature
+        fd, tmp = real_mkstemp(**kwargs)
+        made.append(tmp)
+        if len(made) == 1:
+            assert remove_stale_temps(tmp_path) == [Path(tmp)]  # another process's clean-up, right now
+        return fd, tmp
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_clean_up)
+    atomic_write_text(tmp_path / "a.json", "{}")
+    assert len(made) == 2 and (tmp_path / "a.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
 
 
 def test_file_lock_excludes_writers_and_shares_readers(tmp_path: Path) -> None:

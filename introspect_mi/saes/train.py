@@ -243,6 +243,8 @@ def train_sae(
         log.warning("%s: waiting for another process training this SAE", out_dir)
 
     with file_lock(out_dir.parent / f".{out_dir.name}.lock", on_wait=waiting):  # check, train, stage: one step
+        for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):  # left by a killed run (only lock holders make them)
+            shutil.rmtree(stale, ignore_errors=True)
         if out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # an empty folder made beforehand holds nothing to keep
         if out_dir.exists():
@@ -253,8 +255,6 @@ def train_sae(
         trained = _fit(_training_batches(rest, batches, d_in, cfg), d_in, cfg, place, device)
         seconds = time.monotonic() - start
 
-        for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):  # left by a killed run
-            shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-") as tmp:
             staging = Path(tmp) / "sae"
             trained.save_inference_model(staging)

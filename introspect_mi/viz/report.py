@@ -11,8 +11,6 @@ from __future__ import annotations
 import html
 import math
 import numbers
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -178,18 +176,7 @@ def write_report(path: Path | str, title: str, sections: Sequence[Section], *,
     """
     path = Path(path)
     text = render_report(title, sections, generated=generated, plotly_src=plotly_src)  # fail before touching disk
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
     return path
 
 

@@ -76,8 +76,11 @@ def test_round_trip_reproduces_activations(trained) -> None:
 def test_same_config_reuses_the_folder_without_training(trained, monkeypatch) -> None:
     data, loaded = trained
     monkeypatch.setattr(train_module, "_fit", lambda *a, **k: pytest.fail("trained again"))
+    stale = loaded.folder.parent / f".{loaded.folder.name}.partial-killed"  # a killed run's staging
+    (stale / "sae").mkdir(parents=True)
     again = train_sae(chunks(data), D, CFG, loaded.folder, PLACE, fingerprint="tiny-fp", data={"source": "low-rank"})
     assert torch.equal(again.sae.W_enc, loaded.sae.W_enc)
+    assert not stale.exists()  # removed even when nothing is trained
 
 
 @pytest.mark.parametrize("change", [

@@ -217,7 +217,7 @@ def test_write_report_failure_leaves_nothing(tmp_path: Path, self_table, monkeyp
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("introspect_mi.viz.report.os.replace", boom)
+    monkeypatch.setattr("introspect_mi.durable.os.replace", boom)
     with pytest.raises(OSError, match="disk full"):
         write_report(out, "t", [Section("s", [accuracy_figure({"x": self_table})])])
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
