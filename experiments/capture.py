@@ -9,7 +9,10 @@ final prompt token and the first greedy answer token, with the study's labels an
 alignment. Then the logit lens at those positions and the explorer's per-item token views.
 Output: runs/mech-<study>/<subject>/{store/, logit_lens*.jsonl, explorer.json},
 runs/mech-<study>/logit_lens/report.html; `introspect-mi explore runs/mech-<study>` browses it.
-Resumable: a killed capture continues after its last complete shard.
+Resumable: a killed capture continues after its last complete shard. Each store records what it
+was made from (the study's config, the subject's weights fingerprint, the items, the labels): a
+rerun reuses a finished capture only when all of these are unchanged, and refuses a store made
+from another state of the study (capture into a new --name, or delete the run folder).
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ from tqdm.auto import tqdm
 
 from experiments.common import config_main
 from experiments.mech_engine import check_engine, engine_of, subject_handle
-from experiments.mech import SUBJECTS, PromptPair, StudyView, Subject, prompt_pairs, study_name
+from experiments.mech import (
+    SUBJECTS, PromptPair, StudyChoice, StudyView, Subject, capture_identity, check_identity, open_study, prompt_pairs, resolved,
+)
 from introspect_mi import config as cfg
+from introspect_mi.actstore import INFO as STORE_INFO
+from introspect_mi.actstore import ActivationStore
 from introspect_mi.alignment import Alignment, align
 from introspect_mi.capture import CapturePrompt, CaptureSpec, all_places, capture
 from introspect_mi.errors import UserError
@@ -40,9 +47,7 @@ from introspect_mi.viz.lens import lens_rank_figure
 
 
 @dataclass(frozen=True)
-class CaptureConfig:
-    study: str = ""
-    """The behavioural study run to analyse (empty: the one the preset's [study] section makes)."""
+class CaptureConfig(StudyChoice):
     subjects: tuple[str, ...] = ("untrained", "self")
     """Models to capture: untrained (M1), self (self-trained M1), cross (cross-trained M2)."""
     positions: tuple[str, ...] = ("p_last", "final", "answer_first")
@@ -166,19 +171,25 @@ def write_explorer(handle: ModelHandle, run: RunDir, label: str, store, table: p
 
 
 def capture_subject(view: StudyView, run: RunDir, label: str, config: CaptureConfig) -> dict:
-    """Capture, logit lens and explorer views of one subject (skipped when already finished)."""
+    """Capture, logit lens and explorer views of one subject (reused when already finished from the
+    study as it is now; a store made from another state of the study is an error, never reused)."""
     stage = f"capture:{label}"
-    if run.stage_done(stage):
+    subject = view.subject(label)
+    identity = capture_identity(view, subject)
+    folder = run.path(f"{label}/store")
+    stored = (folder / STORE_INFO).is_file()
+    if stored:
+        check_identity(ActivationStore.open(folder), identity, label)
+    if stored and run.stage_done(stage):
         _log(f"capture {label}: finished earlier, reused")
         return run.stages()[stage]
-    subject = view.subject(label)
     handle = subject_handle(view, subject, config.remote)
     pairs = prompt_pairs(view, subject, handle)
     prompts = capture_prompts(handle, pairs)
     spec = CaptureSpec(places=tuple(map(str, all_places(handle, config.place_kinds))), positions=config.positions,
                        dtype=config.dtype, batch_size=config.batch_size, shard_records=config.shard_records)
     _log(f"capture {label}: {len(prompts)} prompts ({sum(c.record['kind'] == 'object' for c in prompts)} object-level) on {handle.name}")
-    store = capture(handle, prompts, spec, run.path(f"{label}/store"), extra_info={"study": view.name, "subject": label},
+    store = capture(handle, prompts, spec, folder, extra_info={"study": view.name, "subject": label, "identity": identity},
                     nnsight=engine_of(handle, config.engine, config.remote))
     _log(f"logit lens {label}")
     table, lens = run_lens(handle, run, subject, store, config.top_k)
@@ -193,8 +204,8 @@ def main_capture(config: CaptureConfig, preset: str) -> dict:
     unknown = [s for s in config.subjects if s not in SUBJECTS]
     if unknown:
         raise UserError(f"unknown subject(s) {', '.join(unknown)}", f"use some of: {', '.join(SUBJECTS)}")
-    view = StudyView(study_name(preset, config.study))
-    run = RunDir.create(runs_dir(), config.name or f"mech-{view.name}", cfg.to_dict(config), seed=config.seed)
+    view = open_study(preset, config)
+    run = RunDir.create(runs_dir(), config.name or f"mech-{view.name}", cfg.to_dict(resolved(config, view)), seed=config.seed)
     results = {label: capture_subject(view, run, label, config) for label in config.subjects}
     run.write_json("capture.json", results)
     write_lens_report(run, config.subjects)

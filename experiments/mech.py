@@ -7,15 +7,25 @@ trained. A *subject* is one model the study evaluated as a predictor, by label:
 - `untrained`: M1 as loaded, predicting itself (hypothetical prompts with format demonstrations);
 - `self`: self-trained M1 predicting itself (zero-shot hypothetical prompts, as trained);
 - `cross`: cross-trained M2 predicting self-trained M1 (its object-level labels are M1's).
+
+The study is `--study NAME`, else the one the study command names for the preset with the same
+`--m1`/`--m2`. A capture records in each store what it was made from (`capture_identity`: the
+study's config, the subject's weights fingerprint, its items and labels); `capture_stores` is the
+one check every reader (probing, patching, SAE features) opens stores through, so a store made
+from another state of the study is an error, never read.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
@@ -23,14 +33,19 @@ from experiments.behavioral_config import StudyConfig
 from experiments.common import preset_path
 from introspect_mi import config as cfg
 from introspect_mi import evaluation as ev
+from introspect_mi.actstore import INFO as STORE_INFO
+from introspect_mi.actstore import ActivationStore
 from introspect_mi.errors import UserError
-from introspect_mi.models import ModelHandle, load
+from introspect_mi.models import ModelHandle, load, weights_fingerprint
 from introspect_mi.paths import checkpoints_dir, runs_dir
 from introspect_mi.prompts import PromptConfig, RenderedPrompt, hypothetical_prompt, object_prompt
 from introspect_mi.store import RunDir
 
 SUBJECTS = ("untrained", "self", "cross")
 """In the order of the study's predictors (behavioral_study.py): rows_0, rows_1, rows_2."""
+STUDY_FIELDS = {f.name for f in dataclasses.fields(StudyConfig)}
+LABELS = ("object_answer", "object_value", "hypothetical_answer", "hypothetical_value", "correct")
+"""The study's row columns a capture stores with each hypothetical record."""
 
 
 @dataclass(frozen=True)
@@ -43,12 +58,46 @@ class Subject:
     """The study's evaluation rows for this predictor (one per held-out item × property)."""
 
 
-def study_name(preset: str, study: str) -> str:
-    """The study run a mechanistic preset analyses (`study` flag, else the preset's models)."""
-    if study:
-        return study
+@dataclass(frozen=True)
+class StudyChoice:
+    """How a mechanistic experiment picks the finished study it analyses (its config's first fields)."""
+
+    study: str = ""
+    """The behavioural study run to analyse (empty: the one the preset's [study] section makes, with --m1/--m2 applied)."""
+    m1: str = ""
+    """M1 of the study to analyse, as given to the study's --m1 (empty: the preset's); checked against the study's own."""
+    m2: str = ""
+    """M2 of the study to analyse, as given to the study's --m2 (empty: the preset's); checked against the study's own."""
+
+
+def study_name(preset: str, choice: StudyChoice) -> str:
+    """The study run a mechanistic experiment analyses: `--study`, else the name the study command
+    gives for the preset with the same --m1/--m2."""
+    if choice.study:
+        return choice.study
     sc = cfg.build(StudyConfig, cfg.load_preset(preset_path(preset), "study"))
+    sc = dataclasses.replace(sc, **{k: v for k, v in (("m1", choice.m1), ("m2", choice.m2)) if v})
     return sc.name or f"study-{sc.m1}-{sc.m2}".replace("/", "_")
+
+
+C = TypeVar("C", bound=StudyChoice)
+
+
+def resolved(config: C, view: StudyView) -> C:
+    """`config` naming the study it analyses (run name, M1, M2) as its run folder records it, so
+    two spellings that choose one study are one config."""
+    return dataclasses.replace(config, study=view.name, m1=view.config.m1, m2=view.config.m2)
+
+
+def open_study(preset: str, choice: StudyChoice) -> StudyView:
+    """The finished study `choice` names, checked to be made with its --m1/--m2 when given."""
+    view = StudyView(study_name(preset, choice))
+    for key in ("m1", "m2"):
+        wanted, made = getattr(choice, key), getattr(view.config, key)
+        if wanted and wanted != made:
+            raise UserError(f"the study {view.name!r} was run with {key} {made}, not {wanted}",
+                            f"pass --study the name of the study run with --{key} {wanted} (the name it printed), or leave out --{key}")
+    return view
 
 
 def open_capture(name: str, preset: str) -> RunDir:
@@ -59,16 +108,68 @@ def open_capture(name: str, preset: str) -> RunDir:
     return RunDir.open(runs_dir(), name)
 
 
+def digest(obj: Any) -> str:
+    """16-hex sha256 of a JSON-ready value (keys sorted)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
+
+
+def capture_identity(view: StudyView, subject: Subject) -> dict[str, str]:
+    """What a capture of `subject` is made from: the study (name, config), the subject's weights
+    (model + adapter fingerprint), its items and the study's labels for them. The capture records
+    it in the store's info; the capture's reuse and every reader compare it with the study now."""
+    pairs = scored_pairs(view, subject)
+    return {"study": view.name, "study_config": digest(view.run.config),
+            "fingerprint": weights_fingerprint(subject.model, [subject.adapter] if subject.adapter else []),
+            "items": digest([[pair.item.item_id, pair.prop.name] for pair, _ in pairs]),
+            "labels": digest([labels for _, labels in pairs])}
+
+
+def check_identity(store: ActivationStore, expected: dict[str, str], label: str) -> None:
+    """A one-line error unless `store` was captured from what `expected` describes (never reuse a stale capture)."""
+    got = store.info.get("identity")
+    if got == expected:
+        return
+    what = (f"differs in: {', '.join(k for k in expected if got.get(k) != expected[k])}" if isinstance(got, dict)
+            else "it records no identity: captured by an older version")
+    raise UserError(f"the {label} store in {store.folder} was captured from another state of the study {expected['study']!r} ({what})",
+                    f"capture into a new run (python -m experiments.capture --name NEW, then pass --capture NEW), "
+                    f"or delete {store.folder.parent.parent} and capture again")
+
+
+def capture_stores(capture: RunDir, view: StudyView, labels: Sequence[str]) -> tuple[dict[str, ActivationStore], dict[str, str]]:
+    """(label → the subject's finished store, label → why there is none: no store, or an incomplete
+    one). A store captured from another state of the study is an error, never read."""
+    stores, missing = {}, {}
+    for label in labels:
+        folder = capture.path(f"{label}/store")
+        if not (folder / STORE_INFO).is_file():
+            missing[label] = f"no activation store for {label} in {capture.folder}"
+            continue
+        store = ActivationStore.open(folder)
+        check_identity(store, capture_identity(view, view.subject(label)), label)
+        if len(store.records) < int(store.info["n_records"]):
+            missing[label] = (f"the capture of {label} is incomplete ({len(store.records)} of {store.info['n_records']} records: "
+                              "still running, or killed; rerun the capture, it resumes)")
+            continue
+        stores[label] = store
+    return stores, missing
+
+
 class StudyView:
     """Read-only view of a finished study run."""
 
     def __init__(self, name: str) -> None:
         self.run = RunDir.open(runs_dir(), name)
+        config = self.run.config
+        foreign = sorted(set(config) - STUDY_FIELDS) if isinstance(config, dict) else ["(not a JSON object)"]
+        if foreign:
+            raise UserError(f"run {name!r} is not a behavioural study (its config has {', '.join(foreign[:3])}: an `evaluate` run or a sweep?)",
+                            "pass --study the name of a run made by `python -m experiments.behavioral` without a subcommand")
         if not self.run.exists("metrics.json"):
             raise UserError(f"the study {name!r} has not finished (no metrics.json in {self.run.folder})",
                             "run it first: python -m experiments.behavioral --preset quick")
         self.name = name
-        self.config = StudyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.run.config.items()})
+        self.config = StudyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
         c = self.config
         self.items = ev.load_task_items(c.held_out_tasks, "val", c.eval_items, c.seed)
         self.pairs = ev.make_pairs(self.items, c.properties or None)
@@ -110,24 +211,27 @@ class PromptPair:
     """object_answer, object_value, hypothetical_answer, hypothetical_value, correct (the study's row)."""
 
 
-def prompt_pairs(view: StudyView, subject: Subject, handle: ModelHandle) -> list[PromptPair]:
-    """Every pair the study scored for `subject`, rendered in `handle`'s prompt format."""
+def scored_pairs(view: StudyView, subject: Subject) -> list[tuple[ev.Pair, dict[str, Any]]]:
+    """Every pair the study scored for `subject`, with that row's labels (LABELS)."""
     rows = subject.rows.set_index(["item_id", "property"])
-    hyp_config = PromptConfig(shots=subject.hypothetical_shots)
-    fmt = handle.prompt_format
     out = []
     for pair in view.pairs:
         key = (pair.item.item_id, pair.prop.name)
-        if key not in rows.index:
-            continue
-        row = rows.loc[key]
-        labels = {k: _plain(row[k]) for k in ("object_answer", "object_value", "hypothetical_answer", "hypothetical_value", "correct")}
-        out.append(PromptPair(pair.item.item_id, pair.spec.name, pair.prop.name,
-                              object_prompt(fmt, pair.item, pair.spec, view.object_config),
-                              hypothetical_prompt(fmt, pair.item, pair.spec, pair.prop, hyp_config), labels))
+        if key in rows.index:
+            row = rows.loc[key]
+            out.append((pair, {k: _plain(row[k]) for k in LABELS}))
     if not out:
         raise UserError(f"the study's rows for {subject.label} match none of its items", "rerun the study with the same preset")
     return out
+
+
+def prompt_pairs(view: StudyView, subject: Subject, handle: ModelHandle) -> list[PromptPair]:
+    """Every pair the study scored for `subject`, rendered in `handle`'s prompt format."""
+    hyp_config = PromptConfig(shots=subject.hypothetical_shots)
+    fmt = handle.prompt_format
+    return [PromptPair(pair.item.item_id, pair.spec.name, pair.prop.name, object_prompt(fmt, pair.item, pair.spec, view.object_config),
+                       hypothetical_prompt(fmt, pair.item, pair.spec, pair.prop, hyp_config), labels)
+            for pair, labels in scored_pairs(view, subject)]
 
 
 def object_values(pairs: list[PromptPair]) -> dict[str, dict[str, Any]]:

@@ -34,7 +34,7 @@ import torch
 
 from experiments.common import config_main, config_parser
 from experiments.mech_engine import check_engine, engine_of, subject_handle
-from experiments.mech import SUBJECTS, StudyView, Subject, open_capture, prompt_pairs, study_name
+from experiments.mech import SUBJECTS, StudyChoice, StudyView, Subject, capture_stores, open_capture, open_study, prompt_pairs, resolved
 from experiments.patching_report import write_report
 from introspect_mi import config as cfg
 from introspect_mi.actstore import ActivationStore
@@ -56,12 +56,10 @@ TABLES = ("pairs", "cells", "grid", "exact", "steering_sweep", "steering", "stee
 
 
 @dataclass(frozen=True)
-class PatchingConfig:
+class PatchingConfig(StudyChoice):
     """Defaults are the full-size run (a GPU, `--preset paper`); the quick preset trims them for a
     2-core CPU."""
 
-    study: str = ""
-    """The behavioural study run to analyse (empty: the one the preset's [study] section makes)."""
     capture: str = ""
     """The capture run that holds the activation stores and gets the results (empty: mech-<study>)."""
     subjects: tuple[str, ...] = ("untrained", "self", "cross")
@@ -128,27 +126,6 @@ class PatchingConfig:
 
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def check_store(capture: RunDir, label: str) -> ActivationStore:
-    """The subject's store in the capture run, finished."""
-    folder = capture.path(f"{label}/store")
-    if not (folder / "store.json").is_file():
-        raise UserError(f"no activation store for {label} in {capture.folder}", f"capture it: {CAPTURE_COMMAND} --subjects {label}")
-    store = ActivationStore.open(folder)
-    if len(store.records) < int(store.info["n_records"]):
-        raise UserError(f"the capture of {label} is incomplete ({len(store.records)} of {store.info['n_records']} records)",
-                        f"let it finish, or rerun {CAPTURE_COMMAND} (it resumes)")
-    return store
-
-
-def open_store(capture: RunDir, label: str, handle: ModelHandle) -> ActivationStore:
-    """The subject's finished store, captured from these very weights."""
-    store = check_store(capture, label)
-    if store.info["model"]["fingerprint"] != handle.fingerprint:
-        raise UserError(f"the {label} store was captured from other weights ({store.info['model']['fingerprint']}, not {handle.fingerprint})",
-                        f"capture again into a fresh run: {CAPTURE_COMMAND} --name <new> and pass --capture <new>")
-    return store
 
 
 def item_prompts(view: StudyView, subject: Subject, handle: ModelHandle, wanted: set[tuple[str, str]]) -> list[ItemPrompts]:
@@ -236,13 +213,13 @@ def concept_stage(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPro
     return {"concepts": rows, "concept_summary": summary}, metrics
 
 
-def run_subject(view: StudyView, capture: RunDir, label: str, c: PatchingConfig) -> tuple[dict[str, pd.DataFrame], dict]:
-    """All five experiments on one subject: its tables (with a `subject` column) and metrics."""
+def run_subject(view: StudyView, store: ActivationStore, label: str, c: PatchingConfig) -> tuple[dict[str, pd.DataFrame], dict]:
+    """All five experiments on one subject (its finished store from the study as it is now): its
+    tables (with a `subject` column) and metrics."""
     started = time.perf_counter()
     subject = view.subject(label)
     handle = subject_handle(view, subject, c.remote)
     nnsight = engine_of(handle, c.engine, c.remote)
-    store = open_store(capture, label, handle)
     groups = {(spec.name, p) for _, spec in view.items for p in c.properties
               if (not c.tasks or spec.name in c.tasks) and get_property(p).applies_to(spec)
               and (not view.config.properties or p in view.config.properties)}
@@ -272,18 +249,20 @@ def main_patching(config: PatchingConfig, preset: str) -> dict:
     unknown = [s for s in config.subjects if s not in SUBJECTS]
     if unknown:
         raise UserError(f"unknown subject(s) {', '.join(unknown)}", f"use some of: {', '.join(SUBJECTS)}")
-    view = StudyView(study_name(preset, config.study))
+    view = open_study(preset, config)
     capture_name = config.capture or f"mech-{view.name}"
     capture = open_capture(capture_name, preset)
-    for label in config.subjects:
-        check_store(capture, label)
-    out = RunDir.create(capture.folder, config.name, cfg.to_dict(config), seed=config.seed)
+    stores, missing = capture_stores(capture, view, config.subjects)
+    if missing:
+        label, why = next(iter(missing.items()))
+        raise UserError(why, f"capture it: {CAPTURE_COMMAND} --subjects {label}")
+    out = RunDir.create(capture.folder, config.name, cfg.to_dict(resolved(config, view)), seed=config.seed)
     started = time.perf_counter()
     tables: dict[str, list[pd.DataFrame]] = {k: [] for k in TABLES}
     results: dict = {"study": view.name, "capture": capture_name, "torch_threads": torch.get_num_threads(),
                      "load_average_1min_start": os.getloadavg()[0], "subjects": {}}
     for label in config.subjects:
-        got, metrics = run_subject(view, capture, label, config)
+        got, metrics = run_subject(view, stores[label], label, config)
         results["subjects"][label] = metrics
         for k, frame in got.items():
             tables[k].append(frame)

@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from experiments.common import config_main
-from experiments.mech import SUBJECTS, StudyView, study_name
+from experiments.mech import SUBJECTS, StudyChoice, StudyView, capture_stores, open_capture, open_study, resolved
 from introspect_mi import config as cfg
 from introspect_mi.actstore import ActivationStore
 from introspect_mi.errors import UserError
@@ -58,9 +58,7 @@ TABLE_COLUMNS = ("experiment", "subject", "property", "target", "split", "train_
 
 
 @dataclass(frozen=True)
-class ProbingConfig(ProbeConfig):
-    study: str = ""
-    """The behavioural study whose held-out items were captured (empty: the one the preset's [study] section makes)."""
+class ProbingConfig(StudyChoice, ProbeConfig):
     capture: str = ""
     """Capture run under runs/ holding <subject>/store (empty: mech-<study>)."""
     subjects: tuple[str, ...] = SUBJECTS
@@ -372,22 +370,6 @@ def run_cells(cells: Sequence[Cell], stores: Mapping[str, ActivationStore], laye
 # --- inputs: stores and M2's answers ------------------------------------------------------------
 
 
-def open_stores(capture: str, subjects: Sequence[str]) -> tuple[dict[str, ActivationStore], dict[str, str]]:
-    """(label → complete store, label → why it is missing)."""
-    present, missing = {}, {}
-    for label in subjects:
-        folder = runs_dir() / capture / label / "store"
-        if not (folder / "store.json").is_file():
-            missing[label] = f"no store at {folder}"
-            continue
-        store = ActivationStore.open(folder)
-        if len(store.records) < int(store.info["n_records"]):
-            missing[label] = f"store at {folder} is incomplete ({len(store.records)} of {store.info['n_records']} records; capture running or interrupted)"
-            continue
-        present[label] = store
-    return present, missing
-
-
 def m2_object_values(view: StudyView) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """(item → {property: value of M2's own object answer}, item → M2's answer): M2 untrained, from the answer cache."""
     from introspect_mi.answers import CallCounter
@@ -443,14 +425,14 @@ def main_probing(config: ProbingConfig, preset: str) -> dict[str, Any]:
 
     torch.set_num_threads(1)  # small matrices: threads cost more than they give on a shared CPU
     start, cpu_start = time.perf_counter(), time.process_time()
-    view = StudyView(study_name(preset, config.study))
-    capture = config.capture or f"mech-{view.name}"
-    stores, missing = open_stores(capture, config.subjects)
+    view = open_study(preset, config)
+    capture = open_capture(config.capture or f"mech-{view.name}", preset)
+    stores, missing = capture_stores(capture, view, config.subjects)
     for label, why in missing.items():
         print(f"missing subject {label}: {why}. Make it with: {CAPTURE_COMMAND}" + (" --subjects cross" if label == "cross" else ""), flush=True)
     if not stores:
-        raise UserError(f"no activation store of {', '.join(config.subjects)} in runs/{capture}", f"capture first: {CAPTURE_COMMAND}")
-    run = RunDir.create(runs_dir() / capture, config.name, cfg.to_dict(config), seed=config.seed)
+        raise UserError(f"no finished activation store of {', '.join(config.subjects)} in {capture.folder}", f"capture first: {CAPTURE_COMMAND}")
+    run = RunDir.create(capture.folder, config.name, cfg.to_dict(resolved(config, view)), seed=config.seed)
     m2_values = m2_answers = None
     if "F" in config.experiments and set(stores) & set(M1_SUBJECTS):
         m2_values, m2_answers = m2_object_values(view)

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ import torch
 
 from experiments.capture import spread
 from experiments.common import config_main
-from experiments.mech import SUBJECTS, StudyView, open_capture, study_name
+from experiments.mech import SUBJECTS, StudyChoice, StudyView, capture_stores, open_capture, open_study, resolved
 from introspect_mi import config as cfg
 from introspect_mi import evaluation as ev
 from introspect_mi.actstore import ActivationStore
@@ -85,9 +86,7 @@ STORE_POSITIONS = ("p_last", "final")
 
 
 @dataclass(frozen=True)
-class SAEFeaturesConfig:
-    study: str = ""
-    """The behavioural study run analysed (empty: the one the preset's [study] section makes)."""
+class SAEFeaturesConfig(StudyChoice):
     capture: str = ""
     """Capture run under runs/ whose activation stores are read; results go to its sae/ folder (empty: mech-<study>)."""
     subjects: tuple[str, ...] = ("untrained", "self")
@@ -720,19 +719,40 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
 # --- main --------------------------------------------------------------------------------------
 
 
-def capture_run(view: StudyView, config: SAEFeaturesConfig, preset: str) -> tuple[RunDir, dict[str, str]]:
-    """The capture run and, per configured subject without a store, how to make it."""
+def capture_run(view: StudyView, config: SAEFeaturesConfig, preset: str) -> tuple[RunDir, dict[str, ActivationStore], dict[str, str]]:
+    """The capture run, its finished stores of the configured subjects (captured from the study as
+    it is now) and, per subject without one, why and how to make it."""
     default = f"mech-{view.name}"
     name = config.capture or default
     run = open_capture(name, preset)
-    missing = {}
-    for label in config.subjects:
-        if not (run.path(f"{label}/store") / "store.json").is_file():
-            command = f"python -m experiments.capture --preset {preset}"
-            missing[label] = (f"no store at {run.path(f'{label}/store')}; make it with `{command}` (writes runs/{default}/"
-                              f"{{untrained,self}}/store), then rerun with --capture {default}" if name != default
-                              else f"no store at {run.path(f'{label}/store')}; make it with `{command} --subjects {' '.join(config.subjects)}`")
-    return run, missing
+    stores, missing = capture_stores(run, view, config.subjects)
+    command = f"python -m experiments.capture --preset {preset}"
+    for label, why in missing.items():
+        missing[label] = (f"{why}; make it with `{command}` (writes runs/{default}/{{untrained,self}}/store), then rerun with --capture {default}"
+                          if name != default else f"{why}; make it with `{command} --subjects {' '.join(config.subjects)}`")
+    return run, stores, missing
+
+
+def start_output(run: RunDir, config: SAEFeaturesConfig, view: StudyView) -> None:
+    """`sae/` with this config (a rerun resumes it); one made with other settings is an error, never overwritten."""
+    try:
+        RunDir.create(run.folder, OUT, cfg.to_dict(resolved(config, view)), seed=config.seed)
+    except UserError as exc:
+        raise UserError(exc.problem, f"delete {run.path(OUT)} to analyse with these settings, or analyse another capture run (--capture)") from None
+
+
+def replace_folder(folder: Path, write: Callable[[Path], object]) -> None:
+    """`write` a fresh folder beside `folder`, then swap it in: no file of an earlier run survives (a
+    latent no longer chosen keeps no page), and a crash leaves the old pages or the new ones, never
+    a mix (between the two renames: no folder, until the rerun)."""
+    staging, old = folder.with_name(f".{folder.name}.new"), folder.with_name(f".{folder.name}.old")
+    for leftover in (staging, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    write(staging)
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main_sae_features(config: SAEFeaturesConfig, preset: str) -> dict[str, Any]:
@@ -740,14 +760,14 @@ def main_sae_features(config: SAEFeaturesConfig, preset: str) -> dict[str, Any]:
     if unknown:
         raise UserError(f"subject(s) {', '.join(unknown)} cannot be analysed with M1's SAEs", "use untrained and/or self")
     clock = _Clock()
-    view = StudyView(study_name(preset, config.study))
-    run, missing = capture_run(view, config, preset)
+    view = open_study(preset, config)
+    run, stores, missing = capture_run(view, config, preset)
     present = [s for s in config.subjects if s not in missing]
     for label, why in missing.items():
         _log(f"skipping {label}: {why}")
     if not present:
-        raise UserError(f"the capture run {run.name} has no store for {', '.join(config.subjects)}", next(iter(missing.values())))
-    run.write_json(f"{OUT}/config.json", cfg.to_dict(config))
+        raise UserError(f"the capture run {run.name} has no finished store for {', '.join(config.subjects)}", next(iter(missing.values())))
+    start_output(run, config, view)
 
     m1 = view.load(view.subject("untrained"))
     saes, quality = train_saes(m1, view, config, run)
@@ -758,9 +778,8 @@ def main_sae_features(config: SAEFeaturesConfig, preset: str) -> dict[str, Any]:
     tables: dict[str, list[pd.DataFrame]] = defaultdict(list)
     checks = {}
     for label in present:
-        store = ActivationStore.open(run.path(f"{label}/store"))
         handle = m1 if label == "untrained" else view.load(view.subject(label))
-        analysed[label], subject_tables, checks[label] = analyse_subject(handle, label, store, saes, config, clock)
+        analysed[label], subject_tables, checks[label] = analyse_subject(handle, label, stores[label], saes, config, clock)
         for name, table in subject_tables.items():
             tables[name].append(table)
     for name, parts in tables.items():
@@ -774,9 +793,8 @@ def main_sae_features(config: SAEFeaturesConfig, preset: str) -> dict[str, Any]:
     if {"untrained", "self"} <= set(analysed):
         parts = [differential_table(*own_prompt_acts(analysed["untrained"].sacts, analysed["self"].sacts), OWN_PROMPTS)]
         if config.differential_items:
-            self_store = ActivationStore.open(run.path("self/store"))
-            parts.append(differential_table(*same_prompt_acts(m1, analysed["self"].sacts, self_store.records, saes, config.differential_items,
-                                                              config), SAME_PROMPTS))
+            parts.append(differential_table(*same_prompt_acts(m1, analysed["self"].sacts, stores["self"].records, saes,
+                                                              config.differential_items, config), SAME_PROMPTS))
         differential = pd.concat(parts, ignore_index=True)
         run.write_table(f"{OUT}/differential", differential)
     elif run.exists(f"{OUT}/differential.jsonl"):
@@ -786,8 +804,8 @@ def main_sae_features(config: SAEFeaturesConfig, preset: str) -> dict[str, Any]:
     features = run.read_table(f"{OUT}/attribution_features")
     ranking = None if differential is None else differential[differential["inputs"] == differential["inputs"].iloc[-1]]
     pages = page_choices(features, ranking, config.top_features)
-    write_feature_pages(run.path(f"{OUT}/features"), [feature_page(layer, f, why, analysed, m1, saes[layer], config.page_examples)
-                                                      for (layer, f), why in sorted(pages.items())], back_link="../report.html")
+    page_list = [feature_page(layer, f, why, analysed, m1, saes[layer], config.page_examples) for (layer, f), why in sorted(pages.items())]
+    replace_folder(run.path(f"{OUT}/features"), lambda folder: write_feature_pages(folder, page_list, back_link="../report.html"))
     write_sae_report(run, config, missing, pages)
     clock.lap("feature pages, report")
 

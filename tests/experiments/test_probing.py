@@ -61,12 +61,13 @@ def _directions() -> dict[str, np.ndarray]:
     return {n: vectors[i] for i, n in enumerate(names)}
 
 
-def write_store(folder: Path) -> list[dict]:
+def write_store(folder: Path, identity: dict[str, str] | None = None) -> list[dict]:
+    """The planted store; `identity`: the study state it claims to be captured from (as a capture records it)."""
     items, u = _items(), _directions()
     rng = np.random.default_rng(2)
     places = [Place(PlaceKind.RESID_POST, layer) for layer in range(LAYERS)]
     info = {"places": [str(p) for p in places], "positions": ["p_last", "final", "answer_first"], "dtype": "float32",
-            "n_layers": LAYERS, "d_model": D, "n_records": 2 * len(items)}
+            "n_layers": LAYERS, "d_model": D, "n_records": 2 * len(items), **({"identity": identity} if identity else {})}
     writer = StoreWriter(folder, info, shard_records=50)
 
     def add(record: dict, planted: dict[tuple[int, str], np.ndarray]) -> None:
@@ -178,15 +179,24 @@ def test_f_labels_come_from_m2_and_from_the_model_itself(results) -> None:
     assert 0.2 < agreement < 0.5 and list(f["agreement"]) == pytest.approx([agreement] * len(f))
 
 
-def test_cli_writes_the_run_and_names_missing_subjects(tmp_path: Path) -> None:
-    """End to end through the CLI on a fake finished study (no model: F is left out)."""
-    study = tmp_path / "study-x"
-    study.mkdir()
+def test_cli_writes_the_run_and_names_missing_subjects(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end through the CLI on a finished tiny study whose capture is the planted store (no model runs: F is left out)."""
     from experiments.behavioral_config import StudyConfig
-    (study / "config.json").write_text(json.dumps(cfg.to_dict(StudyConfig(eval_items=2))))
-    (study / "metrics.json").write_text("{}")
-    write_store(tmp_path / "cap" / "untrained" / "store")
-    env = {**os.environ, "INTROSPECT_MI_RUNS": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    from experiments.mech import StudyView, capture_identity
+    from introspect_mi import evaluation as ev
+    from introspect_mi.store import RunDir
+
+    env = {**os.environ, "INTROSPECT_MI_RUNS": str(tmp_path), "INTROSPECT_MI_CHECKPOINTS": str(tmp_path / "checkpoints"), "HF_HUB_OFFLINE": "1"}
+    for key in ("INTROSPECT_MI_RUNS", "INTROSPECT_MI_CHECKPOINTS"):
+        monkeypatch.setenv(key, env[key])
+    study = StudyConfig(m1=str(tiny_llama_dir), held_out_tasks=("animals",), properties=("first_character",), eval_items=2)
+    run = RunDir.create(tmp_path, "study-x", cfg.to_dict(study), seed=0)
+    pairs = ev.make_pairs(ev.load_task_items(study.held_out_tasks, "val", study.eval_items, study.seed), study.properties)
+    run.write_table("rows_0", ev.score_rows(pairs, {p.item.item_id: ["cat"] for p in pairs}, [["c"]] * len(pairs)))
+    run.write_json("metrics.json", {})
+    RunDir.create(tmp_path, "cap", {"capture": "planted"}, seed=0)
+    view = StudyView("study-x")
+    write_store(tmp_path / "cap" / "untrained" / "store", capture_identity(view, view.subject("untrained")))
     args = ["--study", "study-x", "--capture", "cap", "--subjects", "untrained", "self", "--experiments", "A", "B", "C", "D", "E",
             "--properties", "second_character", "ethical_stance", "--c-grid", "0.1", "--n-boot", "50", "--layer-stride", "2", "--min-class-items", "3", "--item-folds", "3"]
     done = subprocess.run([sys.executable, "-m", "experiments.probing", *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -201,9 +201,14 @@ def test_the_experiment_writes_report_pages_tables_and_metrics(experiment) -> No
     assert json.loads((out / "metrics.json").read_text())["pages"] == metrics["pages"]
 
 
-def test_a_rerun_reuses_the_saes_and_gives_the_same_numbers(experiment) -> None:
-    _, first = experiment
+def test_a_rerun_reuses_the_saes_and_gives_the_same_numbers_and_leaves_no_stale_page(experiment) -> None:
+    root, first = experiment
+    pages = root / "runs" / f"mech-{STUDY}" / "sae" / "features"
+    stale = pages / "resid_post.99-f12345.html"
+    stale.write_text("the page of a latent an earlier run chose")
     second = sf.main_sae_features(TINY, "quick")
+    assert not stale.exists() and len(list(pages.glob("*.html"))) == second["pages"]
+    assert not list(pages.parent.glob(".features.*"))  # no staging folder left behind
     assert all(m["reused"] for m in second["saes"].values())
     for key in ("overlap_jaccard", "attribution", "ablation", "differential_top"):
         assert second[key] == first[key]
@@ -234,3 +239,24 @@ def test_quick_preset_builds_a_valid_config() -> None:
     config = cfg.build(sf.SAEFeaturesConfig, cfg.load_preset(preset_path("quick"), "sae_features"))
     assert set(config.subjects) <= {"untrained", "self"} and all(0 <= layer < 30 for layer in config.layers)  # SmolLM2: 30 layers
     assert config.eval_prompts < config.train_items * 6 * (1 + config.hypotheticals_per_item)
+
+
+def test_a_rerun_with_other_settings_is_refused_and_keeps_the_results(experiment) -> None:
+    root, _ = experiment
+    out = root / "runs" / f"mech-{STUDY}" / "sae"
+    before = {p: p.read_bytes() for p in (out / "config.json", out / "metrics.json")}
+    with pytest.raises(UserError, match="taken by a different config .*differs in: top_features"):
+        sf.main_sae_features(sf.SAEFeaturesConfig(**{**TINY.__dict__, "top_features": 2}), "quick")
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_an_incomplete_store_is_not_analysed(experiment) -> None:
+    root, _ = experiment
+    partial = root / "runs" / "cap-partial"
+    shutil.copytree(root / "runs" / f"mech-{STUDY}" / "untrained" / "store", partial / "untrained" / "store")
+    shutil.copy(root / "runs" / f"mech-{STUDY}" / "config.json", partial / "config.json")
+    info = partial / "untrained" / "store" / "store.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "n_records": 10_000}))  # as if the capture were killed mid-way
+    with pytest.raises(UserError, match="the capture of untrained is incomplete"):
+        sf.main_sae_features(sf.SAEFeaturesConfig(**{**TINY.__dict__, "capture": "cap-partial", "subjects": ("untrained",)}), "quick")
+    assert not (partial / "sae").exists()
