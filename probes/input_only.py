@@ -31,6 +31,7 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,7 @@ ANCHORS = ("@first", "@last")
 class InputOnlyConfig:
     """Settings of the input-only predictor."""
 
-    dim: int = 2048
+    dim: int = 1024
     """Hash buckets of the n-gram features (memory of a fit: about 12 × rows × dim × 4 bytes)."""
     c_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     """Inverse L2 strengths tried by item-grouped cross-validation on the training rows."""
@@ -59,6 +60,10 @@ class InputOnlyConfig:
     """Training rows a label needs to be learnt (rarer labels' rows are left out)."""
     max_classes: int = 50
     """Most common labels kept per property (bounds the weight tensor)."""
+    max_iter: int = 50
+    """L-BFGS iterations at most per fit (as the quick probing preset: later steps no longer change predictions)."""
+    tol: float = 1e-3
+    """Gradient tolerance of a fit."""
     seed: int = 0
     """Seed of the cross-validation folds."""
 
@@ -104,12 +109,19 @@ def _feature_names(text: str) -> list[str]:
     return names
 
 
+@lru_cache(maxsize=65536)
+def _hashed(text: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket indices, counts) of one text: cached, since cross-validation featurises a text many times."""
+    counts = Counter(zlib.crc32(n.encode("utf-8")) % dim for n in _feature_names(text))
+    return np.fromiter(counts.keys(), dtype=np.int64), np.fromiter(counts.values(), dtype=np.float32)
+
+
 def features(texts: Sequence[str], dim: int) -> np.ndarray:
     """[texts, dim] float32: log1p of hashed feature counts (see the module docstring)."""
     out = np.zeros((len(texts), dim), dtype=np.float32)
     for i, text in enumerate(texts):
-        for name, count in Counter(zlib.crc32(n.encode("utf-8")) % dim for n in _feature_names(text)).items():
-            out[i, name] = count
+        idx, counts = _hashed(text, dim)
+        out[i, idx] = counts
     return np.log1p(out)
 
 
@@ -136,7 +148,7 @@ def _fit_property(X: np.ndarray, labels: Sequence[str], groups: Sequence[str], c
     g = [groups[i] for i in rows]
     if len(kept) < 2 or len(set(g)) < 2:
         return PropertyModel(None, most_common(y))
-    probe_config = ProbeConfig(c_grid=config.c_grid, folds=config.folds, seed=config.seed)
+    probe_config = ProbeConfig(c_grid=config.c_grid, folds=config.folds, max_iter=config.max_iter, tol=config.tol, seed=config.seed)
     return PropertyModel(fit_probe(X[rows], y, probe_config, groups=g), None)
 
 
