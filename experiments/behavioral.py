@@ -8,10 +8,13 @@
 
 The study, every stage cached or resumable: M1's object-level answers on the training tasks →
 self-prediction data (plus, with --object-replay, M1's own object-level answers) → LoRA-finetune
-M1 (self) → self-trained M1's object answers → cross data (the same questions labelled with
+M1 (self; with --self-rounds N, N rounds, each relabelled with the previous round's behaviour:
+experiments/behavioral_training.py) → self-trained M1's object answers → cross data (the same questions labelled with
 self-trained M1's behaviour; replay of the same items with M2's own answers) → finetune M2
 (cross) → evaluate on held-out tasks (untrained M1 on itself, self-trained M1 on itself,
-cross-trained M2 on self-trained M1; mode baselines, CIs) → the primary endpoint (self − cross on
+cross-trained M2 on self-trained M1; the input-only control, which reads only P's text
+(probes/input_only.py), trained on cross's labels and, as an upper bound, cross-validated within
+the held-out pairs; mode baselines, CIs) → the primary endpoint (self − cross on
 the same pairs, paired and item-clustered, declared in experiments/behavioral_endpoint.py;
 printed first, the rest is exploratory) → calibration (CIs over prompts, noise floor) → untrained vs
 self-trained M1 on the training tasks' val items (did the finetune work in distribution?) →
