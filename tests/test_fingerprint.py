@@ -103,3 +103,12 @@ def test_a_damaged_cache_entry_is_hashed_again(checkpoint: Path) -> None:
     for entry in fingerprint.cache_dir().rglob("*.json"):
         entry.write_text("{not json")
     assert fingerprint.cached_digest(weights) == digest
+
+
+def test_weights_fingerprint_is_the_loaded_handles_without_loading(tiny_llama_dir: Path, tmp_path: Path, checkpoints: Path) -> None:
+    from introspect_mi.models import load, weights_fingerprint
+    from tests.test_models import make_adapter
+
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter")
+    assert weights_fingerprint(tiny_llama_dir) == load(tiny_llama_dir).fingerprint
+    assert weights_fingerprint(tiny_llama_dir, [adapter]) == load(tiny_llama_dir, adapter=adapter).fingerprint != weights_fingerprint(tiny_llama_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.behavioral_config import EvalConfig, StudyConfig
+from experiments.behavioral_config import EvalConfig
 from experiments.capture import CaptureConfig, main_capture
 from experiments.common import config_parser
 from experiments.finetune_sweep import SweepConfig
