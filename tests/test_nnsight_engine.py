@@ -14,7 +14,7 @@ import torch
 from introspect_mi.capture import CapturePrompt, CaptureSpec, capture, encode, forward
 from introspect_mi.models import ModelHandle, load
 from introspect_mi.nnsight_engine import NnsightEngine
-from introspect_mi.patching import Cell, Patch, align_ends, clean_run, logit_diff, patch
+from introspect_mi.patching import Cell, Patch, align_ends, clean_run, kl_to_clean, logit_diff, patch
 from introspect_mi.places import Place, PlaceKind, resid_post
 from tests.tolerance import BATCHED
 
@@ -93,3 +93,27 @@ def assert_patching_equal(handle: ModelHandle, engine: NnsightEngine, places: li
     assert torch.equal(engine.patch([Patch(nb, na, c) for c in cells[:4]], lambda v, _t: v.sum(-1), batch_size=1, read=read),
                        patch(handle.model, [Patch(rb, ra, c) for c in cells[:4]], lambda v, _t: v.sum(-1), batch_size=1,
                              reuse_prefix=False, read=read))
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_nnsight_engine_equals_raw_hooks() -> None:
+    handle = load("smollm2-135m-instruct")
+    engine = NnsightEngine.of(handle)
+    n = handle.n_layers
+    encoded = [encode(handle, CapturePrompt(t, (0, 3))) for t in TEXTS]
+    places = [resid_post(l) for l in range(n)] + [Place(PlaceKind.ATTN_OUT, n // 2), Place(PlaceKind.MLP_OUT, n - 1), Place(PlaceKind.FINAL_NORM)]
+    ref = forward(handle, encoded, places, answer_step=True)
+    got = forward(handle, encoded, places, answer_step=True, nnsight=engine)
+    assert got.answer_ids == ref.answer_ids
+    assert all(torch.equal(got.acts[p], ref.acts[p]) for p in places)
+    # Patching: 12 single cells spread over layers and the tokens after the prompts differ, and one
+    # cell over every aligned token.
+    (ra, rb), (na, nb) = runs_pair(handle, None, []), runs_pair(handle, engine, [])
+    pairs = align_ends(ra.ids, rb.ids)
+    first = next(i for i, (x, y) in enumerate(zip(ra.ids, rb.ids)) if x != y)
+    grid = [(l, s, t) for l in range(0, n, 3) for s, t in pairs if t >= first]
+    cells = [Cell(resid_post(l), (t,), (s,)) for l, s, t in grid[:: max(1, len(grid) // 12)][:12]] + [Cell.aligned(resid_post(n // 2), pairs)]
+    metric = kl_to_clean()  # 0 at the clean target, > 0 wherever a patch changes the prediction
+    raw = patch(handle.model, [Patch(rb, ra, c) for c in cells], metric, batch_size=1, reuse_prefix=False)
+    traced = engine.patch([Patch(nb, na, c) for c in cells], metric, batch_size=1)
+    assert torch.equal(traced, raw) and (raw > 0).all()
