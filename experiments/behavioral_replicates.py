@@ -17,8 +17,9 @@ item-clustered, degenerate cells excluded: experiments/behavioral_endpoint.py).
 - `scaling`: a seeded share of every task × property of the self data (replay scaled with it;
   the same subset for cross), finetune seed = the study's. Writes accuracy vs number of training
   questions for self, cross and input-only with 95% CIs (items resampled) and a Plotly figure.
-Results: runs/<study name>-seeds/ and runs/<study name>-scaling/ (replicates.csv, metrics.json,
-scaling.html). Neither is part of `make study`: each finetune costs minutes on a CPU.
+Results: runs/<study name>-seeds<N>[-rounds<R>]/ and runs/<study name>-scaling[-rounds<R>]/
+(replicates.csv, spread.csv, metrics.json; scaling.html). Neither is part of `make study`: each
+finetune costs minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ from introspect_mi.paths import checkpoints_dir
 
 
 def _study(config: StudyConfig, kind: str) -> Study:
-    """A Study whose run folder is `<study name>-<kind>` and whose adapters are the study's."""
+    """A Study whose run folder is `<study name>-<kind>[-rounds<R>]` and whose adapters are the study's."""
     base = config.name or default_name(config)
-    s = Study(dataclasses.replace(config, name=f"{base}-{kind}"))
+    rounds = f"-rounds{config.self_rounds}" if config.self_rounds > 1 else ""
+    s = Study(dataclasses.replace(config, name=f"{base}-{kind}{rounds}"))
     s.adapters = checkpoints_dir() / "adapters" / base
     return s
 
@@ -122,7 +124,7 @@ def seeds(config: SeedsConfig) -> dict[str, Any]:
     """`python -m experiments.behavioral seeds`: the endpoint per finetune seed and its spread."""
     if config.seeds < 1:
         raise UserError(f"--seeds {config.seeds} trains nothing", "use --seeds 1 or more (3 for a spread)")
-    s = _study(config, "seeds")
+    s = _study(config, f"seeds{config.seeds}")
     bases = tr.load_bases(s)
     results = []
     for k in range(config.seeds):

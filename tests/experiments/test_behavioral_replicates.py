@@ -46,7 +46,7 @@ def toy_env(tiny_llama_dir: Path, tiny_gemma_dir: Path, tmp_path: Path, monkeypa
 def test_seeds_with_two_rounds_then_scaling_reuse_each_others_adapters(toy_env: list[str], tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert behavioral.main(["seeds", *toy_env, "--seeds", "2", "--self-rounds", "2"]) == 0
-    metrics = json.loads((tmp_path / "runs" / "toy-seeds" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "runs" / "toy-seeds2-rounds2" / "metrics.json").read_text())
     reps = metrics["replicates"]
     assert [(r["seed"], r["round"]) for r in reps] == [(0, 1), (0, 2), (1, 1), (1, 2)]
     adapters = tmp_path / "checkpoints" / "adapters" / "toy"  # the study's folder: seed 0, round 1 is `self` / `cross`
