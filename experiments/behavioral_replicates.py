@@ -32,7 +32,7 @@ import pandas as pd
 
 from experiments import behavioral_training as tr
 from experiments.behavioral_config import ScalingConfig, SeedsConfig, StudyConfig
-from experiments.behavioral_endpoint import align, excluded_cells, paired_stats
+from experiments.behavioral_endpoint import align, comparison_line, excluded_cells, paired_stats
 from experiments.behavioral_eval import Predictor, Scoring, score
 from experiments.behavioral_input_only import input_only_predictors
 from experiments.behavioral_study import Study, default_name, finetune_config
@@ -86,14 +86,8 @@ def run_replicate(s: Study, bases: tr.Bases, rep: tr.Replicate) -> list[dict[str
                     "endpoint": endpoint(self_rows, cross_rows, c.n_boot, c.seed),
                     "self_vs_input_only": endpoint(self_rows, input_rows, c.n_boot, c.seed),
                     "input_only": inputs})
-        _log(f"{rnd.name}: self − cross {_fmt(out[-1]['endpoint'])}")
+        _log(f"{rnd.name}: {comparison_line(out[-1]['endpoint'], 'self', 'cross')}")
     return out
-
-
-def _fmt(e: dict[str, Any]) -> str:
-    if not e.get("n_pairs"):
-        return "no pairs"
-    return f"{e['diff'] * 100:+.1f} pts (95% CI {e['diff_ci_low'] * 100:+.1f} to {e['diff_ci_high'] * 100:+.1f}, p = {e['p_value']:.3g}, n = {e['n_pairs']})"
 
 
 def flat(results: list[dict[str, Any]]) -> pd.DataFrame:
