@@ -155,4 +155,6 @@ def _behaviour_change_section(bc: dict) -> Section:
     return Section("Behaviour change", figures=[fig], text=(
         f"M_C = self-trained M1 finetuned on {bc['n_train']} object-level answers of {bc['source']}. On {bc['n_changed']} held-out "
         f"(item, property) pairs whose property value changed, M_C's hypothetical answers match its new behaviour "
-        f"{bc['new']['value']:.1%} of the time and its old behaviour {bc['old']['value']:.1%}."))
+        f"{bc['new']['value']:.1%} of the time and its old behaviour {bc['old']['value']:.1%}."
+        + (f" Exact McNemar test of new vs old on the same pairs: {bc['mcnemar']['new_only']} pairs match only the new behaviour, "
+           f"{bc['mcnemar']['old_only']} only the old, p = {bc['mcnemar']['p_value']:.3g}." if "mcnemar" in bc else "")))
