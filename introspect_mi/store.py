@@ -27,20 +27,15 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import re
-import socket
-import subprocess
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from introspect_mi.durable import atomic_write_bytes, atomic_write_text, file_lock, remove_stale_temps
 from introspect_mi.errors import UserError
-from introspect_mi.paths import PROJECT_ROOT
+from introspect_mi.provenance import provenance, utc_now
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,7 +45,6 @@ log = logging.getLogger(__name__)
 KEY_CHARS = 32  # hex digits of sha256(prompt) stored as "k"
 DECODING_KEY_CHARS = 16
 TAIL_CHUNK = 1 << 16  # bytes read at a time when looking back for the last newline
-PROVENANCE_PACKAGES = ("torch", "transformers", "peft", "transformer_lens", "nnsight", "sae_lens", "numpy", "pandas")
 
 
 # --- answer cache ----------------------------------------------------------------------------
@@ -265,50 +259,9 @@ def _read_json_file(path: Path) -> Any:
 # --- run folders -----------------------------------------------------------------------------
 
 
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _canonical_config(config: Mapping[str, Any]) -> str:
     """Pretty JSON with sorted keys; Paths and other non-JSON values are written as strings."""
     return json.dumps(dict(config), indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
-
-
-def library_versions() -> dict[str, str | None]:
-    """Python and the main libraries' installed versions (None where not installed)."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("introspect-mi", *PROVENANCE_PACKAGES):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any]:
-    """{"commit", "dirty"} of the project checkout, both None when it is not a git checkout."""
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout if out.returncode == 0 else None
-
-    top = git("rev-parse", "--show-toplevel")
-    if top is None or Path(top.strip()).resolve() != Path(root).resolve():
-        return {"commit": None, "dirty": None}  # not a checkout, or an unrelated repo above an install
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain")
-    return {"commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None}
-
-
-def provenance(seed: int) -> dict[str, Any]:
-    """What a run records about where and with what it ran."""
-    return {
-        "versions": library_versions(), "git": git_state(), "seed": seed,
-        "hostname": socket.gethostname(), "started_utc": _utc_now(),
-    }
 
 
 class RunDir:
@@ -433,7 +386,7 @@ class RunDir:
         """Record a finished stage (atomic rewrite of stages.json, under the lock), so a resumed run skips it."""
         with file_lock(self.folder / self.LOCK):
             stages = self.stages()
-            stages[stage] = {**dict(info or {}), "finished_utc": _utc_now()}
+            stages[stage] = {**dict(info or {}), "finished_utc": utc_now()}
             self.write_json(self.STAGES, stages)
 
 

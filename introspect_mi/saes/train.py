@@ -36,9 +36,10 @@ from introspect_mi.durable import file_lock
 from introspect_mi.errors import UserError
 from introspect_mi.paths import checkpoints_dir
 from introspect_mi.places import Place, bridge_name
+from introspect_mi.provenance import library_versions
 from introspect_mi.saes.load import CFG_FILE, SIDECAR_FILE, WEIGHTS_FILE, LoadedSAE, as_place, load_sae
 from introspect_mi.saes.metrics import reconstruction_metrics
-from introspect_mi.store import library_versions, safe_name
+from introspect_mi.store import safe_name
 
 SIDECAR_FORMAT = 1
 log = logging.getLogger(__name__)
