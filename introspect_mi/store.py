@@ -77,12 +77,13 @@ def safe_name(fingerprint: str) -> str:
 class AnswerCache:
     """Results of model calls for one (model fingerprint, decoding settings), kept on disk.
 
-    Files: `root/<safe fingerprint>/<decoding key>.jsonl` (one line per `put_many` batch:
+    Files: `root/<safe fingerprint>/<decoding key>.jsonl` (one line per `put_many` batch,
     `{"batch": [record, ...]}`, a record being `{"k": sha256(prompt)[:32], "prompt": ..., "result": ...}`;
     files written before batches were framed hold one record per line, read as they are),
     `<decoding key>.decoding.json` beside it (the settings that file holds), `model.json` (the
-    fingerprint) and a `.lock` per JSONL. Duplicate prompts: the last record wins. Counters: `hits` and `misses` count the unique
-    prompts looked up by `missing()`; `writes` counts the records written.
+    fingerprint) and a `.lock` per JSONL. Duplicate prompts: the last record wins. Counters:
+    `hits` and `misses` count the unique prompts looked up by `missing()`; `writes` counts the
+    records written.
     """
 
     def __init__(self, root: Path, fingerprint: str, decoding: Mapping[str, Any]) -> None:
