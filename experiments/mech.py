@@ -32,6 +32,7 @@ import pandas as pd
 from experiments.behavioral_config import StudyConfig
 from experiments.common import preset_path
 from introspect_mi import config as cfg
+from introspect_mi import embedded
 from introspect_mi import evaluation as ev
 from introspect_mi.actstore import INFO as STORE_INFO
 from introspect_mi.actstore import ActivationStore
@@ -113,13 +114,22 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
 
 
+def subject_fingerprint(subject: Subject) -> str:
+    """The subject's weights fingerprint (`ModelHandle.fingerprint`) without loading them. A base
+    model named by a hub id with no local copy (captured with --remote on NDIF) is `hub:<id>`, as
+    its remote handle records it."""
+    model = subject.model
+    if subject.adapter is None and model not in embedded.EMBEDDED and not Path(model).expanduser().exists() and model.count("/") == 1:
+        return f"hub:{model}"
+    return weights_fingerprint(model, [subject.adapter] if subject.adapter else [])
+
+
 def capture_identity(view: StudyView, subject: Subject) -> dict[str, str]:
     """What a capture of `subject` is made from: the study (name, config), the subject's weights
     (model + adapter fingerprint), its items and the study's labels for them. The capture records
     it in the store's info; the capture's reuse and every reader compare it with the study now."""
     pairs = scored_pairs(view, subject)
-    return {"study": view.name, "study_config": digest(view.run.config),
-            "fingerprint": weights_fingerprint(subject.model, [subject.adapter] if subject.adapter else []),
+    return {"study": view.name, "study_config": digest(view.run.config), "fingerprint": subject_fingerprint(subject),
             "items": digest([[pair.item.item_id, pair.prop.name] for pair, _ in pairs]),
             "labels": digest([labels for _, labels in pairs])}
 

@@ -124,6 +124,12 @@ def test_other_items_change_the_identity(study: TinyStudy) -> None:
     assert {k for k in before if before[k] != after[k]} == {"study_config", "items", "labels"}
 
 
+def test_a_model_known_here_only_by_its_hub_id_is_fingerprinted_as_its_remote_handle_is(study: TinyStudy) -> None:
+    rewrite_config(study, m1="meta-llama/Llama-3.1-8B-Instruct")  # a study whose untrained subject is captured on NDIF
+    view = StudyView(study.name)
+    assert capture_identity(view, view.subject("untrained"))["fingerprint"] == "hub:meta-llama/Llama-3.1-8B-Instruct"
+
+
 # --- end to end: a changed study is never reused ---------------------------------------------------
 
 
