@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from experiments.behavioral_endpoint import KEY, PRIMARY_ENDPOINT
+
 ROOT = Path(__file__).resolve().parents[2]
 TOY = ["--train-tasks", "countries", "mcq_arithmetic", "--held-out-tasks", "animals", "mcq_general",
        "--properties", "first_character", "among_a_or_c", "--train-items", "6", "--per-cell", "6", "--eval-items", "4",
@@ -28,6 +30,24 @@ def study(tmp_path: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=900)
 
 
+def assert_primary_endpoint(e: dict, metrics: dict, stdout: str, run: Path) -> None:
+    """The declared endpoint is stored, printed first, split as planned, and in the report (behavioral_endpoint.py)."""
+    assert e["definition"] == PRIMARY_ENDPOINT and e["second"] in metrics["predictors"] and e["first"] in metrics["predictors"]
+    n_excluded = sum(c["n_pairs"] for c in e["excluded_cells"])
+    assert e["primary"]["n_pairs"] + n_excluded == e["all_cells"]["n_pairs"] > 0  # the rule only removes whole cells
+    assert all(c["mode_baseline"] > 0.7 and c["reason"] for c in e["excluded_cells"])
+    for name, parts in (("self_finetune", ("changed", "unchanged")), ("m2_behaviour", ("agrees", "differs"))):
+        assert sum(e["splits"][name][part]["n_pairs"] for part in parts) == e["primary"]["n_pairs"]
+    assert set(e["others"]) == set(metrics["predictors"]) - set(list(metrics["predictors"])[:3])  # the input-only predictors
+    if e["primary"]["n_pairs"]:
+        assert {"diff", "diff_ci_low", "diff_ci_high", "p_value", "mdd", "macro_diff"} <= set(e["primary"])
+    assert all({"noise_floor", "mad_sampled_ci_low", "mad_exact_ci_high"} <= set(cal) for cal in metrics["calibration"].values())
+    assert stdout.index("PRIMARY ENDPOINT") < stdout.index("EXPLORATORY") < stdout.index("predictor → target")
+    report = (run / "report.html").read_text()
+    assert report.index("Primary endpoint") < report.index("Exploratory: Accuracy vs mode baseline")
+    assert "PRIMARY: self − cross, excluded cells left out" in report and "Per task × property" in report and "noise_floor" in report
+
+
 def without_finetune_state(metrics: dict) -> dict:
     """The metrics minus what says whether a finetune ran now or was reused."""
     return {**metrics, "finetunes": {k: {f: v for f, v in ft.items() if f != "trained_now"} for k, ft in metrics["finetunes"].items()}}
@@ -40,8 +60,11 @@ def test_the_toy_study_runs_every_stage_and_a_rerun_reuses_them(tmp_path: Path, 
     run = tmp_path / "runs" / "toy"
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["predictors"]) == 5 and len(metrics["calibration"]) == 3  # + the two input-only predictors (no calibration)
-    assert set(metrics["training_tasks"]) == {metrics["comparison"]["first"], next(iter(metrics["predictors"]))}
-    assert metrics["training_tasks_comparison"]["first"] == metrics["comparison"]["first"]  # self-trained vs untrained
+    endpoint = metrics[KEY]
+    assert set(metrics["training_tasks"]) == {endpoint["first"], next(iter(metrics["predictors"]))}
+    assert metrics["training_tasks_comparison"]["first"] == endpoint["first"]  # self-trained vs untrained, paired
+    assert metrics["training_tasks_comparison"]["n_pairs"] > 0 and "p_value" in metrics["training_tasks_comparison"]
+    assert_primary_endpoint(endpoint, metrics, first.stdout, run)
     for predictors in (metrics["predictors"], metrics["training_tasks"]):
         assert all(p["overall"]["n_items"] > 0 for p in predictors.values())
     assert {ft for ft in metrics["finetunes"]} == {"self", "cross", "behaviour_change"}
