@@ -22,6 +22,7 @@ quick`) must exist: its stores give D's steering vectors.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import sys
@@ -244,6 +245,25 @@ def run_subject(view: StudyView, store: ActivationStore, label: str, c: Patching
     return {k: v.assign(subject=label) for k, v in tables.items()}, metrics
 
 
+def subject_results(out: RunDir, view: StudyView, store: ActivationStore, label: str,
+                    c: PatchingConfig) -> tuple[dict[str, pd.DataFrame], dict]:
+    """One subject's tables and metrics, computed once per store and kept in `subjects/<label>/`,
+    so a run killed during a later subject resumes after the finished ones. They are always read
+    back from there, so a resumed run writes the same bytes as an uninterrupted one."""
+    stage = f"subject:{label}"
+    made_from = hashlib.sha256((store.folder / "store.json").read_bytes()).hexdigest()
+    if out.stages().get(stage, {}).get("store") == made_from:
+        _log(f"{label}: finished earlier, reused")
+    else:
+        got, metrics = run_subject(view, store, label, c)
+        for k, frame in got.items():
+            out.write_table(f"subjects/{label}/{k}", frame)
+        out.write_json(f"subjects/{label}/metrics.json", _finite(metrics))
+        out.mark_done(stage, {"store": made_from, "tables": sorted(got)})
+    tables = out.stages()[stage]["tables"]
+    return {k: out.read_table(f"subjects/{label}/{k}") for k in tables}, out.read_json(f"subjects/{label}/metrics.json")
+
+
 def main_patching(config: PatchingConfig, preset: str) -> dict:
     check_engine(config.engine, config.remote, config.subjects)
     unknown = [s for s in config.subjects if s not in SUBJECTS]
@@ -262,7 +282,7 @@ def main_patching(config: PatchingConfig, preset: str) -> dict:
     results: dict = {"study": view.name, "capture": capture_name, "torch_threads": torch.get_num_threads(),
                      "load_average_1min_start": os.getloadavg()[0], "subjects": {}}
     for label in config.subjects:
-        got, metrics = run_subject(view, stores[label], label, config)
+        got, metrics = subject_results(out, view, stores[label], label, config)
         results["subjects"][label] = metrics
         for k, frame in got.items():
             tables[k].append(frame)

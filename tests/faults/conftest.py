@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.experiments.conftest import TinyStudy, tiny_study  # noqa: F401  (fixtures for the patching stage)
+from tests.experiments.test_patching_experiment import two_value_study  # noqa: F401
+
 TALLY: Counter[str] = Counter()
 """faults injected / survived (the rerun completed with no recomputation beyond the batch in
 flight) / equal (its results equal an uninterrupted run's); concurrent pairs tried / consistent."""
@@ -17,6 +20,23 @@ def fault_ctx(tiny_llama_dir: Path, tiny_gemma_dir: Path, tmp_path_factory: pyte
     """What every victim needs: the tiny models and a checkpoints folder of its own."""
     checkpoints = tmp_path_factory.mktemp("fault_checkpoints")
     return {"llama": str(tiny_llama_dir), "gemma": str(tiny_gemma_dir), "env": {"INTROSPECT_MI_CHECKPOINTS": str(checkpoints)}}
+
+
+@pytest.fixture(scope="module")
+def patching_ctx(two_value_study: TinyStudy, monkeypatch_module: pytest.MonkeyPatch) -> dict:
+    """The tiny study with two values to steer, and its capture (untrained and self), for patching victims."""
+    from experiments.capture import main
+
+    monkeypatch_module.setenv("INTROSPECT_MI_RUNS", str(two_value_study.runs))
+    monkeypatch_module.setenv("INTROSPECT_MI_CHECKPOINTS", str(two_value_study.checkpoints))
+    assert main(["--study", "tiny", "--subjects", "untrained", "self", "--name", "mech-patch", "--explorer-items", "2"]) == 0
+    return {"patching_runs": str(two_value_study.runs), "patching_checkpoints": str(two_value_study.checkpoints)}
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -19,6 +19,7 @@ started before any torch thread exists in it and each victim runs torch single-t
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import multiprocessing
 import os
@@ -36,10 +37,11 @@ PRELOAD = [
     "torch", "transformers", "transformers.models.llama.modeling_llama", "transformers.models.gemma3.modeling_gemma3",
     "peft", "peft.tuners.lora", "safetensors.torch", "sae_lens", "sae_lens.training.sae_trainer", "sae_lens.saes.topk_sae",
     "introspect_mi.evaluation", "introspect_mi.finetune", "introspect_mi.capture", "introspect_mi.saes.train",
+    "experiments.patching", "experiments.capture",
     "tests.test_finetune", "tests.test_capture", "tests.saes.test_train", "tests.faults.stages",
 ]
 WRITE_TRAPS = ("os:write", "os:fsync", "os:replace", "os:rename")
-TIMEOUT_S = 120
+TIMEOUT_S = 300
 
 _raw_write = os.write
 _context: Any = None
@@ -131,6 +133,7 @@ def victim(stage: str, folder: str, ctx: dict, kill_at: int, sig: int, ledger: s
     os.dup2(log_fd, 2)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    faulthandler.dump_traceback_later(TIMEOUT_S - 5, exit=True)  # a hung victim says where
     import torch
 
     from introspect_mi.errors import UserError
@@ -228,8 +231,11 @@ def kill_points(clean: Outcome, seed: int, n: int = 5, in_writes: int = 2) -> li
 
 def leftovers(folder: Path) -> list[str]:
     """Temp files, staging folders and resume checkpoints still there after a finished run."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.name.endswith(".tmp") or ".partial" in p.name or p.name.endswith(".resume"))
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if leftovers_of(p))
+
+
+def leftovers_of(path: Path) -> bool:
+    return path.name.endswith(".tmp") or ".partial" in path.name or path.name.endswith(".resume")
 
 
 def signal_name(sig: int) -> str:

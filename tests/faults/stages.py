@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from tests.faults.harness import Trap
+from tests.faults.harness import Trap, leftovers_of
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,13 @@ class Stage:
     snapshot: Callable[[Path], dict[str, Any]]
     traps: tuple[Trap, ...]
     allowance: int
+    prepare: Callable[[Path, dict], None] | None = None  # runs in the test process before a fresh folder's first victim
 
 
 def _files(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """relative path → bytes of every result file (locks and skipped names left out)."""
+    """relative path → bytes of every result file (locks, leftovers and skipped names left out)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and not p.name.endswith(".lock") and p.name not in skip}
+            if p.is_file() and not p.name.endswith(".lock") and p.name not in skip and not leftovers_of(p)}
 
 
 def _json_without(path: Path, *keys: str) -> Any:
@@ -75,7 +76,7 @@ def run_object(folder: Path, ctx: dict) -> None:
     from introspect_mi.prompts import PromptConfig
 
     items = ev.load_task_items(["animals"], "val", 12, 0)
-    got = ev.object_answers(_engine(ctx["llama"]), items, PromptConfig(), folder / "cache", decoding=Decoding(4))
+    got = ev.object_answers(_engine(ctx["llama"]), items, PromptConfig(), folder / "cache", decoding=Decoding(2))
     _answers_result(folder, got)
 
 
@@ -84,8 +85,8 @@ def run_hypothetical(folder: Path, ctx: dict) -> None:
     from introspect_mi.inference import Decoding
     from introspect_mi.prompts import PromptConfig
 
-    pairs = ev.make_pairs(ev.load_task_items(["animals"], "val", 8, 0), ["first_character", "second_character"])
-    got = ev.hypothetical_answers(_engine(ctx["gemma"]), pairs, PromptConfig(), folder / "cache", decoding=Decoding(3))
+    pairs = ev.make_pairs(ev.load_task_items(["animals"], "val", 6, 0), ["first_character", "second_character"])
+    got = ev.hypothetical_answers(_engine(ctx["gemma"]), pairs, PromptConfig(), folder / "cache", decoding=Decoding(2))
     _answers_result(folder, got)
 
 
@@ -109,7 +110,7 @@ def run_finetune(folder: Path, ctx: dict) -> None:
     from tests.test_finetune import examples
 
     handle = load(ctx["llama"])
-    train(handle, examples(handle, 7), examples(handle, 2, offset=7), FinetuneConfig(**FINETUNE), folder / "adapter", progress=False)
+    train(handle, examples(handle, 5), examples(handle, 1, offset=5), FinetuneConfig(**FINETUNE), folder / "adapter", progress=False)
 
 
 def finetune_snapshot(folder: Path) -> dict[str, Any]:
@@ -159,6 +160,51 @@ def saes_snapshot(folder: Path) -> dict[str, Any]:
 FIT = Trap("introspect_mi.saes.train:_fit", units=lambda *a, **k: 1)
 
 
+# --- patching (experiments.patching: A–E per subject, a finished subject kept in subjects/<label>/) ---
+
+
+def prepare_patching(folder: Path, ctx: dict) -> None:
+    """A copy of the tiny study and its capture: patching writes into the capture run."""
+    import shutil
+
+    shutil.copytree(ctx["patching_runs"], folder / "runs")
+
+
+def run_patching(folder: Path, ctx: dict) -> None:
+    import os
+
+    from experiments.patching import main
+
+    os.environ.update(INTROSPECT_MI_RUNS=str(folder / "runs"), INTROSPECT_MI_CHECKPOINTS=ctx["patching_checkpoints"])
+    main(["--debug", "--study", "tiny", "--capture", "mech-patch", "--subjects", "untrained", "self", *PATCHING_ARGS])
+
+
+PATCHING_ARGS = (  # every experiment A–E runs, on as little as it takes (the tiny study's animals items, c vs d)
+    "--tasks", "animals", "--properties", "first_character", "--pairs-per-group", "1", "--pair-candidates", "2",
+    "--exact-pairs", "1", "--exact-cells", "2", "--steer-task", "animals", "--steer-property", "first_character",
+    "--steer-items", "4", "--steer-scales", "4", "--n-random", "1", "--concepts", "cat", "--baseline-words", "fox",
+    "--concept-items", "1", "--concept-scales", "4",
+)
+
+
+PATCHING_TIMES = ("seconds", "load_average_1min_start", "load_average_1min", "torch_threads")
+
+
+def patching_snapshot(folder: Path) -> dict[str, Any]:
+    """Tables as bytes, metrics without timings; run-history files (provenance, stages, report
+    with its timings) only as present."""
+    out_dir = folder / "runs" / "mech-patch" / "patching"
+    history = ("provenance.json", "stages.json", "report.html", "metrics.json")
+    out: dict[str, Any] = _files(out_dir, skip=history)
+    for sub in sorted(out_dir.glob("subjects/*/metrics.json")):
+        out[str(sub.relative_to(out_dir))] = _json_without(sub, "seconds")
+    metrics = _json_without(out_dir / "metrics.json", *PATCHING_TIMES)
+    out["metrics.json"] = {**metrics, "subjects": {k: {**v, "seconds": None} for k, v in metrics["subjects"].items()}}
+    out["history"] = sorted(n for n in history if (out_dir / n).is_file())
+    out["stages"] = sorted(json.loads((out_dir / "stages.json").read_text()))
+    return out
+
+
 STAGES: dict[str, Stage] = {
     "object answers": Stage(run_object, answers_snapshot, (GENERATE,), allowance=4),
     "hypothetical answers": Stage(run_hypothetical, answers_snapshot, (GENERATE,), allowance=4),
@@ -167,6 +213,10 @@ STAGES: dict[str, Stage] = {
     ), allowance=FINETUNE["save_every"]),
     "capture": Stage(run_capture, lambda folder: _files(folder / "store"), (FORWARD,), allowance=2),
     "SAE training": Stage(run_saes, saes_snapshot, (FIT, Trap("torch.optim:Adam.step"), Trap("sae_lens.saes.sae:save_file")), allowance=1),
+    "patching": Stage(run_patching, patching_snapshot, (
+        Trap("experiments.patching:run_subject", units=lambda *a, **k: 1), Trap("experiments.patching:run_pairs"),
+        Trap("experiments.patching:run_steering"), Trap("experiments.patching:run_concepts"),
+    ), allowance=1, prepare=prepare_patching),
 }
 
 torch.set_num_threads(1)  # the fork server imports this module: its victims inherit one thread

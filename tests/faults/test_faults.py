@@ -29,10 +29,24 @@ ALL = [*FAST, *(pytest.param(s, marks=pytest.mark.slow) for s in STAGES if s == 
 _clean: dict[str, tuple[Outcome, dict]] = {}
 
 
+@pytest.fixture()
+def ctx(stage: str, fault_ctx: dict, request: pytest.FixtureRequest) -> dict:
+    return {**fault_ctx, **request.getfixturevalue("patching_ctx")} if stage == "patching" else fault_ctx
+
+
+def fresh(stage: str, folder: Path, ctx: dict) -> Path:
+    """A new folder for a victim, prepared as the stage needs."""
+    folder.mkdir(parents=True)
+    if STAGES[stage].prepare is not None:
+        STAGES[stage].prepare(folder, ctx)
+    return folder
+
+
 def clean_run(stage: str, ctx: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Outcome, dict]:
     """An uninterrupted run of the stage (once per session): its trapped calls, work and results."""
     if stage not in _clean:
         scratch = tmp_path_factory.mktemp("clean")
+        fresh(stage, scratch / "work", ctx)
         (out,) = run_victims([(stage, scratch / "work", ctx, 0, 0)], scratch)
         assert out.exitcode == 0 and out.done, out.log[-3000:]
         assert out.traps, "no trapped call: nothing to kill"
@@ -42,17 +56,18 @@ def clean_run(stage: str, ctx: dict, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=signal_name)
 @pytest.mark.parametrize("stage", ALL)
-def test_killed_stage_reruns_to_the_uninterrupted_result(stage: str, sig: int, fault_ctx: dict, tmp_path: Path,
+def test_killed_stage_reruns_to_the_uninterrupted_result(stage: str, sig: int, ctx: dict, tmp_path: Path,
                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
-    clean, want = clean_run(stage, fault_ctx, tmp_path_factory)
+    clean, want = clean_run(stage, ctx, tmp_path_factory)
     points = kill_points(clean, seed=zlib.crc32(f"{stage}/{signal_name(sig)}".encode()))
     assert len(points) == 5
-    folders = [tmp_path / f"k{k}" for k in points]
-    killed = run_victims([(stage, f, fault_ctx, k, sig) for f, k in zip(folders, points)], tmp_path)
-    reruns = run_victims([(stage, f, fault_ctx, 0, 0) for f in folders], tmp_path)
+    folders = [fresh(stage, tmp_path / f"k{k}", ctx) for k in points]
+    killed = run_victims([(stage, f, ctx, k, sig) for f, k in zip(folders, points)], tmp_path)
+    reruns = run_victims([(stage, f, ctx, 0, 0) for f in folders], tmp_path)
     problems = []
     for k, folder, victim, rerun in zip(points, folders, killed, reruns):
         where = f"killed by {signal_name(sig)} at call {k} ({clean.traps[k - 1]})"
+        print(where)
         TALLY["injected"] += 1
         assert victim.exitcode == -sig and victim.traps == clean.traps[:k], f"{where}: the fault was not injected as planned"
         if not (rerun.exitcode == 0 and rerun.done):
@@ -61,6 +76,10 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(stage: str, sig: int, f
         extra = victim.units + rerun.units - clean.units
         if extra > STAGES[stage].allowance:
             problems.append(f"{where}: {extra} units of work were done again, more than the batch in flight ({STAGES[stage].allowance})")
+            continue
+        if rerun.work != clean.work[len(clean.work) - len(rerun.work):]:
+            problems.append(f"{where}: the rerun did not resume at a batch boundary (its batches {rerun.work}, "
+                            f"an uninterrupted run's {clean.work}): part of a batch survived the kill")
             continue
         TALLY["survived"] += 1
         got = STAGES[stage].snapshot(folder)
@@ -75,11 +94,11 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(stage: str, sig: int, f
 
 
 @pytest.mark.parametrize("stage", ALL)
-def test_two_identical_runs_started_together_agree(stage: str, fault_ctx: dict, tmp_path: Path,
+def test_two_identical_runs_started_together_agree(stage: str, ctx: dict, tmp_path: Path,
                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
-    _, want = clean_run(stage, fault_ctx, tmp_path_factory)
-    folder = tmp_path / "shared"
-    both = run_victims([(stage, folder, fault_ctx, 0, 0)] * 2, tmp_path)
+    _, want = clean_run(stage, ctx, tmp_path_factory)
+    folder = fresh(stage, tmp_path / "shared", ctx)
+    both = run_victims([(stage, folder, ctx, 0, 0)] * 2, tmp_path)
     TALLY["concurrent"] += 1
     for out in both:
         assert (out.exitcode == 0 and out.done) or (out.exitcode == 2 and out.refused), f"exit {out.exitcode}: {out.log[-2000:]}"
