@@ -70,8 +70,8 @@ class CaptureConfig(StudyChoice):
     """Recorded for provenance (capture itself is deterministic)."""
     engine: str = "hooks"
     """hooks (raw HF hooks) or nnsight (nnsight traces: the same activations, and they run on NDIF)."""
-    remote: bool = False
-    """Run the nnsight traces on NDIF (needs --engine nnsight, the untrained subject, M1 named by its hub id, NDIF_API_KEY)."""
+    remote: str = ""
+    """Hub id of M1 on NDIF (e.g. meta-llama/Llama-3.1-70B-Instruct): run the nnsight traces there (needs --engine nnsight, --subjects untrained, NDIF_API_KEY)."""
 
 
 def _log(message: str) -> None:

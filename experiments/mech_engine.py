@@ -1,9 +1,12 @@
 """Which engine a mechanistic experiment reads the model through: raw hooks (the default, the
-fastest), nnsight traces (the same numbers), or nnsight traces run on NDIF (`--remote`: the study's
-M1 named by its hub id; no weights here).
+fastest), nnsight traces (the same numbers), or nnsight traces run on NDIF (`--remote HUB_ID`: the
+study's M1 as NDIF hosts it, named by its hub id; no weights here). The study itself (answers,
+labels) was made with a local copy of that checkpoint; NDIF serves base weights, so only the
+untrained subject runs remotely.
 
     python -m experiments.capture --preset quick --engine nnsight
-    HF_HUB_OFFLINE=0 NDIF_API_KEY=... python -m experiments.capture --engine nnsight --remote --subjects untrained --study <a study whose m1 is a hub id>
+    HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 NDIF_API_KEY=... python -m experiments.capture --preset paper \
+        --engine nnsight --subjects untrained --remote meta-llama/Llama-3.1-70B-Instruct
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from introspect_mi.nnsight_engine import NnsightEngine
 ENGINES = ("hooks", "nnsight")
 
 
-def check_engine(engine: str, remote: bool, subjects: Sequence[str]) -> None:
+def check_engine(engine: str, remote: str, subjects: Sequence[str]) -> None:
     """Refuse an unknown engine, --remote without nnsight or with a finetuned subject (NDIF serves
     base weights), and --remote without an API key: before the study is read or anything loads."""
     if engine not in ENGINES:
@@ -33,15 +36,15 @@ def check_engine(engine: str, remote: bool, subjects: Sequence[str]) -> None:
         check_api_key()
 
 
-def subject_handle(view: StudyView, subject: Subject, remote: bool) -> ModelHandle:
-    """The subject's model: loaded here, or (remote) its config and tokenizer from the hub after the
-    remote checks (hub id, hub reachable, NDIF reachable)."""
+def subject_handle(view: StudyView, subject: Subject, remote: str) -> ModelHandle:
+    """The subject's model: loaded here, or (`remote`: a hub id) its config and tokenizer from the
+    hub after the remote checks (hub id, hub allowed, NDIF reachable)."""
     if not remote:
         return view.load(subject)
-    check_remote(subject.model)
-    return remote_handle(subject.model)
+    check_remote(remote)
+    return remote_handle(remote)
 
 
-def engine_of(handle: ModelHandle, engine: str, remote: bool) -> NnsightEngine | None:
+def engine_of(handle: ModelHandle, engine: str, remote: str) -> NnsightEngine | None:
     """The nnsight engine to pass to capture / run_pairs (None: raw hooks)."""
-    return NnsightEngine.of(handle, remote=remote) if engine == "nnsight" else None
+    return NnsightEngine.of(handle, remote=bool(remote)) if engine == "nnsight" else None

@@ -121,8 +121,8 @@ class PatchingConfig(StudyChoice):
     """Seed of the random control vectors."""
     engine: str = "hooks"
     """hooks (raw HF hooks) or nnsight: pair selection, clean runs and patched cells of A–C as nnsight traces (attribution, D and E stay on hooks)."""
-    remote: bool = False
-    """Run the nnsight traces on NDIF (needs --engine nnsight, the untrained subject, M1 named by its hub id, NDIF_API_KEY); runs A–C only."""
+    remote: str = ""
+    """Hub id of M1 on NDIF (e.g. meta-llama/Llama-3.1-70B-Instruct): run the nnsight traces there (needs --engine nnsight, --subjects untrained, NDIF_API_KEY); runs A–C only."""
 
 
 def _log(message: str) -> None:

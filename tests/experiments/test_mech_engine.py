@@ -32,14 +32,14 @@ def no_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_engine_choices_are_checked(no_key: None) -> None:
     with pytest.raises(UserError, match="unknown engine 'bridge'"):
-        check_engine("bridge", False, ["untrained"])
+        check_engine("bridge", "", ["untrained"])
     with pytest.raises(UserError, match="--remote runs nnsight traces"):
-        check_engine("hooks", True, ["untrained"])
+        check_engine("hooks", "meta-llama/Llama-3.1-70B", ["untrained"])
     with pytest.raises(UserError, match="cannot run the subject.*self"):
-        check_engine("nnsight", True, ["untrained", "self"])
+        check_engine("nnsight", "meta-llama/Llama-3.1-70B", ["untrained", "self"])
     with pytest.raises(UserError, match="no NDIF API key"):
-        check_engine("nnsight", True, ["untrained"])
-    check_engine("nnsight", False, ["untrained", "self", "cross"])  # local: no key needed
+        check_engine("nnsight", "meta-llama/Llama-3.1-70B", ["untrained"])
+    check_engine("nnsight", "", ["untrained", "self", "cross"])  # local: no key needed
 
 
 def test_remote_refusals_come_before_any_network_call(no_key: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,7 +63,7 @@ def test_remote_refuses_an_unreachable_ndif(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_remote_without_key_is_one_line_from_the_command_line(no_key: None, capsys: pytest.CaptureFixture[str]) -> None:
     for main in (capture_main, patching_main):
-        assert main(["--engine", "nnsight", "--remote", "--subjects", "untrained"]) == 2
+        assert main(["--engine", "nnsight", "--remote", "meta-llama/Llama-3.1-70B-Instruct", "--subjects", "untrained"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: no NDIF API key for --remote") and len(err.splitlines()) == 1, err
 
