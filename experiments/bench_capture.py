@@ -132,7 +132,13 @@ def folder_mb(folder: Path) -> float:
 
 def benchmark(model: str, n: int, naive_n: int, memory_prompts: int, batch_size: int, shard_records: int,
               repeats: int = 2) -> Result:
-    handle = load(model)
+    """`measure` on a model loaded by name or path."""
+    return measure(load(model), n, naive_n, memory_prompts, batch_size, shard_records, repeats)
+
+
+def measure(handle: ModelHandle, n: int, naive_n: int, memory_prompts: int, batch_size: int, shard_records: int,
+            repeats: int = 2) -> Result:
+    """(a)-(d) on a loaded model."""
     spec = CaptureSpec(places=tuple(map(str, all_places(handle))), positions=POSITIONS, dtype="float16",
                        batch_size=batch_size, shard_records=shard_records)
     prompts = bench_prompts(handle, max(n, memory_prompts))

@@ -80,6 +80,13 @@ def build_examples(handle: ModelHandle, n: int, prompt_tokens: int, seed: int) -
     return out
 
 
+def encoded_examples(handle: ModelHandle, n: int, prompt_tokens: int, seed: int) -> list[Encoded]:
+    """`build_examples`, tokenised as finetuning trains them (the template's own end of answer)."""
+    fmt = handle.prompt_format
+    eoa = end_of_answer_ids(fmt, handle.tokenizer)
+    return [encode_example(fmt, eoa, e, i) for i, e in enumerate(build_examples(handle, n, prompt_tokens, seed))]
+
+
 def _answer_tokens(handle: ModelHandle, prompt: str, answer: str) -> int:
     fmt = handle.prompt_format
     return len(fmt.encode(prompt + fmt.answer_prefix + answer)) - len(fmt.encode(prompt))
@@ -146,9 +153,7 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     for name in args.models:
         handle = load(name)
-        fmt, tok = handle.prompt_format, handle.tokenizer
-        examples = build_examples(handle, args.examples, args.prompt_tokens, args.seed)
-        encoded = [encode_example(fmt, end_of_answer_ids(fmt, tok), e, i) for i, e in enumerate(examples)]
+        encoded = encoded_examples(handle, args.examples, args.prompt_tokens, args.seed)
         row: dict[str, Any] = {
             "vocab_size": int(handle.config.vocab_size), "n_layers": handle.n_layers,
             "mean_seq_tokens": sum(len(e.ids) for e in encoded) / len(encoded),

@@ -114,8 +114,12 @@ def plain_forward(handle: ModelHandle, seqs: list[list[int]], batch_size: int) -
 
 
 def benchmark(model: str, n: int, batch_size: int, naive_n: int) -> Result:
+    """`measure` on a model loaded by name or path."""
+    return measure(load(model), n, batch_size, naive_n)
+
+
+def measure(handle: ModelHandle, n: int, batch_size: int, naive_n: int) -> Result:
     """Run the three paths once each (after a warm-up) and collect the numbers."""
-    handle = load(model)
     prompts, max_new = build_prompts(handle, n)
     seqs = [handle.prompt_format.encode(p) for p in prompts]
     naive_n = min(naive_n, n)

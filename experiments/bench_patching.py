@@ -118,7 +118,12 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def benchmark(model: str, prop: str, batch_size: int, naive_n: int) -> Result:
-    handle = load(model)
+    """`measure` on a model loaded by name or path."""
+    return measure(load(model), prop, batch_size, naive_n)
+
+
+def measure(handle: ModelHandle, prop: str, batch_size: int, naive_n: int) -> Result:
+    """(a)-(d) on a loaded model."""
     target, source, item_ids = build_runs(handle, prop)
     tok = handle.tokenizer
     src_answer, tgt_answer = int(source.logits.argmax()), int(target.logits.argmax())
