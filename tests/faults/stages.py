@@ -65,9 +65,10 @@ def _engine(model_dir: str):
 
 
 def _answers_result(folder: Path, got: Any) -> None:
-    from introspect_mi.store import atomic_write_text
+    """The answers into a run folder, as the study writes its results."""
+    from introspect_mi.store import RunDir
 
-    atomic_write_text(folder / "answers.json", json.dumps(got, sort_keys=True, ensure_ascii=False))
+    RunDir.create(folder, "run", {"stage": "answers"}, seed=0).write_json("answers.json", got)
 
 
 def run_object(folder: Path, ctx: dict) -> None:
@@ -92,7 +93,7 @@ def run_hypothetical(folder: Path, ctx: dict) -> None:
 
 def answers_snapshot(folder: Path) -> dict[str, Any]:
     """The answers the run returned (the cache's file format is the store's business)."""
-    return {"answers.json": (folder / "answers.json").read_bytes()}
+    return {"answers.json": (folder / "run" / "answers.json").read_bytes()}
 
 
 GENERATE = Trap("introspect_mi.inference:Engine.generate", units=lambda engine, prompts, *a, **k: len(prompts))
