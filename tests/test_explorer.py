@@ -279,3 +279,77 @@ def test_browser_switches_model_labels(browser, run_dir: Path, tmp_path: Path) -
     page.wait_for_function("() => document.getElementById('cosine-heatmap').data[0].z[0].length === 1")
     assert page.locator("#item-select option").count() == 1
     page.close()
+
+
+# --- server hardening (issue 16, 11) -----------------------------------------------------------
+
+def raw_get(url: str, path: str, host: str | None = None) -> tuple[int, bytes]:
+    """GET `path` sent as is (no client-side normalisation of `..`), optionally with another Host header."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.putrequest("GET", path, skip_host=host is not None)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_server_serves_exactly_the_path_it_checked(run_dir: Path) -> None:
+    """An inward link followed by `..%2f`: resolved, it names a path inside the folder; read
+    lexically (as the base handler did), it walks through an outward link to a file outside."""
+    outside = run_dir.parent / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    (run_dir / "a" / "b").mkdir(parents=True)
+    (run_dir / "inward").symlink_to(run_dir / "a" / "b")
+    (run_dir / "out").symlink_to(outside)
+    (run_dir / "a" / "out").mkdir()
+    (run_dir / "a" / "out" / "secret.txt").write_text("inside")
+    (run_dir / "c").mkdir()
+    (run_dir / "c" / "index.html").symlink_to(outside / "secret.txt")
+    server = make_server(run_dir, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = url_of(server)
+        assert raw_get(url, "/inward/..%2fout/secret.txt") == (200, b"inside")  # resolved: run/a/out/secret.txt
+        assert raw_get(url, "/out/secret.txt")[0] == 404
+        status, body = raw_get(url, "/c/")  # a folder whose index file leads out
+        assert status == 404 and b"secret" not in body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("host, status", [
+    ("127.0.0.1:{port}", 200), ("localhost:{port}", 200), ("[::1]:{port}", 200),
+    ("evil.example:{port}", 421), ("127.0.0.1", 421), ("localhost:1", 421), ("", 421),
+])
+def test_server_answers_only_to_its_own_host_names(server_url: str, host: str, status: int) -> None:
+    """DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends Host: evil.example."""
+    port = int(server_url.rsplit(":", 1)[1].strip("/"))
+    got, body = raw_get(server_url, "/probing/report.html", host=host.format(port=port))
+    assert got == status and (b"probing report" in body) == (status == 200)
+
+
+@pytest.mark.parametrize("name", ["javascript:alert(1)", "a#b", "q?x=1", "sp ace%"])
+def test_report_links_are_paths_whatever_the_folder_names(tmp_path: Path, name: str) -> None:
+    from urllib.parse import unquote, urlsplit
+
+    from introspect_mi.explorer.page import report_links
+
+    run = tmp_path / name
+    (run / name).mkdir(parents=True)
+    (run / name / "report.html").write_text("r")
+    (links,) = report_links(run, "")
+    (static,) = report_links(run, name)  # a static page beside the run folder links through its name
+    for href, rel in (links, (static[0], f"{name}/{name}/report.html")):
+        parts = urlsplit(href)
+        assert not parts.scheme and not parts.fragment and not parts.query, href
+        assert unquote(parts.path) == rel

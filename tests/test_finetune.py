@@ -243,3 +243,20 @@ def test_presets_and_config_checks() -> None:
     with pytest.raises(ValueError, match="lr_schedule"):
         FinetuneConfig(lr_schedule="cosine")
     assert FinetuneConfig(target_modules=["q_proj"]).target_modules == ("q_proj",)
+
+
+def test_a_corrupt_resume_checkpoint_or_sidecar_is_a_one_line_user_error_that_deletes_nothing(llama: ModelHandle, tmp_path: Path) -> None:
+    """Atomic writes never leave these torn; a damaged disk or a hand edit can. Both are refused
+    naming the file and what to delete, and the files stay for the user to inspect."""
+    exs, cfg = examples(llama, 2), replace(TINY, epochs=1)
+    resume = tmp_path / ".adapter.resume"
+    resume.write_bytes(b"PK\x03\x04 half a checkpoint")
+    with pytest.raises(UserError, match=r"resume checkpoint .*\.adapter\.resume is corrupt .*— delete it to train this adapter from the start"):
+        train(llama, exs, [], cfg, tmp_path / "adapter", progress=False, on_step=lambda *a: pytest.fail("trained"))
+    assert resume.read_bytes() == b"PK\x03\x04 half a checkpoint"
+    resume.unlink()
+    done = train(llama, exs, [], cfg, tmp_path / "adapter", progress=False).adapter_dir
+    (done / ADAPTER_SIDECAR).write_text('{"data_hash": "ab')  # torn
+    with pytest.raises(UserError, match=rf"{ADAPTER_SIDECAR} is corrupt: not valid JSON .*— the adapter in .* is damaged: delete that folder"):
+        train(llama, exs, [], cfg, tmp_path / "adapter", progress=False, on_step=lambda *a: pytest.fail("trained"))
+    assert (done / ADAPTER_SIDECAR).read_text() == '{"data_hash": "ab'
