@@ -158,6 +158,11 @@ def comparison_line(c: Mapping[str, Any], first: str = "first", second: str = "s
             f"p = {c['p_value']:.3g}, n = {c['n_pairs']} pairs / {c['n_items']} items")
 
 
+def mdd_text(c: Mapping[str, Any]) -> str:
+    """A comparison's minimum detectable difference in points, or why there is none."""
+    return "not estimable (no discordant pairs)" if c.get("mdd") is None else f"{c['mdd'] * 100:.1f} pts"
+
+
 def endpoint_text(e: Mapping[str, Any]) -> str:
     """The printout's first block: the primary endpoint, then its exploratory splits, labelled so."""
     p = e["primary"]
@@ -168,7 +173,7 @@ def endpoint_text(e: Mapping[str, Any]) -> str:
         f"  self − cross: {comparison_line(p, 'self', 'cross')}",
         f"  macro-average over {p['n_strata']} tasks: {p['macro_diff'] * 100:+.1f} pts (95% CI {p['macro_diff_ci_low'] * 100:+.1f} "
         f"to {p['macro_diff_ci_high'] * 100:+.1f}); clustered McNemar z = {p['z']:.2f}",
-        f"  minimum detectable difference (80% power, two-sided α = 0.05): {p['mdd'] * 100:.1f} pts "
+        f"  minimum detectable difference (80% power, two-sided α = 0.05): {mdd_text(p)} "
         f"(discordant pairs {p['discordance']:.0%}, design effect {p['design_effect']:.2f}, intra-item correlation {p['icc']:.2f})"
         + (f"; the paper's {e['paper_effect'] * 100:.1f}-pt gap needs ≈ {e['pairs_for_paper_effect']} pairs" if e["pairs_for_paper_effect"] else ""),
     ]

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from experiments.behavioral_endpoint import KEY, comparison_line
+from experiments.behavioral_endpoint import KEY, comparison_line, mdd_text
 from introspect_mi.store import RunDir
 from introspect_mi.viz import (
     Section, Table, accuracy_figure, calibration_figure, compliance_figure, difference_figure, loss_figure, write_report,
@@ -124,7 +124,7 @@ def _endpoint_section(run: RunDir, e: dict[str, Any], finetunes: dict[str, Any])
     if p.get("n_pairs"):
         text.append(f"Self − cross: {comparison_line(p, 'self', 'cross')}. Macro-average over {p['n_strata']} tasks: "
                     f"{p['macro_diff'] * 100:+.1f} pts ({p['macro_diff_ci_low'] * 100:+.1f} to {p['macro_diff_ci_high'] * 100:+.1f}). "
-                    f"Minimum detectable difference at 80% power (two-sided α 0.05): {p['mdd'] * 100:.1f} pts, from {p['n_pairs']} pairs with "
+                    f"Minimum detectable difference at 80% power (two-sided α 0.05): {mdd_text(p)}, from {p['n_pairs']} pairs with "
                     f"{p['discordance']:.0%} discordant and a design effect of {p['design_effect']:.2f} (intra-item correlation {p['icc']:.2f}); "
                     "a difference smaller than that is not measured, not absent."
                     + (f" The paper's {e['paper_effect'] * 100:.1f}-point gap would need about {e['pairs_for_paper_effect']} pairs at "

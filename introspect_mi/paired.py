@@ -28,7 +28,8 @@ right on another). So (METHODS.md "The behavioural test"):
   moment estimator). Equivalently DEFF = Σ_i (Σ_j e_ij)² / Σ e²: the cluster-level variance of
   the summed difference over the variance it would have if pairs were independent. p_d is the
   variance of D under H0 (no difference): a planning approximation, exact as the effect → 0.
-  `pairs_needed` inverts it: n = (z_{1−α/2} + z_{power})² · p_d · DEFF / effect².
+  `pairs_needed` inverts it: n = (z_{1−α/2} + z_{power})² · p_d · DEFF / effect². With no
+  discordant pair there is no variance to plan with: the MDD is None (not estimable), not 0.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Power:
     discordance: float  # share of pairs where exactly one predictor is right
     icc: float  # intra-item correlation of the per-pair difference
     design_effect: float
-    mdd: float
+    mdd: float | None  # None: no discordant pairs, so no variance to plan with
     alpha: float
     power: float
 
@@ -159,7 +160,7 @@ def detectable_difference(a: Sequence[bool], b: Sequence[bool], clusters: Sequen
     icc = (clustered - naive) / (naive / n * within) if naive > 0 and within > 0 else 0.0
     discordance = float(np.mean(diff != 0))
     z = _z(alpha, power)
-    mdd = z * float(np.sqrt(discordance * deff / n))
+    mdd = z * float(np.sqrt(discordance * deff / n)) if discordance > 0 else None
     return Power(n, int(sizes.size), discordance, icc, deff, mdd, alpha, power)
 
 

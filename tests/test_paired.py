@@ -115,3 +115,8 @@ def test_compare_paired_is_coherent() -> None:
     assert {"first_accuracy", "second_accuracy_ci_low", "diff", "diff_ci_low", "macro_diff_ci_high", "only_first", "p_value", "z",
             "mdd", "design_effect", "n_pairs"} <= set(d)
     assert d["n_pairs"] == 60 and d["n_items"] == 20 and d["n_strata"] == 2
+
+
+def test_no_discordant_pair_leaves_the_mdd_not_estimable() -> None:
+    pw = detectable_difference([1, 0, 1], [1, 0, 1], ["x", "y", "z"])
+    assert pw.discordance == 0.0 and pw.mdd is None
