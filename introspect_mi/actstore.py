@@ -31,6 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
+from introspect_mi.durable import remove_stale_temps
 from introspect_mi.errors import UserError
 from introspect_mi.places import Place, PlaceKind
 from introspect_mi.store import atomic_write_bytes, atomic_write_text
@@ -60,6 +61,7 @@ class StoreWriter:
             raise UserError(f"unknown storage dtype {self.info['dtype']!r}", f"use one of: {', '.join(STORAGE_DTYPES)}")
         self.dtype = STORAGE_DTYPES[self.info["dtype"]]
         self.shard_records = shard_records
+        remove_stale_temps(self.folder, recursive=True)  # a killed writer's torn shard or info file
         self._check_or_write_info()
         self.done = self._complete_records()
         self._records: list[dict[str, Any]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import locale
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,3 +152,17 @@ def test_null_labels_read_back_as_none(tmp_path: Path) -> None:
         w.add(rec, vectors(i, len(rec["positions"]["p_tokens"])))
     w.flush()
     assert ActivationStore.open(tmp_path).records["object_value"].tolist() == ["a", None, "b"]
+
+
+def test_reopening_removes_a_killed_writers_temp_files_but_not_a_live_ones(tmp_path: Path) -> None:
+    write(tmp_path, 8, stop_after=5)
+    shards = tmp_path / "shards"
+    stale = [shards / ".00001.jsonl.k1ll3d.tmp", shards / ".00001.safetensors.k1ll3d.tmp", tmp_path / ".store.json.k1ll3d.tmp"]
+    for path in stale:
+        path.write_bytes(b"torn")  # unlocked: its writer died
+    live = shards / ".00001.safetensors.l1v3.tmp"
+    live.write_bytes(b"in progress")
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as atomic_file holds it while writing
+        assert StoreWriter(tmp_path, info(), shard_records=3).done == 3
+        assert [p for p in stale if p.exists()] == [] and live.read_bytes() == b"in progress"
