@@ -5,9 +5,10 @@ answer the model should give. The training sequence is::
 
     encode(prompt + answer_prefix + answer) + end-of-answer token
 
-where the end-of-answer token is the tokenizer's EOS for chat formats (`<|im_end|>` for SmolLM2)
-and a newline for the plain Q/A format (its stop string), so the model also learns to stop. The
-loss is the mean cross-entropy over the answer tokens and the end token only.
+where the end-of-answer token is the chat template's end-of-turn token (`<|im_end|>` for SmolLM2,
+`<|eot_id|>` for Llama-3, whatever its tokenizer calls EOS) and a newline for the plain Q/A format
+(its stop string), so the model also learns to stop. The loss is the mean cross-entropy over the
+answer tokens and the end token only.
 
 Logits only where the loss is. The paper's answers are one token or word after a ~150-token
 prompt; computing the full `[batch, seq, vocab]` logits (262k vocabulary for Gemma-3) would spend
@@ -94,8 +95,12 @@ class Encoded:
 
 
 def end_of_answer_ids(prompt_format: PromptFormat, tokenizer: Any) -> list[int]:
-    """The token(s) that end an answer: the EOS for chat formats, a newline for the plain format."""
-    if isinstance(prompt_format, PlainFormat) or (not isinstance(prompt_format, ChatTemplateFormat) and prompt_format.stop_strings):
+    """The token(s) that end an answer: the chat template's own end-of-turn token (read off the
+    template: Llama-3.0's EOS is `<|end_of_text|>`, its turns end with `<|eot_id|>`), a newline
+    for the plain format."""
+    if isinstance(prompt_format, ChatTemplateFormat):
+        return [prompt_format.end_of_turn_id]
+    if isinstance(prompt_format, PlainFormat) or prompt_format.stop_strings:
         ids = list(tokenizer(prompt_format.stop_strings[0], add_special_tokens=False)["input_ids"])
     else:
         ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from introspect_mi.checkfiles import check_adapter_files, check_gguf, check_weig
 from introspect_mi.errors import UserError
 from introspect_mi.fingerprint import cached_digest, folder_digest, model_files
 from introspect_mi.paths import checkpoints_dir
-from introspect_mi.prompt_format import PromptFormat, format_for
+from introspect_mi.prompt_format import ChatTemplateFormat, PromptFormat, format_for
 
 ADAPTER_SIDECAR = "introspect_mi_adapter.json"  # written beside our adapters: base fingerprint
 PROGRESS_BAR_BYTES = 2 << 30  # show transformers' loading bar above this checkpoint size
@@ -181,17 +182,27 @@ class ModelHandle:
 
     @cached_property
     def stop_token_ids(self) -> list[int]:
-        """Token ids that end an answer: the tokenizer's and the generation config's EOS."""
+        """Token ids that end an answer: the tokenizer's and the generation config's EOS, and the
+        chat template's end-of-turn token (Llama-3.0: EOS `<|end_of_text|>`, turns end `<|eot_id|>`;
+        a generation config may not list it)."""
         ids = {self.tokenizer.eos_token_id}
         extra = getattr(self.model.generation_config, "eos_token_id", None)
         ids.update(extra if isinstance(extra, list) else [extra])
+        if isinstance(self.prompt_format, ChatTemplateFormat):
+            ids.add(self.prompt_format.end_of_turn_id)
         return sorted(i for i in ids if i is not None)
 
-    @property
+    @cached_property
     def pad_token_id(self) -> int:
-        """Filler for padded positions. Masks are always built from lengths, never from this id."""
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.stop_token_ids[0]
+        """Filler for padded positions, never a token that ends real text or begins it (a stop id,
+        BOS), so that no mask built from ids could hide a real end token. Masks are always built
+        from lengths, never from this id. The tokenizer's pad when it is such a token (Llama-3.1's
+        `<|finetune_right_pad_id|>`), else its first other special token within the model's
+        vocabulary (Llama-3.0 has no pad; SmolLM2's is its EOS), else the first other id."""
+        taken = {*self.stop_token_ids, self.tokenizer.bos_token_id, self.tokenizer.unk_token_id}
+        specials = (i for i, t in sorted(self.tokenizer.added_tokens_decoder.items()) if t.special)
+        candidates = chain([self.tokenizer.pad_token_id], specials, range(self.config.vocab_size))
+        return next(i for i in candidates if i is not None and i not in taken and i < self.config.vocab_size)
 
     def bridge(self) -> Any:
         """A TransformerBridge view of the same weights (raw HF numerics, no weight processing)."""

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from collections.abc import Sequence
+from functools import cached_property
 from itertools import accumulate
 from typing import Any, Protocol
 
 from tokenizers import decoders
+
+from introspect_mi.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,26 @@ class ChatTemplateFormat:
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         return _ids_and_spans(self.tokenizer, text, add_special_tokens=False)
+
+    @cached_property
+    def end_of_turn_id(self) -> int:
+        """The token the template writes after an assistant answer, read off the template itself.
+
+        Not `tokenizer.eos_token`: Llama-3.0's names `<|end_of_text|>` while its turns end with
+        `<|eot_id|>` (SmolLM2: `<|im_end|>` both). A model must learn to stop with, and
+        generation must stop at, the token its template ends a turn with.
+        """
+        answer = "Zebra"
+        chat = [{"role": "user", "content": "Name an animal."}, {"role": "assistant", "content": answer}]
+        text = self.tokenizer.apply_chat_template(chat, tokenize=False)
+        after = text[text.rindex(answer) + len(answer):]
+        ids = _ids(self.tokenizer, after.lstrip(), add_special_tokens=False)
+        if not ids or ids[0] not in self.tokenizer.added_tokens_decoder:
+            raise UserError(f"the chat template ends an assistant turn with {after[:40]!r}, not with a special token, "
+                            "so no token tells where an answer ends",
+                            "give the model a chat template whose assistant turns end with a special token, "
+                            "or delete its chat template to use the plain Q/A format")
+        return ids[0]
 
 
 @dataclass

@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tests.llama3 import END_OF_TEXT, Lazy, Llama3, build as build_llama3  # noqa: E402
 from tests.tiny import make_gemma3, make_llama, make_tokenizer, save_checkpoint  # noqa: E402
 
 
@@ -25,6 +26,23 @@ def tiny_gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer Gemma-3 with a plain (no chat template) tokenizer."""
     tok = make_tokenizer(chat=False)
     return save_checkpoint(tmp_path_factory.mktemp("tiny_gemma"), make_gemma3(len(tok)), tok)
+
+
+LLAMA3 = {
+    "3.1": Llama3("3.1", tied=False, scripted=True),
+    "3.0": Llama3("3.0", tied=True, scripted=True, seed=1),
+    "3.0-eos-only": Llama3("3.0", tied=True, scripted=True, seed=1, generation_eos=(END_OF_TEXT,)),
+}
+"""Llama-3-shaped checkpoints (tests/llama3.py): 3.1-style (EOS <|eot_id|>, a pad token, untied),
+3.0-style (EOS <|end_of_text|>, no pad, tied), and 3.0-style with a generation config whose EOS
+list lacks <|eot_id|>. All scripted: each answers one letter, then <|eot_id|>."""
+
+
+@pytest.fixture(scope="session")
+def llama3_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The LLAMA3 checkpoints, each built once per session when first asked for."""
+    root = tmp_path_factory.mktemp("llama3")
+    return Lazy(lambda name: build_llama3(root / name, LLAMA3[name]))
 
 
 @pytest.fixture()

@@ -54,3 +54,16 @@ def test_embedded_smollm2_prompt_has_one_leading_im_start() -> None:
     start = handle.tokenizer.convert_tokens_to_ids("<|im_start|>")
     assert ids[0] == start and ids[1] != start  # not doubled by a second tokenization
     assert format_for(load("gemma3-270m").tokenizer).name == "plain_qa"
+
+
+def test_the_end_of_turn_token_is_read_off_the_template() -> None:
+    from introspect_mi.errors import UserError
+    from tests.tiny import make_tokenizer
+
+    tok = make_tokenizer(chat=True)
+    assert ChatTemplateFormat(tok).end_of_turn_id == tok.convert_tokens_to_ids("<|im_end|>")
+    tok.chat_template = tok.chat_template.replace("<|im_end|>", "<|endoftext|>")  # the turn's end, not the EOS
+    assert ChatTemplateFormat(tok).end_of_turn_id == tok.convert_tokens_to_ids("<|endoftext|>") != tok.eos_token_id
+    tok.chat_template = tok.chat_template.replace("<|endoftext|>", "")  # a turn ends with a newline only
+    with pytest.raises(UserError, match="ends an assistant turn with '\\\\n', not with a special token"):
+        ChatTemplateFormat(tok).end_of_turn_id
