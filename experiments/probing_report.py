@@ -17,6 +17,8 @@ CURVE = ["experiment", "subject", "property", "target", "split", "train_run", "t
 SHOWN = [*CURVE, "layer", "n_test", "n_classes", "acc", "acc_lo", "acc_hi", "majority", "shuffled_acc",
          "control_task_acc", "control_majority", "selectivity", "control_seen", "agreement"]
 PERCENT = SHOWN[SHOWN.index("acc"):]
+NO_FITS = ("no probe was fitted: every cell was skipped, none had two label values on enough items (see Skipped) — "
+           "probe a study with more items per task (--eval-items), or lower --min-class-items")
 
 TITLES = {
     "A": "A · object-level run: last token of P → property of the model's own answer",
@@ -78,9 +80,15 @@ def onset_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def summary_metrics(table: pd.DataFrame, skipped: Sequence[Mapping[str, str]], missing: Mapping[str, str],
                     layers: Sequence[int], timing: Mapping[str, Any]) -> dict[str, Any]:
+    table = _columns(table)
     return {"subjects": list(dict.fromkeys(table["subject"])), "missing_subjects": dict(missing), "layers": list(layers),
-            "timing": dict(timing), "n_fits": len(table), "skipped": list(skipped),
+            "timing": dict(timing), "n_fits": len(table), "no_fits": NO_FITS if table.empty else None, "skipped": list(skipped),
             "best": curve_summary(table).to_dict(orient="records"), "onsets": onset_summary(table).to_dict(orient="records")}
+
+
+def _columns(table: pd.DataFrame) -> pd.DataFrame:
+    """The results table with at least the shown columns: an empty one reads back without any."""
+    return table.reindex(columns=list(dict.fromkeys([*SHOWN, *table.columns])))
 
 
 def _items(table: pd.DataFrame) -> pd.DataFrame:
@@ -88,8 +96,8 @@ def _items(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_probing_report(run: RunDir, metrics: Mapping[str, Any]) -> None:
-    table = run.read_table("results")
-    best = pd.DataFrame(metrics["best"])
+    table = _columns(run.read_table("results"))
+    best = pd.DataFrame(metrics["best"], columns=SHOWN)
     e = table[table["experiment"] == "E"]
     sections = [Section("Summary", tables=[Table(best, "Best layer of every curve", PERCENT)], text=INTRO + "\n\n" + _run_text(metrics))]
     variants = {"A": ["train_run", "split"], "B": ["test_run", "split"], "C": ["test_run", "split"], "F": ["test_run", "target"]}
@@ -118,7 +126,8 @@ def _run_text(metrics: Mapping[str, Any]) -> str:
     missing = "; ".join(f"{k}: {v}" for k, v in metrics["missing_subjects"].items()) or "none"
     return (f"Subjects: {', '.join(metrics['subjects'])} (missing: {missing}). Layers {metrics['layers']}. "
             f"{metrics['n_fits']} cross-fitted probes in {t['wall_s']} s wall ({t['cpu_s']} s CPU; "
-            f"1-min load average {t['load_average_1min_at_end']} on {t['cpu_count']} cores at the end).")
+            f"1-min load average {t['load_average_1min_at_end']} on {t['cpu_count']} cores at the end)."
+            + (f" {metrics['no_fits']}." if metrics.get("no_fits") else ""))
 
 
 def _layer(x: Any) -> str:
@@ -131,7 +140,7 @@ def _pct(x: Any) -> str:
 
 def print_summary(run: RunDir, metrics: Mapping[str, Any]) -> None:
     """One line per best-layer curve (items split), D's onsets, timing and where the report is."""
-    best = pd.DataFrame(metrics["best"])
+    best = pd.DataFrame(metrics["best"], columns=SHOWN)
     print("\nbest layer per curve (acc [95% CI] | majority | shuffled | control task):")
     for r in best[best["split"] == "items"].itertuples():
         where = r.test_run if r.train_run == r.test_run else f"{r.train_run}→{r.test_run}"

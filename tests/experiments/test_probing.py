@@ -15,6 +15,7 @@ of `object_value` would score at chance.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -177,6 +178,33 @@ def test_f_labels_come_from_m2_and_from_the_model_itself(results) -> None:
     kept = [it for it in items if it["property"] == "second_character" and it["value"] is not None]
     agreement = np.mean([it["value"] == it["m2"] for it in kept])
     assert 0.2 < agreement < 0.5 and list(f["agreement"]) == pytest.approx([agreement] * len(f))
+
+
+def test_every_cell_skipped_still_writes_metrics_report_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Too few items for any cell (here: each label value needs 100 items): the run still finishes, and its metrics,
+    report and printout say no probe was fitted and list the skipped cells (it raised KeyError: 'subject')."""
+    from experiments.probing_report import NO_FITS, print_summary, summary_metrics, write_probing_report
+    from introspect_mi.store import RunDir
+
+    folder = tmp_path / "untrained" / "store"
+    write_store(folder)
+    stores = {"untrained": ActivationStore.open(folder)}
+    config = dataclasses.replace(CONFIG, min_class_items=100, identity_min_items=100, experiments=("A", "B", "C", "D", "E"))
+    skipped: list[dict] = []
+    labels = subject_labels(stores, config, None, skipped)["untrained"]
+    cells = [c for prop in ("second_character", "ethical_stance") for c in Planner(labels, prop, config, skipped).cells(None)]
+    assert cells == [] and skipped
+    run = RunDir.create(tmp_path, "probing", {"probing": "all skipped"}, seed=0)
+    run.write_table("results", run_cells(cells, stores, layers_of(LAYERS, 1), config, progress=False))
+    timing = {"wall_s": 0.1, "cpu_s": 0.1, "load_average_1min_at_end": 0.0, "cpu_count": 1}
+    metrics = summary_metrics(run.read_table("results"), skipped, {}, layers_of(LAYERS, 1), timing)
+    assert metrics["n_fits"] == 0 and metrics["best"] == [] and metrics["onsets"] == [] and metrics["no_fits"] == NO_FITS
+    assert metrics["skipped"] == skipped
+    write_probing_report(run, json.loads(json.dumps(metrics)))
+    print_summary(run, metrics)
+    report = run.path("report.html").read_text()
+    assert "no probe was fitted" in report and "Cells without enough data" in report
+    assert "no probe was fitted" in capsys.readouterr().out
 
 
 def test_cli_writes_the_run_and_names_missing_subjects(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
