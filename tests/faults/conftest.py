@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import resource
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.experiments.conftest import TinyStudy, tiny_study  # noqa: F401  (fixtures for the patching stage)
 from tests.experiments.test_patching_experiment import two_value_study  # noqa: F401
+from tests.faults.harness import stop_server
 
 TALLY: Counter[str] = Counter()
 """faults injected / survived (the rerun completed with no recomputation beyond the batch in
 flight) / equal (its results equal an uninterrupted run's); concurrent pairs tried / consistent."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fork_server() -> Iterator[None]:
+    """One fork server for the session (started by the first victim), stopped and reaped at its end."""
+    yield
+    stop_server()
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +57,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
             f"(rerun completed, nothing recomputed beyond the batch in flight), {t['equal']} with results equal "
             f"to an uninterrupted run's; {t['concurrent']} concurrent pairs, {t['consistent']} consistent"
         )
+        me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        terminalreporter.write_line(f"fault injection CPU time (user+sys): pytest {me.ru_utime + me.ru_stime:.0f} s, "
+                                    f"fork server and victims {children.ru_utime + children.ru_stime:.0f} s")

@@ -38,7 +38,7 @@ PRELOAD = [
     "peft", "peft.tuners.lora", "safetensors.torch", "sae_lens", "sae_lens.training.sae_trainer", "sae_lens.saes.topk_sae",
     "introspect_mi.evaluation", "introspect_mi.finetune", "introspect_mi.capture", "introspect_mi.saes.train",
     "experiments.patching", "experiments.capture",
-    "tests.test_finetune", "tests.test_capture", "tests.saes.test_train", "tests.faults.stages",
+    "tests.test_finetune", "tests.test_capture", "tests.saes.test_train", "tests.faults.stages", "tests.faults.warm",
 ]
 WRITE_TRAPS = ("os:write", "os:fsync", "os:replace", "os:rename")
 TIMEOUT_S = 300
@@ -82,6 +82,15 @@ def server() -> Any:
         _context = multiprocessing.get_context("forkserver")
         _context.set_forkserver_preload(PRELOAD)
     return _context
+
+
+def stop_server() -> None:
+    """Stop the fork server and reap it, so that its victims' CPU time is counted as this process's
+    children's (`/usr/bin/time`, `getrusage`): an unreaped server takes their time with it."""
+    from multiprocessing import forkserver
+
+    if _context is not None:
+        forkserver._forkserver._stop()
 
 
 def run_victims(jobs: Sequence[tuple[str, Path, dict, int, int]], scratch: Path) -> list[Outcome]:
