@@ -115,7 +115,8 @@ def _adding(model: torch.nn.Module, place: Place, deltas: torch.Tensor, member: 
 def _shared(seqs: Sequence[Sequence[int]], member: torch.Tensor) -> int:
     """Length of the prefix every row shares: same tokens, steered in every row or in none."""
     limit, k = min(len(s) for s in seqs) - 1, 0
-    while k < limit and all(s[k] == seqs[0][k] for s in seqs) and bool((member[:, k] == member[0, k]).all()):
+    alike = (member[:, :limit] == member[:1, :limit]).all(0).tolist()  # one tensor op, not one per token
+    while k < limit and alike[k] and all(s[k] == seqs[0][k] for s in seqs):
         k += 1
     return k if k >= MIN_SHARED_PREFIX else 0
 
