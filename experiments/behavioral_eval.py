@@ -57,6 +57,9 @@ def score(run: RunDir, predictors: list[Predictor], s: Scoring, prefix: str = ""
         if s.calibration_pairs:
             cal = ev.calibration(p.engine, p.target, s.calibration_pairs, s.object_prompts, p.prompts, s.cache_root,
                                  s.calibration_samples, s.seed, s.counter, n_boot=s.n_boot)
+            if isinstance(cal, ev.CalibrationSkipped):
+                out["calibration"][p.label] = {"skipped": cal.reason, "n_prompts": cal.n_prompts}
+                continue
             run.write_table(f"calibration_{slug}_sampled", cal.curve_sampled)
             run.write_table(f"calibration_{slug}_exact", cal.curve_exact)
             out["calibration"][p.label] = {
@@ -68,7 +71,9 @@ def score(run: RunDir, predictors: list[Predictor], s: Scoring, prefix: str = ""
 
 
 def calibration_text(cal: dict[str, Any]) -> str:
-    """One predictor's calibration MADs with their CIs over prompts and the sampling noise floor."""
+    """One predictor's calibration MADs with their CIs over prompts and the sampling noise floor, or why it was skipped."""
+    if "skipped" in cal:
+        return f"skipped: {cal['skipped']}"
     return (f"sampled {cal['mad_sampled']:.1f} [{cal['mad_sampled_ci_low']:.1f}–{cal['mad_sampled_ci_high']:.1f}] "
             f"(noise floor {cal['noise_floor']:.1f} [{cal['noise_floor_ci_low']:.1f}–{cal['noise_floor_ci_high']:.1f}]), "
             f"exact {cal['mad_exact']:.1f} [{cal['mad_exact_ci_low']:.1f}–{cal['mad_exact_ci_high']:.1f}]")

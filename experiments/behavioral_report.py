@@ -85,15 +85,15 @@ def _calibration_section(run: RunDir, metrics: dict) -> Section:
     curves, mads, rows = {}, {}, []
     for label, cal in metrics["calibration"].items():
         slug = metrics["predictors"][label]["slug"]
-        for variant in ("sampled", "exact"):
+        for variant in () if "skipped" in cal else ("sampled", "exact"):
             key = f"{label} ({variant})"
             curves[key] = run.read_table(f"calibration_{slug}_{variant}")
             mads[key] = cal[f"mad_{variant}"]
-        rows.append({"predictor → target": label, "n_prompts": cal["n_prompts"],
+        rows.append({"predictor → target": label, "n_prompts": cal["n_prompts"], **({"skipped": cal["skipped"]} if "skipped" in cal else {}),
                      **{k: cal.get(k, float("nan")) for k in ("mad_sampled", "mad_sampled_ci_low", "mad_sampled_ci_high", "noise_floor",
                                                               "noise_floor_ci_low", "noise_floor_ci_high", "mad_exact",
                                                               "mad_exact_ci_low", "mad_exact_ci_high")}})
-    return Section("Calibration", figures=[calibration_figure(curves, mads)], tables=[Table(pd.DataFrame(rows), percent_columns=[])],
+    return Section("Calibration", figures=[calibration_figure(curves, mads)] if curves else [], tables=[Table(pd.DataFrame(rows), percent_columns=[])],
                    text="Object-level vs hypothetical probability of the target's top-3 property values, 10 equal-frequency "
                         "bins; MAD × 100, lower is better (PROTOCOL.md). 'sampled': T=1 samples; 'exact': first-token probabilities. "
                         "95% CIs resample prompts. Noise floor: the sampled MAD between two independent sample sets of the target's "

@@ -121,10 +121,20 @@ class Calibration:
     noise_floor_ci: tuple[float, float]
 
 
+@dataclass(frozen=True)
+class CalibrationSkipped:
+    """A calibration that cannot be measured, and why: the target's object level gives no
+    property value to compare with (known only once its answers are in)."""
+
+    reason: str
+    n_prompts: int
+
+
 def calibration(predictor: Engine, target: Engine, pairs: Sequence[Pair], object_config: PromptConfig,
                 hypothetical_config: PromptConfig, root: Path, n_samples: int, seed: int,
-                counter: CallCounter | None = None, n_bins: int = 10, n_boot: int = 1000) -> Calibration:
-    """MAD from T=1 samples, and the exact variant from first-token probabilities."""
+                counter: CallCounter | None = None, n_bins: int = 10, n_boot: int = 1000) -> Calibration | CalibrationSkipped:
+    """MAD from T=1 samples, and the exact variant from first-token probabilities; skipped (before
+    the predictor runs) when no object-level sample, or no first token, gives a property value."""
     items = [(p.item, p.spec) for p in pairs]
 
     def object_dists(sample_seed: int) -> list[dict[str, float]]:
@@ -133,15 +143,22 @@ def calibration(predictor: Engine, target: Engine, pairs: Sequence[Pair], object
         return [sample_distribution([object_value(p.prop, a, p.item.target) for a in samples[p.item.item_id]], drop_none=True)
                 for p in pairs]
 
-    hyp_dec = Decoding(HYPOTHETICAL_MAX_NEW_TOKENS, temperature=1.0, n=n_samples, seed=seed)
+    prop = ", ".join(sorted({p.prop.name for p in pairs}))
     obj_dists, replica = object_dists(seed), object_dists(seed + 1)
-    hyp_samples = hypothetical_answers(predictor, pairs, hypothetical_config, root, counter, decoding=hyp_dec)
-    hyp_dists = [sample_distribution([p.prop.normalize_hypothetical(a) for a in s]) for p, s in zip(pairs, hyp_samples)]
-
+    if not (any(obj_dists) and any(replica)):
+        return CalibrationSkipped(f"none of the target's T=1 object-level answers complies with {prop} "
+                                  f"({len(pairs)} prompts × {n_samples} samples)", len(pairs))
     fmt = target.handle.prompt_format
     obj_next = answers.next_token_distributions(target, [object_prompt(fmt, p.item, p.spec, object_config).text for p in pairs], root, counter=counter)
-    hyp_next = answers.next_token_distributions(predictor, hypothetical_prompts(predictor, pairs, hypothetical_config), root, counter=counter)
     obj_exact = [_value_distribution(d, lambda t, p=p: object_value(p.prop, t, p.item.target)) for p, d in zip(pairs, obj_next)]
+    if not any(obj_exact):
+        return CalibrationSkipped(f"no first token of the target's object-level answers decides {prop} ({len(pairs)} prompts), "
+                                  "so its exact variant has nothing to compare", len(pairs))
+
+    hyp_dec = Decoding(HYPOTHETICAL_MAX_NEW_TOKENS, temperature=1.0, n=n_samples, seed=seed)
+    hyp_samples = hypothetical_answers(predictor, pairs, hypothetical_config, root, counter, decoding=hyp_dec)
+    hyp_dists = [sample_distribution([p.prop.normalize_hypothetical(a) for a in s]) for p, s in zip(pairs, hyp_samples)]
+    hyp_next = answers.next_token_distributions(predictor, hypothetical_prompts(predictor, pairs, hypothetical_config), root, counter=counter)
     hyp_exact = [_value_distribution(d, lambda t, p=p: p.prop.normalize_hypothetical(t)) for p, d in zip(pairs, hyp_next)]
 
     def measured(objects: list[dict[str, float]], hypotheticals: list[dict[str, float]]) -> tuple[np.ndarray, tuple[float, float]]:

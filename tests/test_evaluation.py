@@ -65,3 +65,28 @@ def test_user_task_files_are_accepted_where_task_names_are(tmp_path) -> None:
     [(item, spec)] = load_task_items([str(path)], "val", 10, 0)
     assert spec.name == "risk" and spec.behaviour == "risk-seeking" and item.target == "A"
     assert [p.prop.name for p in make_pairs([(item, spec)], None)] == ["ethical_stance"]
+
+
+def test_calibration_is_skipped_before_the_predictor_runs_when_no_first_token_decides_the_value(
+        tiny_llama_dir, tmp_path, monkeypatch) -> None:
+    """Compliant sampled answers ("cat") but a first token (" c") that decides no second character: the exact
+    variant has nothing to compare, so calibration is skipped with that reason (it raised 'no calibration pairs')."""
+    from introspect_mi.evaluation import CalibrationSkipped, calibration
+    from introspect_mi.inference import Engine
+    from introspect_mi.models import load
+    from introspect_mi.prompts import PromptConfig
+
+    asked: list[str] = []
+
+    def generate(self, prompts, decoding, desc=""):
+        asked.append(desc)
+        return [["cat"] * decoding.n for _ in prompts]
+
+    monkeypatch.setattr(Engine, "generate", generate)
+    monkeypatch.setattr(Engine, "next_token_distribution", lambda self, prompts, top_k=50: [{" c": 1.0} for _ in prompts])
+    engine = Engine(load(str(tiny_llama_dir)), batch_size=4, progress=False)
+    pairs = pairs_for("animals", "second_character", 3)
+    got = calibration(engine, engine, pairs, PromptConfig(), PromptConfig(), tmp_path, n_samples=2, seed=0, n_boot=10)
+    assert isinstance(got, CalibrationSkipped) and got.n_prompts == 3
+    assert "no first token" in got.reason and "second_character" in got.reason
+    assert asked and not any("hypothetical" in d for d in asked)  # the predictor was never sampled

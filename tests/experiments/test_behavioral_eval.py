@@ -77,3 +77,26 @@ def test_compare_is_paired_and_resamples_items(tmp_path: Path) -> None:
     assert (c["only_first"], c["only_second"]) == (8, 0)
     assert c["p_value"] == pytest.approx(0.5)
     assert c["diff_ci_low"] <= 0.2 <= c["diff_ci_high"] and "mdd" in c
+
+
+def test_calibration_without_a_compliant_object_answer_is_skipped_and_said_so(tiny_llama_dir: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A target that answers with one letter has no second character to calibrate on: evaluate finishes, and its
+    metrics, printout and report record calibration as skipped with the reason (it raised 'no calibration pairs')."""
+    import html
+    import json
+
+    from introspect_mi.inference import Engine
+
+    monkeypatch.setenv("INTROSPECT_MI_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(Engine, "generate", lambda self, prompts, decoding, desc="": [["c"] * decoding.n for _ in prompts])
+    config = EvalConfig(target=str(tiny_llama_dir), predictor=(str(tiny_llama_dir),), tasks=("animals",), properties=("first_character",),
+                        limit=3, calibration_items=2, calibration_samples=2, calibration_property="second_character",
+                        n_boot=20, batch_size=4, name="t")
+    metrics = evaluate(config)
+    [(label, cal)] = metrics["calibration"].items()
+    assert cal["n_prompts"] == 2 and "complies with second_character" in cal["skipped"] and "mad_sampled" not in cal
+    assert json.loads((tmp_path / "runs" / "t" / "metrics.json").read_text())["calibration"][label] == cal
+    assert f"calibration MAD, {label}: skipped: {cal['skipped']}" in capsys.readouterr().out
+    assert html.escape(cal["skipped"]) in (tmp_path / "runs" / "t" / "report.html").read_text()
