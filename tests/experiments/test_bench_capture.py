@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,11 @@ def test_peak_rss_sees_a_large_allocation() -> None:
     before = rss_mb()
     with PeakRSS(interval=0.005) as rss:
         block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
-        block.sum()
+        # Keep it alive until the sampling thread has run (sleep releases the GIL); on a loaded
+        # machine the thread may not be scheduled at all during a few ms of allocation.
+        deadline = time.monotonic() + 30
+        while rss.peak_mb < before + 48 and time.monotonic() < deadline:
+            time.sleep(0.01)
         del block
     assert rss.peak_mb >= before + 48
 
