@@ -58,5 +58,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
             f"to an uninterrupted run's; {t['concurrent']} concurrent pairs, {t['consistent']} consistent"
         )
         me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        terminalreporter.write_line(f"fault injection CPU time (user+sys): pytest {me.ru_utime + me.ru_stime:.0f} s, "
-                                    f"fork server and victims {children.ru_utime + children.ru_stime:.0f} s")
+        # Whole-session figures: they are the fault suite's own only when it runs alone (pytest tests/faults).
+        terminalreporter.write_line(f"CPU time of this pytest session (user+sys): pytest {me.ru_utime + me.ru_stime:.0f} s, "
+                                    f"its child processes (fault victims and any other test's) {children.ru_utime + children.ru_stime:.0f} s")
