@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import time
 from pathlib import Path
 
@@ -23,13 +24,17 @@ def test_bench_prompts_alternate_object_and_hypothetical_and_quote_p(tiny_llama_
 def test_peak_rss_sees_a_large_allocation() -> None:
     before = rss_mb()
     with PeakRSS(interval=0.005) as rss:
-        block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+        # 64 MB of fresh anonymous pages, each touched: a malloc'd block may instead reuse memory
+        # the process already holds from earlier tests, and then the resident set does not grow.
+        block = mmap.mmap(-1, 64 * 2**20)
+        for offset in range(0, len(block), mmap.PAGESIZE):
+            block[offset] = 1
         # Keep it alive until the sampling thread has run (sleep releases the GIL); on a loaded
-        # machine the thread may not be scheduled at all during a few ms of allocation.
+        # machine the thread may not be scheduled at all during a few ms.
         deadline = time.monotonic() + 30
         while rss.peak_mb < before + 48 and time.monotonic() < deadline:
             time.sleep(0.01)
-        del block
+        block.close()
     assert rss.peak_mb >= before + 48
 
 
