@@ -32,7 +32,7 @@ import pandas as pd
 
 from experiments import behavioral_training as tr
 from experiments.behavioral_config import ScalingConfig, SeedsConfig, StudyConfig
-from experiments.behavioral_endpoint import align, comparison_line, excluded_cells, paired_stats
+from experiments.behavioral_endpoint import align, comparison_line, paired_stats, primary_pairs
 from experiments.behavioral_eval import Predictor, Scoring, score
 from experiments.behavioral_input_only import input_only_predictors
 from experiments.behavioral_study import Study, default_name, finetune_config
@@ -57,11 +57,8 @@ def endpoint(self_rows: pd.DataFrame, other_rows: pd.DataFrame, n_boot: int, see
     """The primary endpoint of one replicate when `other_rows` are cross's: paired, item-clustered
     self − other on the pairs of the cells the pre-specified rule keeps (target mode baseline ≤ 0.7;
     experiments/behavioral_endpoint.py), with the excluded cells. Both accuracies' CIs resample items."""
-    paired = align(self_rows, other_rows)
-    excluded = excluded_cells(paired)
-    dropped = {(c["task"], c["property"]) for c in excluded}
-    kept = paired[[(t, p) not in dropped for t, p in zip(paired["task"], paired["property"])]]
-    return {**paired_stats(kept.reset_index(drop=True), n_boot, seed), "excluded_cells": [f"{c['task']} × {c['property']}" for c in excluded]}
+    kept, excluded = primary_pairs(align(self_rows, other_rows))
+    return {**paired_stats(kept, n_boot, seed), "excluded_cells": [f"{c['task']} × {c['property']}" for c in excluded]}
 
 
 def run_replicate(s: Study, bases: tr.Bases, rep: tr.Replicate) -> list[dict[str, Any]]:
