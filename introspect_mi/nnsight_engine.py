@@ -26,7 +26,7 @@ import nnsight
 import torch
 
 from introspect_mi.batching import left_pad
-from introspect_mi.patching import Metric, Patch, Run, copies_target
+from introspect_mi.patching import Metric, Patch, Run, copies_target, patch_writes
 from introspect_mi.places import Place, PlaceKind, execution_order, nnsight_value, resid_post
 
 
@@ -125,17 +125,11 @@ class NnsightEngine:
     def _patched(self, rows: Sequence[Patch], read: Place | None) -> torch.Tensor:
         """One trace over a left-padded batch of targets, row i patched with rows[i].cell."""
         batch = left_pad([list(p.target.ids) for p in rows], self.pad_id).to(self.device)
-        width = batch.width
-        writes: dict[Place, tuple[list[int], list[int], list[torch.Tensor]]] = {}
-        for i, p in enumerate(rows):
-            r, c, v = writes.setdefault(p.cell.place, ([], [], []))
-            r += [i] * len(p.cell.positions)
-            c += [width - len(p.target) + j for j in p.cell.positions]
-            v.append(p.source.act(p.cell.place)[list(p.cell.source_positions)])
+        writes = patch_writes(rows, batch.width)
         steps = [(place, "write") for place in writes] + ([(read, "read")] if read is not None else [])
         steps.sort(key=lambda s: (execution_order(s[0]), s[1] == "read"))  # forward order; a read sees the write
         plan = [(place, step, *(writes[place][:2] if step == "write" else ((), ())),
-                 torch.cat(writes[place][2]).to(self.device) if step == "write" else None) for place, step in steps]
+                 writes[place][2].to(self.device) if step == "write" else None) for place, step in steps]
         lm, kind = self.lm, self.model_type
         with lm.trace(**batch.model_inputs(), use_cache=False, logits_to_keep=1, remote=self.remote):
             got = nnsight.save([])

@@ -318,15 +318,20 @@ def _forward(model: torch.nn.Module, rows: Sequence[Patch], read: Place | None, 
     return read_out[0] if read is not None else out.logits[:, -1]
 
 
-def _patch_edits(rows: Sequence[Patch], width: int) -> list[tuple[Place, Edit]]:
-    """One edit per place: write each row's source vectors at its columns (left-padded: token j
-    of a target with n tokens sits at column width - n + j)."""
+def patch_writes(rows: Sequence[Patch], width: int) -> dict[Place, tuple[list[int], list[int], torch.Tensor]]:
+    """Per place, the (batch rows, columns, source vectors) that row i's cell writes into a
+    left-padded batch: token j of a target with n tokens sits at column width - n + j."""
     by_place: dict[Place, tuple[list[int], list[int], list[torch.Tensor]]] = {}
     for i, p in enumerate(rows):
         r, c, v = by_place.setdefault(p.cell.place, ([], [], []))
         r += [i] * len(p.cell.positions)
         c += [width - len(p.target) + j for j in p.cell.positions]
         v.append(p.source.act(p.cell.place)[list(p.cell.source_positions)])
+    return {place: (r, c, torch.cat(v)) for place, (r, c, v) in by_place.items()}
+
+
+def _patch_edits(rows: Sequence[Patch], width: int) -> list[tuple[Place, Edit]]:
+    """One edit per place: write each row's source vectors at its columns (`patch_writes`)."""
 
     def write(r: list[int], c: list[int], v: torch.Tensor) -> Edit:
         def edit(x: torch.Tensor, _pos: torch.Tensor) -> torch.Tensor:
@@ -335,7 +340,7 @@ def _patch_edits(rows: Sequence[Patch], width: int) -> list[tuple[Place, Edit]]:
             return x
         return edit
 
-    return [(place, write(r, c, torch.cat(v))) for place, (r, c, v) in by_place.items()]
+    return [(place, write(r, c, v)) for place, (r, c, v) in patch_writes(rows, width).items()]
 
 
 @torch.no_grad()
