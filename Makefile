@@ -45,7 +45,7 @@ browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 test: models browser
-	$(PY) -m pytest -q -ra --durations=10
+	$(PY) -m pytest -q -ra --durations=25
 
 test-fast: setup browser
 	$(PY) -m pytest -q -m "not slow"
