@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from experiments import behavioral_prompt_regime as pr
 from experiments.behavioral_endpoint import KEY, comparison_line, mdd_text
 from introspect_mi.store import RunDir
 from introspect_mi.viz import (
@@ -49,6 +50,8 @@ def write_report_for(run: RunDir) -> None:
              f"baseline of {baseline or 'the first predictor'}'s target (always guessing its most common property "
              "value); each table below has its own target's baseline.",
     ))
+    if pr.KEY in metrics:
+        sections.append(_prompt_regime_section(metrics[pr.KEY]))
     if "comparison" in metrics:
         c = metrics["comparison"]
         sections.append(Section("Comparison", text=comparison_text(c)))
@@ -141,6 +144,25 @@ def _endpoint_section(run: RunDir, e: dict[str, Any], finetunes: dict[str, Any])
                 "M2's own object-level property value equals the target's (where it does, cross can be right by predicting itself).")
     return Section("Primary endpoint", figures=[difference_figure(frame.rename(columns={"comparison": "label"}), mdd=p.get("mdd"))],
                    tables=tables, text="\n\n".join(text))
+
+
+def _prompt_regime_section(r: dict[str, Any]) -> Section:
+    """experiments/behavioral_prompt_regime.py: 0-shot vs k-shot object behaviour, the endpoint's comparison
+    against the 0-shot behaviour, and the untrained predictor's prompt effect."""
+    k, kh = f"{r['k']}-shot", f"{r['k_hypothetical']}-shot"
+    frame = _comparison_frame([(f"self − cross against {r['truth_model']}'s 0-shot behaviour", r["zero_shot_truth"]),
+                               (f"untrained M1 asked 0-shot − {kh} (same target)", r["untrained_prompt_effect"])])
+    agreement = pr.as_frame(r)
+    return Section("Prompt regime", tables=[
+        Table(agreement, caption=f"Object-level answers under the 0-shot and the {k} prompt on the held-out pairs; agreement: share of "
+                                 "pairs compliant under both whose property value is the same (95% CI resamples items within tasks)",
+              percent_columns=[c for c in agreement.columns if "compliant" in c and c != "n_both_compliant" or c.startswith("agreement")]),
+        Table(frame, caption="Paired comparisons (CIs resample items within tasks)", percent_columns=POINT_COLUMNS)],
+        text=f"The ground truth is each target's answer to the {k} object-level prompt; the finetuned predictors are asked 0-shot "
+             f"and the untrained one {kh}. Where the two prompts give different behaviour, a hypothetical question about 'your "
+             "response' refers to one of them only: the first table measures how often they differ, the second scores self and "
+             "cross against the 0-shot behaviour instead (same hypothetical answers) and separates the untrained predictor's "
+             "prompt effect from the training effect.")
 
 
 def _behaviour_change_section(bc: dict) -> Section:

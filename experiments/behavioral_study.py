@@ -12,6 +12,7 @@ import pandas as pd
 from experiments.behavioral_config import StudyConfig, check_names
 from experiments import behavioral_training as tr
 from experiments import behavioral_endpoint as be
+from experiments import behavioral_prompt_regime as pr
 from experiments.behavioral_eval import Predictor, Scoring, calls_line, compare, score, summary
 from experiments.behavioral_input_only import input_only_predictors
 from introspect_mi import config as cfg
@@ -83,9 +84,10 @@ class Study:
     def load(self, spec: str, adapter: Any = None) -> ModelHandle:
         return load(spec, adapter=adapter, device=self.config.device or None)
 
-    def objects(self, engine: Engine, items: list, label: str) -> dict[str, list[str]]:
+    def objects(self, engine: Engine, items: list, label: str, prompts: PromptConfig | None = None) -> dict[str, list[str]]:
+        """`engine`'s T=0 object-level answers to `items` (cached), under the study's object prompts unless `prompts`."""
         _log(f"object-level answers: {label}")
-        return ev.object_answers(engine, items, self.object_prompts, self.cache, self.counter)
+        return ev.object_answers(engine, items, prompts or self.object_prompts, self.cache, self.counter)
 
     def self_data(self, objects: dict[str, list[str]], ft: FinetuneConfig) -> tuple[list[fd.Labelled], list[fd.Labelled]]:
         """Self-prediction data labelled with `objects` (M1's answers on the training items), split
@@ -164,6 +166,9 @@ def study(config: StudyConfig) -> dict[str, Any]:
                                           m2_values=be.pair_values(s.eval_pairs, m2_cross_eval),
                                           others=[label for label in metrics["predictors"] if label not in labels.values()],
                                           n_boot=c.n_boot, seed=c.seed)
+    metrics[pr.KEY] = prompt_regime(s, {f"untrained {c.m1}": (m1_engine, m1_eval), f"self-trained {c.m1}": (m1_self_engine, m1_self_eval),
+                                        f"untrained {c.m2}": (m2_engine, m2_eval), f"cross-trained {c.m2}": (m2_cross_engine, m2_cross_eval)},
+                                    predictors, truth_model=f"self-trained {c.m1}")
 
     _log("self-prediction on the training tasks' val items (the tasks trained on, items never trained on)")
     m1_train_val = s.objects(m1_engine, s.train_val_items, f"{c.m1} on training tasks' val items")
@@ -191,7 +196,7 @@ def study(config: StudyConfig) -> dict[str, Any]:
     from experiments.behavioral_report import write_report_for
 
     write_report_for(s.run)
-    print("\n" + be.endpoint_text(metrics[be.KEY]) + "\n\nEXPLORATORY (secondary results; not the primary endpoint):\n" + summary(metrics))
+    print("\n" + be.endpoint_text(metrics[be.KEY]) + "\n\n" + pr.regime_text(metrics[pr.KEY]) + "\n\nEXPLORATORY (secondary results; not the primary endpoint):\n" + summary(metrics))
     print("\non the training tasks' val items:\n" + summary({"predictors": metrics["training_tasks"], "comparison": metrics["training_tasks_comparison"]}))
     print(behaviour_change_line(metrics["behaviour_change"]))
     for r in rounds:
@@ -200,6 +205,24 @@ def study(config: StudyConfig) -> dict[str, Any]:
         print(f"object-level answers changed by the {row['finetune']} finetune on {row['items']}: {row['fraction_changed']:.0%} of {row['n_items']}")
     print(f"\n{calls_line(s.counter)}\nreport: {s.run.path('report.html')}")
     return metrics
+
+
+def prompt_regime(s: Study, models: dict[str, tuple[Engine, dict[str, list[str]]]], predictors: list[Predictor],
+                  truth_model: str) -> dict[str, Any]:
+    """experiments/behavioral_prompt_regime.py on the held-out pairs: every model's 0-shot object-level
+    answers beside its k-shot ones, self and cross scored against `truth_model`'s 0-shot behaviour
+    (their hypothetical answers come from the cache), and untrained M1 asked 0-shot vs k-shot."""
+    c, zero = s.config, PromptConfig(shots=0)
+    zero_objects = {name: s.objects(engine, s.eval_items, f"{name} on held-out tasks, 0-shot", zero) if c.object_shots else objects
+                    for name, (engine, objects) in models.items()}
+    agreement = {name: pr.agreement(s.eval_pairs, objects, zero_objects[name], c.n_boot, c.seed) for name, (_, objects) in models.items()}
+    untrained, self_, cross = predictors
+    hypotheticals = {p.label: ev.hypothetical_answers(p.engine, s.eval_pairs, p.prompts, s.cache, s.counter) for p in (self_, cross)}
+    _log(f"untrained {c.m1} asked the hypothetical questions 0-shot (the prompt's effect without training)")
+    asked = [ev.hypothetical_answers(untrained.engine, s.eval_pairs, prompts, s.cache, s.counter) for prompts in (zero, untrained.prompts)]
+    return {"k": c.object_shots, "k_hypothetical": c.untrained_shots, "truth_model": truth_model, "agreement": agreement,
+            "zero_shot_truth": pr.zero_shot_truth(s.run, s.eval_pairs, zero_objects[truth_model], hypotheticals, c.n_boot, c.seed),
+            "untrained_prompt_effect": pr.untrained_prompt_effect(s.eval_pairs, untrained.target_objects, *asked, c.n_boot, c.seed)}
 
 
 MIN_CHANGED = 50

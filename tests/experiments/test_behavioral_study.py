@@ -55,10 +55,13 @@ def assert_primary_endpoint(e: dict, metrics: dict, stdout: str, run: Path) -> N
     if e["primary"]["n_pairs"]:
         assert {"diff", "diff_ci_low", "diff_ci_high", "p_value", "mdd", "macro_diff"} <= set(e["primary"])
     assert all({"noise_floor", "mad_sampled_ci_low", "mad_exact_ci_high"} <= set(cal) for cal in metrics["calibration"].values())
-    assert stdout.index("PRIMARY ENDPOINT") < stdout.index("EXPLORATORY") < stdout.index("predictor → target")
+    assert stdout.index("PRIMARY ENDPOINT") < stdout.index("PROMPT REGIME") < stdout.index("predictor → target")
+    regime = metrics["prompt_regime"]  # issue 14 point 3: 0-shot vs k-shot behaviour of all four models
+    assert len(regime["agreement"]) == 4 and {a["n_pairs"] for a in regime["agreement"].values()} == {8}  # 4 items × 2 tasks
+    assert regime["zero_shot_truth"]["first"] == e["first"] and "n_pairs" in regime["untrained_prompt_effect"]
     report = (run / "report.html").read_text()
     assert report.index("Primary endpoint") < report.index("Exploratory: Accuracy vs mode baseline")
-    assert "PRIMARY: self − cross, excluded cells left out" in report and "Per task × property" in report and "noise_floor" in report
+    assert "Exploratory: Prompt regime" in report and "PRIMARY: self − cross, excluded cells left out" in report and "Per task × property" in report and "noise_floor" in report
 
 
 def without_finetune_state(metrics: dict) -> dict:
