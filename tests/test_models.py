@@ -165,8 +165,9 @@ def test_adapter_trained_on_top_of_another_loads_as_a_chain(tiny_llama_dir: Path
 @pytest.mark.slow
 def test_a_gguf_file_is_converted_once_to_the_same_weights_as_the_embedded_model(checkpoints: Path, tmp_path: Path) -> None:
     from introspect_mi import embedded
+    from tests.prepared import link_prepared_models
 
-    embedded.prepare("smollm2-135m-instruct", log=lambda _m: None)  # into this test's checkpoints folder
+    link_prepared_models(checkpoints)  # the embedded model as `make models` converted it (tests/prepared.py)
     gguf = embedded._smollm2_gguf(tmp_path)
     first = load(gguf)
     assert first.checkpoint.parent == checkpoints / "base" and first.checkpoint.name.startswith(gguf.stem)

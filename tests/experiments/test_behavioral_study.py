@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from experiments.behavioral_endpoint import KEY, PRIMARY_ENDPOINT
-from introspect_mi import embedded
+from tests.prepared import link_prepared_models
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = ["--train-tasks", "countries", "mcq_arithmetic", "--held-out-tasks", "animals", "mcq_general",
@@ -24,19 +24,8 @@ TOY = ["--train-tasks", "countries", "mcq_arithmetic", "--held-out-tasks", "anim
        "--n-boot", "100", "--name", "toy"]
 
 
-def share_prepared_models(checkpoints: Path) -> None:
-    """Link the embedded models `make test` already converted into this test's checkpoints folder,
-    so the study does not convert both again (about two minutes of the suite); where one is not
-    prepared, the study converts it itself, as from a fresh clone."""
-    for name in embedded.EMBEDDED:
-        link = checkpoints / "base" / name
-        if embedded.is_prepared(name) and not link.exists():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(embedded.checkpoint_dir(name), target_is_directory=True)
-
-
 def study(tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    share_prepared_models(tmp_path / "checkpoints")
+    link_prepared_models(tmp_path / "checkpoints")  # not converted again (tests/prepared.py)
     env = {**os.environ, "INTROSPECT_MI_RUNS": str(tmp_path / "runs"), "INTROSPECT_MI_CHECKPOINTS": str(tmp_path / "checkpoints"),
            "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "experiments.behavioral", "--preset", "quick", *TOY], cwd=ROOT, env=env,
