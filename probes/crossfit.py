@@ -41,6 +41,7 @@ import torch
 from probes.config import ProbeConfig
 from probes.controls import control_task_labels, selectivity, shuffled_labels
 from probes.logistic import fit_probes
+from introspect_mi.metrics import most_common
 from probes.metrics import accuracy, accuracy_ci, as_labels, balanced_accuracy
 
 
@@ -58,10 +59,12 @@ class Pool:
     """Item per vector: inner CV folds and the bootstrap resample whole items."""
     keys: Mapping[str, Sequence] | None = None
     """target name → control-task key per vector (None: no control task, NaN columns)."""
+    tasks: Sequence | None = None
+    """Task per vector: the per-task majority bar and within-task accuracies (None: one pooled constant)."""
 
     def __post_init__(self) -> None:
         n = len(self.X)
-        columns = [*self.labels.values(), self.fold, self.groups, *(self.keys or {}).values()]
+        columns = [*self.labels.values(), self.fold, self.groups, *(self.keys or {}).values(), *([] if self.tasks is None else [self.tasks])]
         if any(len(c) != n for c in columns):
             raise ValueError(f"every label, fold, group and key column needs {n} entries (one per vector)")
         if self.keys is not None and set(self.keys) != set(self.labels):
@@ -85,15 +88,47 @@ def best_constant(labels: Sequence) -> float:
     return float(np.unique(as_labels(labels), return_counts=True)[1].max() / len(labels))
 
 
-def cross_fit(train: Pool, cfg: ProbeConfig, test: Pool | None = None) -> dict[str, dict[str, Any]]:
-    """Pooled out-of-fold scores per target: the metric columns of `probes.COLUMNS` from n_train on,
-    plus control_majority (the best constant answer's accuracy on the control labels).
+@dataclass(frozen=True)
+class CrossFit:
+    """One target's pooled out-of-fold predictions, kept for the scores and the nested layer choice."""
 
-    `test` (default: `train` itself) must carry the same targets; every fold present in it is
-    scored by probes fitted on the training vectors of the other folds. n_train is the mean
-    number of training vectors per fold, n_test the number of vectors scored; C is the median
-    of the folds' chosen C and `converged` says whether every fold's probe converged.
-    """
+    y: np.ndarray
+    """Tested labels."""
+    pred: dict[str, np.ndarray]
+    """probe / shuffled / control → prediction per tested vector."""
+    control: np.ndarray | None
+    """Control-task labels of the tested vectors (None: no control task)."""
+    constant: np.ndarray
+    """Per tested vector, the training folds' majority label of its task (`task_constant`)."""
+    fold: np.ndarray
+    groups: np.ndarray
+    tasks: np.ndarray | None
+    inner_loss: dict[int, float]
+    """Outer fold → the probe's held-out cross-entropy in inner folds over that fold's training items (NaN: not run)."""
+    n_train: int
+    n_classes: int
+    seen: float
+    C: float
+    converged: bool
+
+
+def task_constant(y_train: np.ndarray, tasks_train: np.ndarray | None, tasks_test: np.ndarray | None, n_test: int) -> np.ndarray:
+    """Per tested vector, the most common training label of its task (ties: smallest); a task
+    absent from training (leave-one-task-out) or no tasks given: the most common training label.
+
+    A probe on pooled tasks whose vectors know the task scores this much by knowing the task
+    alone: the fair bar (the pooled majority is too low)."""
+    pooled = most_common(y_train.tolist())
+    if tasks_test is None or tasks_train is None:
+        return np.full(n_test, pooled, dtype=object).astype(str)
+    modes = {t: most_common(y_train[tasks_train == t].tolist()) for t in np.unique(tasks_train)}
+    return np.array([modes.get(t, pooled) for t in tasks_test], dtype=object).astype(str)
+
+
+def cross_predict(train: Pool, cfg: ProbeConfig, test: Pool | None = None, inner: bool = False) -> dict[str, CrossFit]:
+    """Out-of-fold predictions per target of the probe, its shuffled-label control and its control
+    task; `inner` also cross-validates each fold's probe on its training items (one C: `cv_loss`),
+    the score a nested layer choice reads."""
     test = train if test is None else test
     names = list(train.labels)
     if set(test.labels) != set(names) or (train.keys is None) != (test.keys is None):
@@ -101,6 +136,7 @@ def cross_fit(train: Pool, cfg: ProbeConfig, test: Pool | None = None) -> dict[s
     x_train, x_test = torch.as_tensor(train.X), torch.as_tensor(test.X)
     f_train, f_test = np.asarray(train.fold), np.asarray(test.fold)
     g_train, g_test = np.asarray(train.groups, dtype=object), np.asarray(test.groups, dtype=object)
+    t_train, t_test = (None, None) if train.tasks is None or test.tasks is None else (as_labels(train.tasks), as_labels(test.tasks))
     y_train = {t: as_labels(train.labels[t]) for t in names}
     y_test = {t: as_labels(test.labels[t]) for t in names}
     control_train: dict[str, np.ndarray] = {}
@@ -111,44 +147,76 @@ def cross_fit(train: Pool, cfg: ProbeConfig, test: Pool | None = None) -> dict[s
             control_train[t], control_test[t] = drawn[:len(f_train)], drawn[len(f_train):]
     kinds = ["probe", "shuffled", *(["control"] if control_train else [])]
     pred = {(t, k): np.empty(len(f_test), dtype=object) for t in names for k in kinds}
+    constant = {t: np.empty(len(f_test), dtype=object) for t in names}
     seen = {t: np.zeros(len(f_test), dtype=bool) for t in names}
     chosen_c: dict[str, list[float]] = {t: [] for t in names}
+    inner_loss: dict[str, dict[int, float]] = {t: {} for t in names}
     converged = {t: True for t in names}
-    n_classes = {t: len(np.unique(y_train[t])) for t in names}
-    folds = np.unique(f_test)
     n_train = []
-    for f in folds:
+    for f in np.unique(f_test):
         tr, te = f_train != f, f_test == f
         if not tr.any():
             raise ValueError(f"fold {f} leaves no training vectors")
         n_train.append(int(tr.sum()))
-        ys = [y for t in names for y in (y_train[t][tr], shuffled_labels(y_train[t][tr], cfg.seed), *([control_train[t][tr]] if control_train else []))]
-        probes = iter(fit_probes(x_train[torch.as_tensor(tr)], ys, cfg, g_train[tr]))
+        x_tr, g_tr = x_train[torch.as_tensor(tr)], g_train[tr]
+        ctrl = {t: [shuffled_labels(y_train[t][tr], cfg.seed), *([control_train[t][tr]] if control_train else [])] for t in names}
+        if inner:  # the probes with inner folds, their controls without (no layer is chosen on them)
+            probes = fit_probes(x_tr, [y_train[t][tr] for t in names], cfg, g_tr, cross_validate=True)
+            others = iter(fit_probes(x_tr, [y for t in names for y in ctrl[t]], cfg, g_tr))
+            fitted = iter([p for probe in probes for p in (probe, *(next(others) for _ in kinds[1:]))])
+        else:
+            fitted = iter(fit_probes(x_tr, [y for t in names for y in (y_train[t][tr], *ctrl[t])], cfg, g_tr))
         x_fold = x_test[torch.as_tensor(te)]
         for t in names:
+            constant[t][te] = task_constant(y_train[t][tr], None if t_train is None else t_train[tr], None if t_test is None else t_test[te], int(te.sum()))
             for kind in kinds:
-                probe = next(probes)
+                probe = next(fitted)
                 pred[t, kind][te] = probe.predict(x_fold)
                 if kind == "probe":
                     chosen_c[t].append(probe.C)
                     converged[t] &= probe.converged
+                    inner_loss[t][int(f)] = float(np.nanmin(probe.cv_loss)) if inner else float("nan")
             if control_train:
                 seen[t][te] = np.isin(as_labels(test.keys[t])[te], as_labels(train.keys[t])[tr])  # type: ignore[index]
-    out = {}
-    for t in names:
-        acc = accuracy(y_test[t], pred[t, "probe"])
-        lo, hi = accuracy_ci(y_test[t], pred[t, "probe"], g_test, n_boot=cfg.n_boot, seed=cfg.seed)
-        majority = best_constant(y_test[t])
-        control_acc = accuracy(control_test[t], pred[t, "control"]) if control_train else float("nan")
-        control_majority = best_constant(control_test[t]) if control_train else float("nan")
-        out[t] = {"n_train": round(float(np.mean(n_train))), "n_test": len(f_test), "n_classes": n_classes[t],
-                  "acc": acc, "acc_lo": lo, "acc_hi": hi, "balanced_acc": balanced_accuracy(y_test[t], pred[t, "probe"]),
-                  "majority": majority, "shuffled_acc": accuracy(y_test[t], pred[t, "shuffled"]),
-                  "control_task_acc": control_acc, "control_majority": control_majority,
-                  "selectivity": _selectivity(acc - majority, control_acc - control_majority),
-                  "control_seen": float(seen[t].mean()) if control_train else float("nan"),
-                  "C": float(np.median(chosen_c[t])), "converged": converged[t]}
-    return out
+    return {t: CrossFit(y_test[t], {k: pred[t, k].astype(str) for k in kinds}, control_test.get(t), constant[t].astype(str), f_test,
+                        g_test, t_test, inner_loss[t], round(float(np.mean(n_train))), len(np.unique(y_train[t])),
+                        float(seen[t].mean()) if control_train else float("nan"), float(np.median(chosen_c[t])), converged[t])
+            for t in names}
+
+
+def score(fit: CrossFit, cfg: ProbeConfig) -> dict[str, Any]:
+    """The metric columns of `probes.COLUMNS` from n_train on, plus control_majority (the best
+    constant's accuracy on the control labels), task_majority (accuracy of `task_constant`) and
+    within_task (task → n, probe accuracy, task constant's accuracy; None for one task)."""
+    y, probe = fit.y, fit.pred["probe"]
+    acc = accuracy(y, probe)
+    lo, hi = accuracy_ci(y, probe, fit.groups, n_boot=cfg.n_boot, seed=cfg.seed)
+    has_control = fit.control is not None
+    control_acc = accuracy(fit.control, fit.pred["control"]) if has_control else float("nan")
+    control_majority = best_constant(fit.control) if has_control else float("nan")
+    majority = best_constant(y)
+    within = None
+    if fit.tasks is not None and len(np.unique(fit.tasks)) >= 2:
+        within = {str(t): {"n": int((fit.tasks == t).sum()), "acc": accuracy(y[fit.tasks == t], probe[fit.tasks == t]),
+                           "majority": accuracy(y[fit.tasks == t], fit.constant[fit.tasks == t])} for t in np.unique(fit.tasks)}
+    return {"n_train": fit.n_train, "n_test": len(y), "n_classes": fit.n_classes,
+            "acc": acc, "acc_lo": lo, "acc_hi": hi, "balanced_acc": balanced_accuracy(y, probe),
+            "majority": majority, "task_majority": accuracy(y, fit.constant), "within_task": within,
+            "shuffled_acc": accuracy(y, fit.pred["shuffled"]),
+            "control_task_acc": control_acc, "control_majority": control_majority,
+            "selectivity": _selectivity(acc - majority, control_acc - control_majority),
+            "control_seen": fit.seen, "C": fit.C, "converged": fit.converged}
+
+
+def cross_fit(train: Pool, cfg: ProbeConfig, test: Pool | None = None) -> dict[str, dict[str, Any]]:
+    """Pooled out-of-fold scores per target (`score` of `cross_predict`).
+
+    `test` (default: `train` itself) must carry the same targets; every fold present in it is
+    scored by probes fitted on the training vectors of the other folds. n_train is the mean
+    number of training vectors per fold, n_test the number of vectors scored; C is the median
+    of the folds' chosen C and `converged` says whether every fold's probe converged.
+    """
+    return {t: score(fit, cfg) for t, fit in cross_predict(train, cfg, test).items()}
 
 
 def _selectivity(gain: float, control_gain: float) -> float:

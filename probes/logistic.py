@@ -46,7 +46,7 @@ class Probe:
     """The inverse L2 strength cross-validation chose."""
     c_grid: tuple[float, ...]
     cv_loss: np.ndarray
-    """Pooled held-out cross-entropy per C of `c_grid` (NaN when the grid has one C)."""
+    """Pooled held-out cross-entropy per C of `c_grid` (NaN when no folds ran: one C, not asked for)."""
     converged: bool
     """Whether the final fit met the gradient tolerance within max_iter."""
 
@@ -70,15 +70,18 @@ def fit_probe(X: np.ndarray | torch.Tensor, y: Sequence, cfg: ProbeConfig,
 
 
 def fit_probes(X: np.ndarray | torch.Tensor, ys: Sequence[Sequence], cfg: ProbeConfig,
-               groups: Sequence | None = None) -> list[Probe]:
-    """Fit one probe per label vector in `ys`, all over the same X and CV folds, in one solve."""
+               groups: Sequence | None = None, cross_validate: bool = False) -> list[Probe]:
+    """Fit one probe per label vector in `ys`, all over the same X and CV folds, in one solve.
+
+    The folds run when the grid has several C's, or when `cross_validate` asks for each probe's
+    held-out loss (`cv_loss`) with one C: a score of the training data alone (nested layer choice)."""
     x = _as_matrix(X)
     n, d = x.shape
     labels = [as_labels(y) for y in ys]
     if not labels or any(lab.size != n for lab in labels):
         raise ValueError(f"need label vectors of length {n} (one per row of X)")
     c_grid = tuple(sorted(cfg.c_grid))
-    cross_validate = len(c_grid) > 1
+    cross_validate = cross_validate or len(c_grid) > 1
     train = _fold_train_masks(n, groups, cfg) if cross_validate else torch.ones(1, n, dtype=torch.bool)
     classes = [np.unique(lab) for lab in labels]
     codes = torch.as_tensor(np.stack([np.searchsorted(c, lab) for c, lab in zip(classes, labels)]))
@@ -87,7 +90,7 @@ def fit_probes(X: np.ndarray | torch.Tensor, ys: Sequence[Sequence], cfg: ProbeC
     cv_loss = problem.cv_loss(theta).numpy() if cross_validate else np.full((len(labels), 1), np.nan)
     probes = []
     for lab_set, cls in enumerate(classes):
-        best = int(np.argmin(cv_loss[lab_set])) if cross_validate else 0
+        best = int(np.argmin(cv_loss[lab_set])) if len(c_grid) > 1 else 0
         coef, intercept = problem.weights(theta, lab_set, best)
         probes.append(Probe(
             classes=cls, mean=problem.mean[-1].numpy(), scale=problem.scale[-1].numpy(),

@@ -133,3 +133,31 @@ def test_a_control_probe_below_its_constant_does_not_raise_selectivity() -> None
     r = cross_fit(train, CFG, test)["p"]
     assert r["control_task_acc"] < r["control_majority"]
     assert r["selectivity"] == pytest.approx(r["acc"] - r["majority"])
+
+
+def test_per_task_majority_bar_on_a_hand_built_table() -> None:
+    """Two tasks with opposite majorities: the pooled constant scores 50%, the per-task constant
+    learned on the training folds 75% (the fair bar), and within-task accuracies are per task."""
+    from probes.crossfit import CrossFit, score, task_constant
+
+    y_train = np.array(["x", "x", "x", "y", "y", "y", "y", "x"])
+    tasks_train = np.array(["t1", "t1", "t1", "t1", "t2", "t2", "t2", "t2"])
+    assert list(task_constant(y_train, tasks_train, np.array(["t2", "t1", "t3"]), 3)) == ["y", "x", "x"]  # t3 unseen: pooled mode (tie: x)
+    y = np.array(["x", "x", "x", "y", "y", "y", "y", "x"])
+    probe = np.array(["x", "x", "y", "y", "y", "y", "x", "x"])
+    fit = CrossFit(y, {"probe": probe, "shuffled": probe}, None, task_constant(y_train, tasks_train, tasks_train, 8), np.zeros(8, int),
+                   np.arange(8).astype(str), tasks_train, {}, 8, 2, float("nan"), 1.0, True)
+    r = score(fit, CFG)
+    assert r["majority"] == 0.5 and r["task_majority"] == 0.75 and r["acc"] == 0.75
+    assert r["within_task"] == {"t1": {"n": 4, "acc": 0.75, "majority": 0.75}, "t2": {"n": 4, "acc": 0.75, "majority": 0.75}}
+
+
+def test_per_task_constant_is_learned_on_the_training_folds_only() -> None:
+    """Task t's test fold holds the opposite class from its training folds: the bar is 0, not 100%."""
+    x = np.zeros((16, 2), np.float32)
+    y = np.array(["a"] * 6 + ["b"] * 2 + ["b"] * 6 + ["a"] * 2)
+    tasks = np.array(["t"] * 8 + ["u"] * 8)
+    fold = np.array([0] * 6 + [1] * 2 + [0] * 6 + [1] * 2)
+    r = cross_fit(Pool(x, {"p": y}, fold, np.arange(16).astype(str), tasks=tasks), CFG)["p"]
+    # fold 1 (b of t, a of u) is predicted by fold 0's task modes (a for t, b for u): wrong; fold 0 by fold 1's: wrong
+    assert r["task_majority"] == 0.0 and set(r["within_task"]) == {"t", "u"}

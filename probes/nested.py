@@ -1,0 +1,74 @@
+"""Choosing the layer without inflating the reported accuracy, testing it, and correcting for many tests.
+
+Reporting the layer with the highest cross-fitted accuracy reports a maximum: over 20 layers of
+pure noise it sits well above chance. `nested_layers` chooses, for each outer fold, the layer
+whose probe has the lowest held-out loss in *inner* folds over that fold's training items only
+(`cross_predict(..., inner=True)`), and scores the fold at that layer: the chosen layer never saw
+the fold's labels, so the pooled accuracy is an unbiased estimate of "probe at the layer this
+procedure picks".
+
+`sign_flip_p` tests whether those nested predictions beat a baseline predicting the same vectors
+(per-task majority): a paired, item-clustered test (each item's mean hit difference, signs
+flipped at random under the null). `holm` adjusts a family of p-values (Holm 1979).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from probes.crossfit import CrossFit
+
+
+def nested_layers(fits: Mapping[int, CrossFit]) -> tuple[np.ndarray, dict[int, int]]:
+    """(hit per tested vector at the layer chosen for its fold, outer fold → chosen layer).
+
+    `fits` maps layer → the same cell's `cross_predict(..., inner=True)` result at that layer;
+    each fold takes the layer with the lowest inner loss (ties: the lowest layer).
+    """
+    layers = sorted(fits)
+    first = fits[layers[0]]
+    if any(len(fits[layer].y) != len(first.y) or not (fits[layer].fold == first.fold).all() for layer in layers):
+        raise ValueError("every layer's fit must test the same vectors in the same folds")
+    hits = np.zeros(len(first.y), dtype=bool)
+    chosen = {}
+    for f in np.unique(first.fold):
+        losses = [fits[layer].inner_loss.get(int(f), float("nan")) for layer in layers]
+        if np.isnan(losses).all():
+            raise ValueError(f"fold {f} has no inner loss: fit with cross_predict(..., inner=True)")
+        chosen[int(f)] = layers[int(np.nanargmin(losses))]
+        rows = first.fold == f
+        pick = fits[chosen[int(f)]]
+        hits[rows] = pick.pred["probe"][rows] == pick.y[rows]
+    return hits, chosen
+
+
+def item_differences(hits: np.ndarray, baseline_hits: np.ndarray, groups: Sequence) -> np.ndarray:
+    """Per item (group), the mean over its vectors of hit − baseline hit."""
+    names, codes = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    diff = hits.astype(float) - baseline_hits.astype(float)
+    return np.bincount(codes, weights=diff, minlength=names.size) / np.bincount(codes, minlength=names.size)
+
+
+def sign_flip_p(differences: np.ndarray, n_perm: int = 2000, seed: int = 0) -> float:
+    """One-sided p-value that the mean item difference is > 0: the share of random sign flips
+    (items exchangeable under the null) whose sum reaches the observed one, (1 + hits) / (1 + n_perm)."""
+    d = np.asarray(differences, dtype=float)
+    observed = d.sum()
+    signs = np.random.default_rng([seed, 5]).choice([-1.0, 1.0], size=(n_perm, d.size))
+    return float((1 + np.sum(signs @ d >= observed - 1e-12)) / (1 + n_perm))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (NaN entries stay NaN and do not count toward the family)."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid], kind="stable")]
+    m = order.size
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
