@@ -10,13 +10,14 @@ import pandas as pd
 from introspect_mi.store import RunDir
 from introspect_mi.viz import Section, Table, write_report
 from introspect_mi.viz.probes import input_only_figure, layer_figure
-from probes.summary import best_rows, onsets
+from experiments.probing import CURVE, FAMILIES
+from probes.summary import onsets
 
-CURVE = ["experiment", "subject", "property", "target", "split", "train_run", "test_run"]
-"""The columns that tell one curve (a value per layer) from another."""
-SHOWN = [*CURVE, "layer", "n_test", "n_classes", "acc", "acc_lo", "acc_hi", "majority", "shuffled_acc",
-         "control_task_acc", "control_majority", "selectivity", "control_seen", "agreement"]
-PERCENT = SHOWN[SHOWN.index("acc"):]
+AT_LAYER = ["majority", "shuffled_acc", "control_task_acc", "control_majority", "selectivity", "control_seen", "agreement"]
+"""Per-layer columns shown beside a curve's nested line, read at the layer most folds chose (no choice is made on them)."""
+SHOWN = [*CURVE, "family", "layer", "layers_chosen", "n_test", "nested_acc", "nested_lo", "nested_hi", "task_majority", "gain",
+         "p_value", "p_holm", *AT_LAYER]
+PERCENT = ["nested_acc", "nested_lo", "nested_hi", "task_majority", "gain", *AT_LAYER]
 NO_FITS = ("no probe was fitted: every cell was skipped, none had two label values on enough items (see Skipped) — "
            "probe a study with more items per task (--eval-items), or lower --min-class-items")
 
@@ -37,10 +38,10 @@ TEXTS = {
          "scores the hypothetical vectors of its own fold's items. Compare with B at the same position.",
     "D": "Identity = the first token of the object answer, decoded among the top-k most frequent first tokens. "
          "Self-simulation predicts the identity becomes decodable at an earlier layer than the property (B, final token). "
-         "Onset = first layer whose 95% CI lies above the majority baseline. The control task keys on the answer's first "
-         "word, nearly the identity itself, so for identity the shuffled-label line is the control to read.",
+         "Onset = first layer whose 95% CI lies above the majority baseline. The control task keys on P's last word "
+         "(an input feature), as for every experiment.",
     "E": "How much is readable from P's tokens alone, with no model state: the same probe on token counts of P plus "
-         "the identity of P's last token(s). A layer's probe shows computation beyond the input only where it beats this "
+         "the identity of P's last token(s), its L2 strength chosen in inner folds within each outer training fold. A layer's probe shows computation beyond the input only where it beats this "
          "(drawn as a flat line in A and B).",
     "F": "Privileged self-information or generic task information? On the same items, probes for M1's own property "
          "values and for M2's (gemma3-270m, untrained: its own object answers). agreement = share of items where the two "
@@ -50,18 +51,27 @@ INTRO = ("Every accuracy is cross-fitted: k folds over items (every item is test
          "and where a property spans two or more tasks also leave-one-task-out (split = tasks). Each comes with its "
          "majority baseline (the best constant answer: the most common tested label's share), a shuffled-label probe "
          "(same pipeline, permuted training labels: at or below the majority unless something leaks) and a control-task "
-         "probe (Hewitt & Liang: a random fixed label per object answer's first word, e.g. 'lion' or 'A'; control_seen = "
-         "share of tested items whose word occurs in training). Selectivity = (accuracy − majority) − max(0, control-task "
+         "probe (Hewitt & Liang: a random fixed label per P's last word, an input feature — the object answer's first word "
+         "would be the self-simulation signal under test; control_seen = share of tested items whose word occurs in training). "
+         "Where tasks are pooled, task_majority is the fair bar: per task, that task's most common label in the training "
+         "folds (the final token knows the task); within_task in results.jsonl gives each task's accuracy and bar. Selectivity = (accuracy − majority) − max(0, control-task "
          "accuracy − control majority): the probe's gain over its best constant minus the control probe's; with many "
          "distinct answer words it is accuracy − control accuracy, and with few (answer letters) a near-constant control "
-         "task is not counted as memorisation. The best layer is chosen on the reported accuracy (optimistic: read it "
-         "next to its baseline and controls). Items whose label value is rare are dropped per experiment; the Skipped "
+         "task is not counted as memorisation. The reported layer of a curve is chosen per outer fold by the probe's "
+         "held-out loss in inner folds over that fold's training items only (nested: nested_acc is not inflated by the "
+         "choice; layers_chosen lists every fold's pick, layer the commonest). p_value: one-sided item sign-flip test of "
+         "nested accuracy against the per-task majority on the same vectors; p_holm: Holm-adjusted within its family. "
+         + "; ".join(f"{k}: {v}" for k, v in FAMILIES.items()) + ". E's L2 strength is chosen in inner folds (nested CV). Items whose label value is rare are dropped per experiment; the Skipped "
          "section lists cells without two frequent values.")
 
 
-def curve_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """The best layer of every curve (E: its single row)."""
-    return best_rows(table, CURVE)[SHOWN]
+def curve_summary(table: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Every curve's nested line with its per-layer controls at the chosen layer, and E's single
+    rows (its C chosen by nested CV; no layer, no test)."""
+    layered = curves.merge(table[[*CURVE, "layer", *AT_LAYER]], how="left", on=[*CURVE, "layer"])
+    e = table[table["layer"].isna()].rename(columns={"acc": "nested_acc", "acc_lo": "nested_lo", "acc_hi": "nested_hi"})
+    e = e.assign(family="exploratory", gain=e["nested_acc"] - e["task_majority"])
+    return pd.concat([df.reindex(columns=SHOWN) for df in (layered, e) if not df.empty] or [pd.DataFrame(columns=SHOWN)], ignore_index=True)
 
 
 def onset_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -78,17 +88,18 @@ def onset_summary(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def summary_metrics(table: pd.DataFrame, skipped: Sequence[Mapping[str, str]], missing: Mapping[str, str],
+def summary_metrics(table: pd.DataFrame, curves: pd.DataFrame, skipped: Sequence[Mapping[str, str]], missing: Mapping[str, str],
                     layers: Sequence[int], timing: Mapping[str, Any]) -> dict[str, Any]:
     table = _columns(table)
-    return {"subjects": list(dict.fromkeys(table["subject"])), "missing_subjects": dict(missing), "layers": list(layers),
+    curves = curves.reindex(columns=list(dict.fromkeys([*curves.columns, *SHOWN[:SHOWN.index("p_holm") + 1]])))
+    return {"families": FAMILIES, "subjects": list(dict.fromkeys(table["subject"])), "missing_subjects": dict(missing), "layers": list(layers),
             "timing": dict(timing), "n_fits": len(table), "no_fits": NO_FITS if table.empty else None, "skipped": list(skipped),
-            "best": curve_summary(table).to_dict(orient="records"), "onsets": onset_summary(table).to_dict(orient="records")}
+            "best": curve_summary(table, curves).to_dict(orient="records"), "onsets": onset_summary(table).to_dict(orient="records")}
 
 
 def _columns(table: pd.DataFrame) -> pd.DataFrame:
     """The results table with at least the shown columns: an empty one reads back without any."""
-    return table.reindex(columns=list(dict.fromkeys([*SHOWN, *table.columns])))
+    return table.reindex(columns=list(dict.fromkeys([*CURVE, "layer", "n_test", "acc", "acc_lo", "acc_hi", "task_majority", *AT_LAYER, *table.columns])))
 
 
 def _items(table: pd.DataFrame) -> pd.DataFrame:
@@ -99,7 +110,7 @@ def write_probing_report(run: RunDir, metrics: Mapping[str, Any]) -> None:
     table = _columns(run.read_table("results"))
     best = pd.DataFrame(metrics["best"], columns=SHOWN)
     e = table[table["experiment"] == "E"]
-    sections = [Section("Summary", tables=[Table(best, "Best layer of every curve", PERCENT)], text=INTRO + "\n\n" + _run_text(metrics))]
+    sections = [Section("Summary", tables=[Table(best, "Every curve at the layer chosen in inner folds (nested), with its family and Holm-adjusted p-value", PERCENT)], text=INTRO + "\n\n" + _run_text(metrics))]
     variants = {"A": ["train_run", "split"], "B": ["test_run", "split"], "C": ["test_run", "split"], "F": ["test_run", "target"]}
     for ex in ("A", "B", "C", "D", "E", "F"):
         rows = table[table["experiment"] == ex]
@@ -115,7 +126,7 @@ def write_probing_report(run: RunDir, metrics: Mapping[str, Any]) -> None:
         elif not rows.empty:
             sections.append(Section(TITLES[ex], [layer_figure(rows, TITLES[ex], variant=variants[ex],
                                                               input_only=e[["subject", "property", "split", "acc"]] if ex in ("A", "B") and not e.empty else None)],
-                                    [Table(best[best["experiment"] == ex], "Best layer per curve", PERCENT)], TEXTS[ex]))
+                                    [Table(best[best["experiment"] == ex], "Per curve, at the layer chosen in inner folds", PERCENT)], TEXTS[ex]))
     if metrics["skipped"]:
         sections.append(Section("Skipped", tables=[Table(pd.DataFrame(metrics["skipped"]), "Cells without enough data")]))
     write_report(run.path("report.html"), "Linear probes: is the answer's property represented, and whose?", sections)
@@ -134,6 +145,10 @@ def _layer(x: Any) -> str:
     return "never" if x is None or pd.isna(x) else f"layer {int(x)}"
 
 
+def _p(x: Any) -> str:
+    return "–" if x is None or pd.isna(x) else f"p={float(x):.3g}"
+
+
 def _pct(x: Any) -> str:
     return "–" if x is None or pd.isna(x) else f"{100 * float(x):.0f}%"
 
@@ -141,12 +156,13 @@ def _pct(x: Any) -> str:
 def print_summary(run: RunDir, metrics: Mapping[str, Any]) -> None:
     """One line per best-layer curve (items split), D's onsets, timing and where the report is."""
     best = pd.DataFrame(metrics["best"], columns=SHOWN)
-    print("\nbest layer per curve (acc [95% CI] | majority | shuffled | control task):")
+    print("\nevery curve at its nested layer choice (acc [95% CI] | per-task majority | shuffled | control task | Holm p, family):")
     for r in best[best["split"] == "items"].itertuples():
         where = r.test_run if r.train_run == r.test_run else f"{r.train_run}→{r.test_run}"
         layer = "" if pd.isna(r.layer) else f" L{int(r.layer)}"
         print(f"  {r.experiment} {r.subject:9s} {r.property:17s} {r.target:8s} {where:38s}{layer:4s} "
-              f"{_pct(r.acc)} [{_pct(r.acc_lo)}, {_pct(r.acc_hi)}] | {_pct(r.majority)} | {_pct(r.shuffled_acc)} | {_pct(r.control_task_acc)}  n={r.n_test}")
+              f"{_pct(r.nested_acc)} [{_pct(r.nested_lo)}, {_pct(r.nested_hi)}] | {_pct(r.task_majority)} | {_pct(r.shuffled_acc)} | "
+              f"{_pct(r.control_task_acc)} | {_p(r.p_holm)} {r.family}  n={r.n_test}")
     for o in metrics["onsets"]:
         print(f"  D onset {o['subject']} {o['property']}: answer identity {_layer(o['identity_onset'])}, property {_layer(o['property_onset'])}")
     print(f"\n{_run_text(metrics)}\nreport: {run.path('report.html')}")

@@ -3,8 +3,10 @@
 - Shuffled labels: the training labels permuted. A probe trained on them and tested on the real
   test labels measures what the pipeline scores with no information at all (≈ chance, or the
   majority rate); accuracy far above it would mean leakage or a bug.
-- Control task (Hewitt & Liang, 2019): every distinct key (e.g. the object-level answer word)
-  gets a random but fixed label, drawn from the training label distribution. Reaching high
+- Control task (Hewitt & Liang, 2019): every distinct key gets a random but fixed label, drawn
+  from the training label distribution. The key must be a feature of the *input* (`p_last_word`:
+  P's last word): a latent such as the object answer's first word is itself the self-simulation
+  signal under test, so a probe decoding it is not "memorising identities". Reaching high
   accuracy on it needs memorising key → label from the activations, so it measures the probe's
   capacity to memorise identities rather than to read the property. Keys must recur between
   train and test (an item id would not: test keys would be unseen and the control at chance).
@@ -37,6 +39,13 @@ def control_task_labels(keys: Sequence, label_pool: Sequence, seed: int = 0) -> 
     values, counts = np.unique(as_labels(label_pool), return_counts=True)
     drawn = np.random.default_rng([seed, 4]).choice(values, size=names.size, p=counts / counts.sum())
     return drawn[codes.reshape(-1)]
+
+
+def p_last_word(tokens: Sequence[str], p_tokens: Sequence[int]) -> str:
+    """The control task's key: the last whitespace-separated word of P's text (its tokens joined),
+    read off the prompt alone; '' when P is empty. The same P gives the same key in any prompt."""
+    words = "".join(tokens[i] for i in p_tokens).split()
+    return words[-1] if words else ""
 
 
 def selectivity(probe_accuracy: float, control_task_accuracy: float) -> float:

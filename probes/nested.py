@@ -7,7 +7,7 @@ whose probe has the lowest held-out loss in *inner* folds over that fold's train
 the fold's labels, so the pooled accuracy is an unbiased estimate of "probe at the layer this
 procedure picks".
 
-`sign_flip_p` tests whether those nested predictions beat a baseline predicting the same vectors
+`nested_summary` is a curve's reported line. `sign_flip_p` tests whether those nested predictions beat a baseline predicting the same vectors
 (per-task majority): a paired, item-clustered test (each item's mean hit difference, signs
 flipped at random under the null). `holm` adjusts a family of p-values (Holm 1979).
 """
@@ -15,10 +15,12 @@ flipped at random under the null). `holm` adjusts a family of p-values (Holm 197
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from probes.crossfit import CrossFit
+from probes.metrics import accuracy_ci
 
 
 def nested_layers(fits: Mapping[int, CrossFit]) -> tuple[np.ndarray, dict[int, int]]:
@@ -72,3 +74,19 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out
+
+
+def nested_summary(fits: Mapping[int, CrossFit], n_boot: int = 1000, n_flips: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """One curve (a cell's fits over layers) with its layer chosen in inner folds: the nested
+    accuracy and its item-bootstrap CI, the per-task majority bar on the same vectors, the gain
+    over it, the layer most folds chose (ties: lowest) with every fold's choice, and the one-sided
+    sign-flip p-value that the nested probe beats the per-task constant."""
+    hits, chosen = nested_layers(fits)
+    first = fits[min(fits)]
+    bar = first.constant == first.y
+    lo, hi = accuracy_ci(hits, np.ones(hits.size, dtype=bool), first.groups, n_boot=n_boot, seed=seed)
+    picks = list(chosen.values())
+    return {"n_test": int(hits.size), "nested_acc": float(hits.mean()), "nested_lo": lo, "nested_hi": hi,
+            "task_majority": float(bar.mean()), "gain": float(hits.mean() - bar.mean()),
+            "layer": min(set(picks), key=lambda layer: (-picks.count(layer), layer)), "layers_chosen": sorted(picks),
+            "p_value": sign_flip_p(item_differences(hits, bar, first.groups), n_flips, seed)}

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 D, LAYERS, STRENGTH = 16, 4, 4.0
 CHARS, STANCES = ("a", "b", "c"), ("true", "false")
 IDENTITIES = ("lion", "cat", "dog", "eel")  # first answer tokens: 24, 12, 8, 4 items
-CONFIG = ProbingConfig(subjects=("untrained",), c_grid=(0.1,), max_iter=60, tol=1e-3, n_boot=100, item_folds=4,
+CONFIG = ProbingConfig(subjects=("untrained",), c_grid=(0.1,), folds=3, max_iter=60, tol=1e-3, n_boot=100, item_folds=4,
                        min_class_items=3, identity_min_items=3, top_k=2)
 
 
@@ -108,10 +108,10 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, lis
     stores = {"untrained": ActivationStore.open(folder)}
     m2_values = {it["item_id"]: {it["property"]: it["m2"]} for it in items}
     skipped: list[dict] = []
-    labels = subject_labels(stores, CONFIG, {it["item_id"]: f"{it['m2']}word" for it in items}, skipped)["untrained"]
+    labels = subject_labels(stores, CONFIG, skipped)["untrained"]
     cells = [c for prop in ("second_character", "ethical_stance") for c in Planner(labels, prop, CONFIG, skipped).cells(m2_values)]
-    table = run_cells(cells, stores, layers_of(LAYERS, 1), CONFIG, progress=False)
-    return table, items, skipped
+    table, curves = run_cells(cells, stores, layers_of(LAYERS, 1), CONFIG, progress=False)
+    return table, items, skipped, curves
 
 
 def _acc(table: pd.DataFrame, **where) -> pd.Series:
@@ -122,7 +122,7 @@ def _acc(table: pd.DataFrame, **where) -> pd.Series:
 
 
 def test_a_reads_the_object_runs_own_answer_values(results) -> None:
-    table, _, _ = results
+    table, _, _, _ = results
     a = _acc(table, experiment="A", property="second_character", split="items")
     assert a[0] < 0.6 and min(a[1], a[2], a[3]) > 0.9
     row = table[(table["experiment"] == "A") & (table["property"] == "second_character") & (table["split"] == "items")].iloc[0]
@@ -130,14 +130,14 @@ def test_a_reads_the_object_runs_own_answer_values(results) -> None:
 
 
 def test_b_reads_object_value_not_the_hypothetical_answer(results) -> None:
-    table, _, _ = results
+    table, _, _, _ = results
     b = _acc(table, experiment="B", property="second_character", split="items", test_run="hypothetical@final")
     assert b[0] < 0.6 and b[1] < 0.6 and b[2] > 0.9 and b[3] > 0.9
     assert _acc(table, experiment="B", property="second_character", split="items", test_run="hypothetical@p_last").max() < 0.6
 
 
 def test_c_applies_a_probe_to_b_vectors(results) -> None:
-    table, _, _ = results
+    table, _, _, _ = results
     c = _acc(table, experiment="C", property="second_character", test_run="hypothetical@final")
     assert c[2] > 0.9  # the shared direction transfers
     assert c[3] < 0.6  # B reads layer 3 (above), but with another direction: A's probe does not
@@ -146,7 +146,7 @@ def test_c_applies_a_probe_to_b_vectors(results) -> None:
 
 
 def test_d_decodes_the_top_k_first_answer_tokens(results) -> None:
-    table, _, skipped = results
+    table, _, skipped, _ = results
     d = table[(table["experiment"] == "D") & (table["property"] == "second_character")]
     assert set(d["n_classes"]) == {2} and set(d["n_test"]) == {34}  # lion (24 items) and cat (12) minus 2 without a value
     assert d.set_index("layer")["acc"][1] > 0.9 and d.set_index("layer")["acc"][2] < 0.8
@@ -155,7 +155,7 @@ def test_d_decodes_the_top_k_first_answer_tokens(results) -> None:
 
 
 def test_e_reads_the_bag_of_ps_tokens_only(results) -> None:
-    table, _, _ = results
+    table, _, _, _ = results
     e = table[(table["experiment"] == "E") & (table["split"] == "items")].set_index("property")
     assert e.loc["second_character", "acc"] == 1.0  # P holds the token naming the value
     assert e.loc["ethical_stance", "acc"] < 0.75  # the naming token sits after P
@@ -163,14 +163,14 @@ def test_e_reads_the_bag_of_ps_tokens_only(results) -> None:
 
 
 def test_by_task_split_only_where_a_property_spans_two_tasks(results) -> None:
-    table, _, _ = results
+    table, _, _, _ = results
     tasks = table[table["split"] == "tasks"]
     assert set(tasks["property"]) == {"second_character"} and set(tasks["experiment"]) == {"A", "B", "E"}
     assert set(tasks["n_test"]) == {46}  # both tasks held out in turn
 
 
 def test_f_labels_come_from_m2_and_from_the_model_itself(results) -> None:
-    table, items, _ = results
+    table, items, _, _ = results
     f = table[(table["experiment"] == "F") & (table["property"] == "second_character") & (table["test_run"] == "hypothetical@final")]
     m2, own = f[f["target"] == "m2"].set_index("layer")["acc"], f[f["target"] == "own"].set_index("layer")["acc"]
     assert m2[1] > 0.9 and own[1] < 0.6  # layer 1 holds M2's value
@@ -191,13 +191,15 @@ def test_every_cell_skipped_still_writes_metrics_report_and_summary(tmp_path: Pa
     stores = {"untrained": ActivationStore.open(folder)}
     config = dataclasses.replace(CONFIG, min_class_items=100, identity_min_items=100, experiments=("A", "B", "C", "D", "E"))
     skipped: list[dict] = []
-    labels = subject_labels(stores, config, None, skipped)["untrained"]
+    labels = subject_labels(stores, config, skipped)["untrained"]
     cells = [c for prop in ("second_character", "ethical_stance") for c in Planner(labels, prop, config, skipped).cells(None)]
     assert cells == [] and skipped
     run = RunDir.create(tmp_path, "probing", {"probing": "all skipped"}, seed=0)
-    run.write_table("results", run_cells(cells, stores, layers_of(LAYERS, 1), config, progress=False))
+    table, curves = run_cells(cells, stores, layers_of(LAYERS, 1), config, progress=False)
+    run.write_table("results", table)
+    run.write_table("curves", curves)
     timing = {"wall_s": 0.1, "cpu_s": 0.1, "load_average_1min_at_end": 0.0, "cpu_count": 1}
-    metrics = summary_metrics(run.read_table("results"), skipped, {}, layers_of(LAYERS, 1), timing)
+    metrics = summary_metrics(run.read_table("results"), run.read_table("curves"), skipped, {}, layers_of(LAYERS, 1), timing)
     assert metrics["n_fits"] == 0 and metrics["best"] == [] and metrics["onsets"] == [] and metrics["no_fits"] == NO_FITS
     assert metrics["skipped"] == skipped
     write_probing_report(run, json.loads(json.dumps(metrics)))
@@ -237,7 +239,7 @@ def test_cli_writes_the_run_and_names_missing_subjects(tiny_llama_dir: Path, tmp
     assert metrics["subjects"] == ["untrained"] and "self" in metrics["missing_subjects"]
     assert json.loads((out / "config.json").read_text())["layer_stride"] == 2
     report = (out / "report.html").read_text()
-    assert report.count('<div id="fig-') == 5 and "Best layer of every curve" in report
+    assert report.count('<div id="fig-') == 5 and "the layer chosen in inner folds" in report
 
 
 def test_quick_and_paper_presets_build() -> None:
@@ -246,3 +248,42 @@ def test_quick_and_paper_presets_build() -> None:
         config = cfg.build(ProbingConfig, cfg.load_preset(preset_path(preset), "probing"))
         assert set(config.experiments) == {"A", "B", "C", "D", "E", "F"}
     assert layers_of(30, 4) == [0, 4, 8, 12, 16, 20, 24, 28, 29]
+
+
+def test_curves_choose_the_layer_in_inner_folds_and_mark_families(results) -> None:
+    table, _, _, curves = results
+    b = curves[(curves["experiment"] == "B") & (curves["property"] == "second_character") & (curves["split"] == "items")
+               & (curves["test_run"] == "hypothetical@final")].iloc[0]
+    assert set(b["layers_chosen"]) <= {2, 3} and b["nested_acc"] > 0.9 and b["family"] == "confirmatory"
+    assert b["p_value"] < 0.01 and b["p_holm"] >= b["p_value"]
+    p_last = curves[(curves["experiment"] == "B") & (curves["test_run"] == "hypothetical@p_last") & (curves["property"] == "second_character")]
+    assert (p_last["nested_acc"] < 0.7).all()  # nothing planted there: no layer choice lifts it
+    assert set(curves.loc[curves["experiment"].isin(["C", "D", "F"]), "family"]) == {"exploratory"}
+    assert set(curves.loc[curves["split"] == "tasks", "family"]) == {"exploratory"}
+    e = table[table["experiment"] == "E"]
+    assert set(e["C"]) <= set(CONFIG.input_c_grid) and e["layer"].isna().all()  # C chosen in inner folds, not --c-grid
+
+
+def test_pooled_tasks_carry_the_per_task_majority_and_within_task_accuracy(results) -> None:
+    table, _, _, _ = results
+    a = table[(table["experiment"] == "A") & (table["property"] == "second_character") & (table["split"] == "items")]
+    assert a["within_task"].map(lambda w: set(w) == {"animals", "english_words"}).all()
+    assert (a["task_majority"] >= 0).all() and a["task_majority"].notna().all()
+    one_task = table[(table["experiment"] == "A") & (table["property"] == "ethical_stance")]
+    assert one_task["within_task"].isna().all()
+
+
+def test_control_keys_are_ps_last_word_not_the_answer(tmp_path: Path) -> None:
+    """The control task's key is read from P's tokens only: rewriting every object answer leaves the keys unchanged."""
+    from types import SimpleNamespace
+
+    from experiments.probing_plan import Labels
+    from probes.controls import p_last_word
+
+    folder = tmp_path / "untrained" / "store"
+    write_store(folder)
+    records = ActivationStore.open(folder).records
+    keys = Labels.build("untrained", SimpleNamespace(records=records), {}, 4, 0).records["key"]
+    assert list(keys) == [p_last_word(t, p) for t, p in zip(records["tokens"], records["p_tokens"])]
+    changed = records.assign(object_answer=[f"other{i} answer" for i in range(len(records))])
+    assert list(Labels.build("untrained", SimpleNamespace(records=changed), {}, 4, 0).records["key"]) == list(keys)

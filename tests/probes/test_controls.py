@@ -40,3 +40,18 @@ def test_control_task_follows_the_label_distribution() -> None:
 def test_selectivity_is_probe_minus_control_accuracy() -> None:
     assert selectivity(0.9, 0.35) == pytest.approx(0.55)
     assert selectivity(0.6, 0.75) == pytest.approx(-0.15)
+
+
+def test_the_input_control_key_is_p_last_word_only() -> None:
+    """Same P in two prompts (different questions and answers around it): same key, same label;
+    another last word: its own key. Nothing outside P's tokens enters."""
+    from probes.controls import p_last_word
+
+    obj = ["<s>", "Seq:", " cat", " dog", " lion", "\n", "Answer:", " zebra"]
+    hyp = ["<s>", "Q:", " what", " would", " you", " say", "?", " cat", " dog", " lion", " >", " eel"]
+    assert p_last_word(obj, [2, 3, 4]) == p_last_word(hyp, [7, 8, 9]) == "lion"
+    assert p_last_word(obj, [2, 3]) == "dog" and p_last_word(obj, []) == ""
+    assert p_last_word([" li", "on", " x"], [0, 1]) == "lion"  # subword tokens joined into the word
+    keys = [p_last_word(obj, [2, 3, 4]), p_last_word(hyp, [7, 8, 9]), p_last_word(obj, [2, 3])]
+    labels = control_task_labels(keys, ["a", "b", "c"] * 10, seed=3)
+    assert labels[0] == labels[1]

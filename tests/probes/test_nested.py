@@ -3,8 +3,11 @@ the sign-flip test holds its level on data without signal, Holm's adjustment."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
+import torch
 
 from probes.config import ProbeConfig
 from probes.crossfit import CrossFit, Pool, cross_predict
@@ -13,6 +16,15 @@ from tests.probes.planted import planted
 
 CFG = ProbeConfig(c_grid=(1.0,), folds=3, n_boot=10, max_iter=30, tol=1e-3)
 FAST = ProbeConfig(c_grid=(1.0,), folds=3, n_boot=10, max_iter=10, tol=1e-2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """As the probing experiment fits: threads only add overhead on these small batched problems."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _noise_layers(seed: int, n_layers: int = 12, n: int = 40) -> dict[int, CrossFit]:
