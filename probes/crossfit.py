@@ -31,7 +31,7 @@ Baselines differ from `probe_cell`'s in two ways, both because of cross-fitting 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -110,6 +110,18 @@ class CrossFit:
     seen: float
     C: float
     converged: bool
+    null_acc: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Cross-fitted accuracy of each within-task label permutation (empty: none asked for)."""
+
+
+def permuted_within(y: np.ndarray, tasks: np.ndarray | None, seed: int, index: int) -> np.ndarray:
+    """The labels permuted within each task (all together when no tasks): a data set with no link
+    between vectors and labels that keeps each task's label counts (the per-task bar stays)."""
+    rng = np.random.default_rng([seed, 6, index])
+    out = y.copy()
+    for rows in ([np.arange(y.size)] if tasks is None else [np.flatnonzero(tasks == t) for t in np.unique(tasks)]):
+        out[rows] = y[rng.permutation(rows)]
+    return out
 
 
 def task_constant(y_train: np.ndarray, tasks_train: np.ndarray | None, tasks_test: np.ndarray | None, n_test: int) -> np.ndarray:
@@ -125,10 +137,15 @@ def task_constant(y_train: np.ndarray, tasks_train: np.ndarray | None, tasks_tes
     return np.array([modes.get(t, pooled) for t in tasks_test], dtype=object).astype(str)
 
 
-def cross_predict(train: Pool, cfg: ProbeConfig, test: Pool | None = None, inner: bool = False) -> dict[str, CrossFit]:
+def cross_predict(train: Pool, cfg: ProbeConfig, test: Pool | None = None, inner: bool = False,
+                  permutations: int = 0) -> dict[str, CrossFit]:
     """Out-of-fold predictions per target of the probe, its shuffled-label control and its control
     task; `inner` also cross-validates each fold's probe on its training items (one C: `cv_loss`),
-    the score a nested layer choice reads."""
+    the score a nested layer choice reads. `permutations` > 0 (no `test` pool) also cross-fits
+    that many label permutations within task (`permuted_within`, the same at every layer for a
+    seed) in the controls' solve: `null_acc`, the permutation null of a max over layers."""
+    if permutations and test is not None:
+        raise ValueError("the permutation null permutes one pool's labels: give no test pool")
     test = train if test is None else test
     names = list(train.labels)
     if set(test.labels) != set(names) or (train.keys is None) != (test.keys is None):
@@ -145,7 +162,8 @@ def cross_predict(train: Pool, cfg: ProbeConfig, test: Pool | None = None, inner
         for t in names:
             drawn = control_task_labels(np.concatenate([as_labels(train.keys[t]), as_labels(test.keys[t])]), y_train[t], cfg.seed)
             control_train[t], control_test[t] = drawn[:len(f_train)], drawn[len(f_train):]
-    kinds = ["probe", "shuffled", *(["control"] if control_train else [])]
+    null = {t: [permuted_within(y_train[t], t_train, cfg.seed, p) for p in range(permutations)] for t in names}
+    kinds = ["probe", "shuffled", *(["control"] if control_train else []), *(f"null{p}" for p in range(permutations))]
     pred = {(t, k): np.empty(len(f_test), dtype=object) for t in names for k in kinds}
     constant = {t: np.empty(len(f_test), dtype=object) for t in names}
     seen = {t: np.zeros(len(f_test), dtype=bool) for t in names}
@@ -159,7 +177,8 @@ def cross_predict(train: Pool, cfg: ProbeConfig, test: Pool | None = None, inner
             raise ValueError(f"fold {f} leaves no training vectors")
         n_train.append(int(tr.sum()))
         x_tr, g_tr = x_train[torch.as_tensor(tr)], g_train[tr]
-        ctrl = {t: [shuffled_labels(y_train[t][tr], cfg.seed), *([control_train[t][tr]] if control_train else [])] for t in names}
+        ctrl = {t: [shuffled_labels(y_train[t][tr], cfg.seed), *([control_train[t][tr]] if control_train else []), *(y[tr] for y in null[t])]
+                for t in names}
         if inner:  # the probes with inner folds, their controls without (no layer is chosen on them)
             probes = fit_probes(x_tr, [y_train[t][tr] for t in names], cfg, g_tr, cross_validate=True)
             others = iter(fit_probes(x_tr, [y for t in names for y in ctrl[t]], cfg, g_tr))
@@ -178,9 +197,11 @@ def cross_predict(train: Pool, cfg: ProbeConfig, test: Pool | None = None, inner
                     inner_loss[t][int(f)] = float(np.nanmin(probe.cv_loss)) if inner else float("nan")
             if control_train:
                 seen[t][te] = np.isin(as_labels(test.keys[t])[te], as_labels(train.keys[t])[tr])  # type: ignore[index]
-    return {t: CrossFit(y_test[t], {k: pred[t, k].astype(str) for k in kinds}, control_test.get(t), constant[t].astype(str), f_test,
-                        g_test, t_test, inner_loss[t], round(float(np.mean(n_train))), len(np.unique(y_train[t])),
-                        float(seen[t].mean()) if control_train else float("nan"), float(np.median(chosen_c[t])), converged[t])
+    return {t: CrossFit(y_test[t], {k: pred[t, k].astype(str) for k in kinds if not k.startswith("null")}, control_test.get(t),
+                        constant[t].astype(str), f_test, g_test, t_test, inner_loss[t], round(float(np.mean(n_train))),
+                        len(np.unique(y_train[t])), float(seen[t].mean()) if control_train else float("nan"),
+                        float(np.median(chosen_c[t])), converged[t],
+                        np.array([accuracy(y, pred[t, f"null{p}"]) for p, y in enumerate(null[t])]))
             for t in names}
 
 

@@ -7,7 +7,8 @@ whose probe has the lowest held-out loss in *inner* folds over that fold's train
 the fold's labels, so the pooled accuracy is an unbiased estimate of "probe at the layer this
 procedure picks".
 
-`nested_summary` is a curve's reported line. `sign_flip_p` tests whether those nested predictions beat a baseline predicting the same vectors
+`max_over_layers_p` is the other honest reading of a sweep: the best layer's accuracy with a
+permutation null that takes the same maximum over layers. `nested_summary` is a curve's reported line. `sign_flip_p` tests whether those nested predictions beat a baseline predicting the same vectors
 (per-task majority): a paired, item-clustered test (each item's mean hit difference, signs
 flipped at random under the null). `holm` adjusts a family of p-values (Holm 1979).
 """
@@ -44,6 +45,19 @@ def nested_layers(fits: Mapping[int, CrossFit]) -> tuple[np.ndarray, dict[int, i
         pick = fits[chosen[int(f)]]
         hits[rows] = pick.pred["probe"][rows] == pick.y[rows]
     return hits, chosen
+
+
+def max_over_layers_p(fits: Mapping[int, CrossFit]) -> tuple[float, int, float]:
+    """(the highest cross-fitted accuracy over layers, its layer (ties: lowest), the permutation
+    p-value of that maximum): each within-task label permutation is refitted at every layer and
+    its maximum over layers taken, so the null carries the same selection; (1 + ≥) / (1 + P)."""
+    layers = sorted(fits)
+    acc = [float(np.mean(fits[layer].pred["probe"] == fits[layer].y)) for layer in layers]
+    null = np.stack([fits[layer].null_acc for layer in layers])
+    if null.shape[1] == 0:
+        raise ValueError("no permutations: fit with cross_predict(..., permutations=P)")
+    best = int(np.argmax(acc))
+    return acc[best], layers[best], float((1 + np.sum(null.max(axis=0) >= acc[best] - 1e-12)) / (1 + null.shape[1]))
 
 
 def item_differences(hits: np.ndarray, baseline_hits: np.ndarray, groups: Sequence) -> np.ndarray:

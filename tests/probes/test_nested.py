@@ -11,7 +11,7 @@ import torch
 
 from probes.config import ProbeConfig
 from probes.crossfit import CrossFit, Pool, cross_predict
-from probes.nested import holm, item_differences, nested_layers, sign_flip_p
+from probes.nested import holm, item_differences, max_over_layers_p, nested_layers, sign_flip_p
 from tests.probes.planted import planted
 
 CFG = ProbeConfig(c_grid=(1.0,), folds=3, n_boot=10, max_iter=30, tol=1e-3)
@@ -92,3 +92,51 @@ def test_holm_adjusts_by_rank_and_keeps_order() -> None:
     adjusted = holm([0.01, np.nan, 0.04, 0.03])
     assert adjusted[0] == pytest.approx(0.03) and np.isnan(adjusted[1])
     assert adjusted[3] == pytest.approx(0.06) and adjusted[2] == pytest.approx(0.06)  # monotone: max(2·0.03, 1·0.04)
+
+
+def _null_layers(seed: int, permutations: int, n_layers: int = 5, n: int = 48) -> dict[int, CrossFit]:
+    rng = np.random.default_rng([seed, 99])
+    y = rng.choice(["a", "b"], n)
+    tasks = np.repeat(["t", "u"], n // 2)
+    pool = lambda: Pool(rng.normal(size=(n, 3)).astype(np.float32), {"p": y}, np.arange(n) % 3, np.arange(n).astype(str), tasks=tasks)  # noqa: E731
+    cfg = ProbeConfig(c_grid=(1.0,), n_boot=1, max_iter=10, tol=1e-2, seed=seed)
+    return {layer: cross_predict(pool(), cfg, permutations=permutations)["p"] for layer in range(n_layers)}
+
+
+def test_max_over_layers_null_holds_its_level_without_signal() -> None:
+    """No signal at any of 5 layers: the max-over-layers permutation p-value rejects at about its
+    level (0.1 here) over 120 data sets; the best layer tested against its own layer's null (no
+    max in the null) rejects far more often (measured 0.37)."""
+    rejected, naive = [], []
+    for seed in range(120):
+        fits = _null_layers(seed, permutations=19)
+        acc, layer, p = max_over_layers_p(fits)
+        rejected.append(p <= 0.1)
+        naive.append((1 + np.sum(fits[layer].null_acc >= acc - 1e-12)) / 20 <= 0.1)
+    assert 0.03 <= np.mean(rejected) <= 0.2
+    assert np.mean(naive) > 0.25
+
+
+def test_max_over_layers_detects_a_planted_layer_and_needs_permutations() -> None:
+    x, y = planted(36, d=3, k=2, strength=4.0, seed=5)
+    groups = np.arange(36).astype(str)
+    cfg = ProbeConfig(c_grid=(1.0,), n_boot=1, max_iter=20)
+    fits = {layer: cross_predict(Pool(x if layer == 1 else np.random.default_rng(layer).normal(size=x.shape).astype(np.float32),
+                                      {"p": y}, np.arange(36) % 3, groups), cfg, permutations=19)["p"] for layer in range(3)}
+    acc, layer, p = max_over_layers_p(fits)
+    assert layer == 1 and acc > 0.9 and p == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="permutations"):
+        max_over_layers_p(_null_layers(0, permutations=0))
+
+
+def test_permutations_are_within_task_and_need_one_pool() -> None:
+    from probes.crossfit import permuted_within
+
+    y = np.array(list("aabbbcccdd"))
+    tasks = np.array(["t"] * 5 + ["u"] * 5)
+    z = permuted_within(y, tasks, 0, 1)
+    assert sorted(z[:5]) == sorted(y[:5]) and sorted(z[5:]) == sorted(y[5:])
+    assert not np.array_equal(permuted_within(y, tasks, 0, 1), permuted_within(y, tasks, 0, 2))
+    pool = Pool(np.zeros((10, 2), np.float32), {"p": y}, np.arange(10) % 2, np.arange(10).astype(str))
+    with pytest.raises(ValueError, match="one pool"):
+        cross_predict(pool, CFG, pool, permutations=3)
