@@ -21,7 +21,9 @@ an input feature). E's L2 strength is chosen in inner folds (nested CV). Each cu
 layer is chosen per outer fold in inner folds over its training items (`probes.nested`), so its
 accuracy is not inflated by the choice; its p-value (does it beat the per-task majority?) is
 Holm-adjusted within its family: confirmatory = A and B on the item split (the object property
-before and at the self-prediction), exploratory = everything else. Output:
+before and at the self-prediction), exploratory = everything else. With --permutations P, each
+curve without transfer also gets its best layer's accuracy with a max-over-layers null (labels
+permuted within task, refitted at every layer), Holm-adjusted the same way. Output:
 runs/<capture>/probing/{results.jsonl, curves.jsonl, metrics.json, config.json, provenance.json, report.html};
 the explorer (`introspect-mi explore runs/<capture>`) links the report.
 """
@@ -49,7 +51,7 @@ from introspect_mi.store import RunDir
 from experiments.probing_plan import M1_SUBJECTS, Cell, Labels, Planner
 from probes import ProbeConfig
 from probes.crossfit import CrossFit, cross_predict, score
-from probes.nested import holm, nested_summary
+from probes.nested import holm, max_over_layers_p, nested_summary
 
 EXPERIMENTS = ("A", "B", "C", "D", "E", "F")
 LABEL_SOURCE = {"untrained": "untrained", "self": "self", "cross": "self"}
@@ -93,6 +95,8 @@ class ProbingConfig(StudyChoice, ProbeConfig):
     """E: L2 strengths tried in inner folds over the items of each outer training fold (nested CV; not --c-grid)."""
     sign_flips: int = 2000
     """Random sign flips of the item-clustered test of each curve's nested accuracy against the per-task majority."""
+    permutations: int = 99
+    """Within-task label permutations refitted at every layer for the max-over-layers null of each curve without transfer (0: none)."""
     name: str = "probing"
     """Output folder inside the capture run."""
 
@@ -105,8 +109,9 @@ class ProbingConfig(StudyChoice, ProbeConfig):
         positions = [p for p in (*self.object_positions, *self.hypothetical_positions) if p not in ("p_last", "final")]
         if positions:
             raise UserError(f"position(s) {', '.join(positions)} cannot be probed here", "use p_last and/or final")
-        if not self.input_c_grid or any(not c > 0 for c in self.input_c_grid) or self.sign_flips < 1:
-            raise UserError("input_c_grid needs positive numbers and sign_flips at least 1", "e.g. --input-c-grid 0.01 0.1 1 --sign-flips 2000")
+        if not self.input_c_grid or any(not c > 0 for c in self.input_c_grid) or self.sign_flips < 1 or self.permutations < 0:
+            raise UserError("input_c_grid needs positive numbers, sign_flips at least 1, permutations at least 0",
+                            "e.g. --input-c-grid 0.01 0.1 1 --sign-flips 2000 --permutations 99")
         floors = {"layer_stride": 1, "min_class_items": 1, "identity_min_items": 1, "item_folds": 2, "top_k": 2, "input_last_tokens": 0}
         low = [name for name, floor in floors.items() if getattr(self, name) < floor]
         if low:
@@ -152,25 +157,33 @@ def rows_of(cell: Cell, layer: int | None, result: Mapping[str, Mapping[str, Any
 
 
 def fit_cell(cell: Cell, vectors: Mapping[str, torch.Tensor] | None, config: ProbingConfig) -> dict[str, CrossFit]:
-    """A layered cell with inner folds (its layer is chosen on them); a fixed-feature one (E) with
-    its own C grid, chosen in the inner folds of each outer training fold."""
-    probe_config = config if cell.layered else replace(config, c_grid=config.input_c_grid)
-    return cross_predict(cell.train.pool(vectors), probe_config, None if cell.test is None else cell.test.pool(vectors), inner=cell.layered)
+    """A layered cell with inner folds (its layer is chosen on them) and, without transfer, the
+    within-task permutations of the max-over-layers null; a fixed-feature one (E) with its own C
+    grid, chosen in the inner folds of each outer training fold."""
+    if not cell.layered:
+        return cross_predict(cell.train.pool(None), replace(config, c_grid=config.input_c_grid))
+    if cell.test is not None:
+        return cross_predict(cell.train.pool(vectors), config, cell.test.pool(vectors), inner=True)
+    return cross_predict(cell.train.pool(vectors), config, inner=True, permutations=config.permutations)
 
 
 def curve_table(cells: Sequence[Cell], fits: Mapping[tuple[int, str], Mapping[int, CrossFit]], config: ProbingConfig) -> pd.DataFrame:
     """One row per layered curve: `nested_summary`, its family, and its p-value Holm-adjusted
-    within the family (over subjects × properties × positions × experiments; layers are chosen, not tested)."""
+    within the family (over subjects × properties × positions × experiments; layers are chosen, not
+    tested); with permutations, also the best layer's accuracy and its max-over-layers p (Holm-adjusted the same way)."""
     rows = []
     for (index, target), by_layer in fits.items():
         cell = cells[index]
+        permuted = all(fit.null_acc.size for fit in by_layer.values())
         rows.append({**rows_of(cell, None, {target: {}})[0], "family": family(cell.experiment, cell.split),
-                     **nested_summary(by_layer, config.n_boot, config.sign_flips, config.seed)})
+                     **nested_summary(by_layer, config.n_boot, config.sign_flips, config.seed),
+                     **(dict(zip(("max_acc", "max_layer", "p_max"), max_over_layers_p(by_layer))) if permuted else {})})
     table = pd.DataFrame(rows, columns=[*CURVE, "family", "layer", "layers_chosen", "n_test", "nested_acc", "nested_lo", "nested_hi",
-                                        "task_majority", "gain", "p_value", "p_holm"])
+                                        "task_majority", "gain", "p_value", "p_holm", "max_acc", "max_layer", "p_max", "p_max_holm"])
     for name in FAMILIES:
         mine = table["family"] == name
         table.loc[mine, "p_holm"] = holm(table.loc[mine, "p_value"].to_numpy(dtype=float))
+        table.loc[mine, "p_max_holm"] = holm(table.loc[mine, "p_max"].to_numpy(dtype=float))
     return table
 
 

@@ -16,8 +16,8 @@ from probes.summary import onsets
 AT_LAYER = ["majority", "shuffled_acc", "control_task_acc", "control_majority", "selectivity", "control_seen", "agreement"]
 """Per-layer columns shown beside a curve's nested line, read at the layer most folds chose (no choice is made on them)."""
 SHOWN = [*CURVE, "family", "layer", "layers_chosen", "n_test", "nested_acc", "nested_lo", "nested_hi", "task_majority", "gain",
-         "p_value", "p_holm", *AT_LAYER]
-PERCENT = ["nested_acc", "nested_lo", "nested_hi", "task_majority", "gain", *AT_LAYER]
+         "p_value", "p_holm", "max_acc", "max_layer", "p_max", "p_max_holm", *AT_LAYER]
+PERCENT = ["nested_acc", "nested_lo", "nested_hi", "task_majority", "gain", "max_acc", *AT_LAYER]
 NO_FITS = ("no probe was fitted: every cell was skipped, none had two label values on enough items (see Skipped) — "
            "probe a study with more items per task (--eval-items), or lower --min-class-items")
 
@@ -61,6 +61,8 @@ INTRO = ("Every accuracy is cross-fitted: k folds over items (every item is test
          "held-out loss in inner folds over that fold's training items only (nested: nested_acc is not inflated by the "
          "choice; layers_chosen lists every fold's pick, layer the commonest). p_value: one-sided item sign-flip test of "
          "nested accuracy against the per-task majority on the same vectors; p_holm: Holm-adjusted within its family. "
+         "With permutations (--permutations P), max_acc is the best layer's accuracy (max_layer) and p_max its p-value against "
+         "P within-task label permutations refitted at every layer, each taking the same maximum (p_max_holm: Holm within family). "
          + "; ".join(f"{k}: {v}" for k, v in FAMILIES.items()) + ". E's L2 strength is chosen in inner folds (nested CV). Items whose label value is rare are dropped per experiment; the Skipped "
          "section lists cells without two frequent values.")
 
@@ -91,7 +93,7 @@ def onset_summary(table: pd.DataFrame) -> pd.DataFrame:
 def summary_metrics(table: pd.DataFrame, curves: pd.DataFrame, skipped: Sequence[Mapping[str, str]], missing: Mapping[str, str],
                     layers: Sequence[int], timing: Mapping[str, Any]) -> dict[str, Any]:
     table = _columns(table)
-    curves = curves.reindex(columns=list(dict.fromkeys([*curves.columns, *SHOWN[:SHOWN.index("p_holm") + 1]])))
+    curves = curves.reindex(columns=list(dict.fromkeys([*curves.columns, *SHOWN[:SHOWN.index("p_max_holm") + 1]])))
     return {"families": FAMILIES, "subjects": list(dict.fromkeys(table["subject"])), "missing_subjects": dict(missing), "layers": list(layers),
             "timing": dict(timing), "n_fits": len(table), "no_fits": NO_FITS if table.empty else None, "skipped": list(skipped),
             "best": curve_summary(table, curves).to_dict(orient="records"), "onsets": onset_summary(table).to_dict(orient="records")}

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 D, LAYERS, STRENGTH = 16, 4, 4.0
 CHARS, STANCES = ("a", "b", "c"), ("true", "false")
 IDENTITIES = ("lion", "cat", "dog", "eel")  # first answer tokens: 24, 12, 8, 4 items
-CONFIG = ProbingConfig(subjects=("untrained",), c_grid=(0.1,), folds=3, max_iter=60, tol=1e-3, n_boot=100, item_folds=4,
+CONFIG = ProbingConfig(subjects=("untrained",), c_grid=(0.1,), folds=3, permutations=9, max_iter=60, tol=1e-3, n_boot=100, item_folds=4,
                        min_class_items=3, identity_min_items=3, top_k=2)
 
 
@@ -262,6 +262,10 @@ def test_curves_choose_the_layer_in_inner_folds_and_mark_families(results) -> No
     assert set(curves.loc[curves["split"] == "tasks", "family"]) == {"exploratory"}
     e = table[table["experiment"] == "E"]
     assert set(e["C"]) <= set(CONFIG.input_c_grid) and e["layer"].isna().all()  # C chosen in inner folds, not --c-grid
+    assert b["max_layer"] in (2, 3) and b["max_acc"] >= b["nested_acc"] and b["p_max"] == pytest.approx(1 / (1 + CONFIG.permutations))
+    assert b["p_max_holm"] >= b["p_max"]
+    transfer = curves[curves["experiment"] == "C"]
+    assert transfer["p_max"].isna().all() and transfer["p_value"].notna().all()  # no permutation null for a transfer
 
 
 def test_pooled_tasks_carry_the_per_task_majority_and_within_task_accuracy(results) -> None:
