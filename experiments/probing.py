@@ -95,8 +95,8 @@ class ProbingConfig(StudyChoice, ProbeConfig):
     """E: L2 strengths tried in inner folds over the items of each outer training fold (nested CV; not --c-grid)."""
     sign_flips: int = 2000
     """Random sign flips of the item-clustered test of each curve's nested accuracy against the per-task majority."""
-    permutations: int = 99
-    """Within-task label permutations refitted at every layer for the max-over-layers null of each curve without transfer (0: none)."""
+    permutations: int = 0
+    """Within-task label permutations refitted at every layer for the max-over-layers null of each curve without transfer (0: none; e.g. 99)."""
     name: str = "probing"
     """Output folder inside the capture run."""
 

@@ -12,14 +12,16 @@ API (numpy or torch in, numpy and pandas out; no model needed)::
 Modules: `logistic` (the probe: standardized multinomial logistic regression, L2 strength by
 cross-validation on training groups only, all folds × C's × label sets fitted as one batched
 L-BFGS problem), `metrics` (accuracy + group bootstrap CI, balanced accuracy, majority-of-train
-baseline), `controls`, `splits` (by task, by item; seeded), `sweep`, `config`.
+baseline), `controls`, `crossfit`, `nested`, `splits` (by task, by item; seeded), `sweep`, `config`.
 
 Why the controls: a probe's accuracy alone does not say the representation *encodes* the
 property. The majority baseline says what knowing only the label frequencies gives; the
 shuffled-label control (same pipeline, permuted training labels) should sit at chance and
 catches leakage between train and test; the control task (Hewitt & Liang, 2019: a random but
-fixed label per input identity, e.g. per object-level answer word) measures how much the probe
-could score by memorising identities. Selectivity = accuracy − control-task accuracy: a
+fixed label per input identity, e.g. per P's last word, `p_last_word`) measures how much the probe
+could score by memorising identities. Where tasks are pooled, the per-task majority
+(`crossfit.task_constant`) is the fair bar. `nested` chooses the layer in inner folds (an
+unbiased accuracy), gives the max-over-layers permutation null, and Holm's adjustment. Selectivity = accuracy − control-task accuracy: a
 property read out of the activations, not looked up from the answer's identity, has high
 accuracy *and* high selectivity.
 """

@@ -14,6 +14,10 @@ Controls: each fold's shuffled labels are a seeded permutation of that fold's tr
 the control task gives each key (train and test keys together) one label for all folds, drawn
 from the training label frequencies.
 
+Where the vectors carry their task (`Pool.tasks`), `task_constant` adds the per-task majority:
+pooled tasks whose vectors know the task (a final token does) are fairly compared with knowing
+the task, not with the pooled majority; `score` also gives each task's accuracy and bar.
+
 Baselines differ from `probe_cell`'s in two ways, both because of cross-fitting on few items:
 - majority = accuracy of the best constant answer on the tested labels (the most common tested
   label's share). Each fold's training mode scores less, by construction: a class
