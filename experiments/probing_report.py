@@ -76,17 +76,19 @@ def curve_summary(table: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df.reindex(columns=SHOWN) for df in (layered, e) if not df.empty] or [pd.DataFrame(columns=SHOWN)], ignore_index=True)
 
 
-def onset_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """D's comparison: per subject × property, the onset layer of the answer identity and of the property (B, final)."""
-    identity = table[table["experiment"] == "D"]
-    prop = table[(table["experiment"] == "B") & (table["test_run"] == "hypothetical@final") & (table["split"] == "items")]
-    if identity.empty:
-        return pd.DataFrame(columns=["subject", "property", "identity_onset", "property_onset", "identity_best_acc", "property_best_acc"])
+def onset_summary(table: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """D's comparison: per subject × property, the onset layer of the answer identity and of the
+    property (B, final), each beside its curve's nested accuracy (layer chosen in inner folds)."""
+    d_rows, d_curves = table[table["experiment"] == "D"], curves[curves["experiment"] == "D"]
+    b_final = ((table["experiment"] == "B") & (table["test_run"] == "hypothetical@final") & (table["split"] == "items"))
+    b_curves = curves[(curves["experiment"] == "B") & (curves["test_run"] == "hypothetical@final") & (curves["split"] == "items")]
+    if d_rows.empty:
+        return pd.DataFrame(columns=["subject", "property", "identity_onset", "property_onset", "identity_nested_acc", "property_nested_acc"])
     by = ["subject", "property"]
-    out = onsets(identity, by).rename(columns={"onset": "identity_onset"})
-    out = out.merge(onsets(prop, by).rename(columns={"onset": "property_onset"}), how="left", on=by)
-    for rows, name in ((identity, "identity_best_acc"), (prop, "property_best_acc")):
-        out = out.merge(rows.groupby(by)["acc"].max().rename(name).reset_index(), how="left", on=by)
+    out = onsets(d_rows, by).rename(columns={"onset": "identity_onset"})
+    out = out.merge(onsets(table[b_final], by).rename(columns={"onset": "property_onset"}), how="left", on=by)
+    for rows, name in ((d_curves, "identity_nested_acc"), (b_curves, "property_nested_acc")):
+        out = out.merge(rows[[*by, "nested_acc"]].rename(columns={"nested_acc": name}), how="left", on=by)
     return out
 
 
@@ -96,7 +98,7 @@ def summary_metrics(table: pd.DataFrame, curves: pd.DataFrame, skipped: Sequence
     curves = curves.reindex(columns=list(dict.fromkeys([*curves.columns, *SHOWN[:SHOWN.index("p_max_holm") + 1]])))
     return {"families": FAMILIES, "subjects": list(dict.fromkeys(table["subject"])), "missing_subjects": dict(missing), "layers": list(layers),
             "timing": dict(timing), "n_fits": len(table), "no_fits": NO_FITS if table.empty else None, "skipped": list(skipped),
-            "best": curve_summary(table, curves).to_dict(orient="records"), "onsets": onset_summary(table).to_dict(orient="records")}
+            "best": curve_summary(table, curves).to_dict(orient="records"), "onsets": onset_summary(table, curves).to_dict(orient="records")}
 
 
 def _columns(table: pd.DataFrame) -> pd.DataFrame:
@@ -121,7 +123,7 @@ def write_probing_report(run: RunDir, metrics: Mapping[str, Any]) -> None:
             onset = pd.DataFrame(metrics["onsets"])
             sections.append(Section(TITLES[ex], [layer_figure(pd.concat([rows, prop]), TITLES[ex], variant=["target"])],
                                     [Table(onset, "Onset layers (first layer whose CI clears the majority baseline)",
-                                           ["identity_best_acc", "property_best_acc"])], TEXTS[ex]))
+                                           ["identity_nested_acc", "property_nested_acc"])], TEXTS[ex]))
         elif ex == "E" and not rows.empty:
             sections.append(Section(TITLES[ex], [input_only_figure(rows, TITLES[ex])],
                                     [Table(best[best["experiment"] == "E"].drop(columns=["layer"]), "Input-only probes", PERCENT)], TEXTS[ex]))

@@ -291,3 +291,13 @@ def test_control_keys_are_ps_last_word_not_the_answer(tmp_path: Path) -> None:
     assert list(keys) == [p_last_word(t, p) for t, p in zip(records["tokens"], records["p_tokens"])]
     changed = records.assign(object_answer=[f"other{i} answer" for i in range(len(records))])
     assert list(Labels.build("untrained", SimpleNamespace(records=changed), {}, 4, 0).records["key"]) == list(keys)
+
+
+def test_d_onsets_sit_beside_nested_accuracies_not_maxima(results) -> None:
+    from experiments.probing_report import onset_summary
+
+    table, _, _, curves = results
+    onset = onset_summary(table, curves).set_index("property").loc["second_character"]
+    d = curves[curves["experiment"] == "D"].set_index("property").loc["second_character"]
+    assert (onset["identity_onset"], onset["property_onset"]) == (1, 2)
+    assert onset["identity_nested_acc"] == d["nested_acc"] and "identity_best_acc" not in onset
