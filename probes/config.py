@@ -12,7 +12,7 @@ class ProbeConfig:
     c_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     """Inverse L2 strengths tried by cross-validation (sklearn's convention on standardized features: summed cross-entropy + ||W||²/(2C)); smaller is stronger."""
     folds: int = 5
-    """Cross-validation folds over the training groups (items) for choosing C."""
+    """Inner cross-validation folds over the training groups (items): for choosing C, and for the probing experiment's nested layer choice."""
     max_iter: int = 100
     """L-BFGS iterations at most per fit."""
     tol: float = 1e-4
