@@ -15,9 +15,9 @@ from probes.summary import onsets
 
 AT_LAYER = ["majority", "shuffled_acc", "control_task_acc", "control_majority", "selectivity", "control_seen", "agreement"]
 """Per-layer columns shown beside a curve's nested line, read at the layer most folds chose (no choice is made on them)."""
-SHOWN = [*CURVE, "family", "layer", "layers_chosen", "n_test", "nested_acc", "nested_lo", "nested_hi", "task_majority", "gain",
+SHOWN = [*CURVE, "family", "layer", "layers_chosen", "n_test", "nested_acc", "nested_lo", "nested_hi", "task_majority", "bar", "gain",
          "p_value", "p_holm", "max_acc", "max_layer", "p_max", "p_max_holm", *AT_LAYER]
-PERCENT = ["nested_acc", "nested_lo", "nested_hi", "task_majority", "gain", "max_acc", *AT_LAYER]
+PERCENT = ["nested_acc", "nested_lo", "nested_hi", "task_majority", "bar", "gain", "max_acc", *AT_LAYER]
 NO_FITS = ("no probe was fitted: every cell was skipped, none had two label values on enough items (see Skipped) — "
            "probe a study with more items per task (--eval-items), or lower --min-class-items")
 
@@ -53,8 +53,9 @@ INTRO = ("Every accuracy is cross-fitted: k folds over items (every item is test
          "(same pipeline, permuted training labels: at or below the majority unless something leaks) and a control-task "
          "probe (Hewitt & Liang: a random fixed label per P's last word, an input feature — the object answer's first word "
          "would be the self-simulation signal under test; control_seen = share of tested items whose word occurs in training). "
-         "Where tasks are pooled, task_majority is the fair bar: per task, that task's most common label in the training "
-         "folds (the final token knows the task); within_task in results.jsonl gives each task's accuracy and bar. Selectivity = (accuracy − majority) − max(0, control-task "
+         "Where tasks are pooled, task_majority is the fair bar (the final token knows the task): per task, a constant label, "
+         "the training folds' majority of the task or, where it scores higher (balanced classes push a cross-fitted constant "
+         "below chance), the task's mode in hindsight (column bar says which); within_task in results.jsonl gives each task's accuracy and bar. Selectivity = (accuracy − majority) − max(0, control-task "
          "accuracy − control majority): the probe's gain over its best constant minus the control probe's; with many "
          "distinct answer words it is accuracy − control accuracy, and with few (answer letters) a near-constant control "
          "task is not counted as memorisation. The reported layer of a curve is chosen per outer fold by the probe's "

@@ -11,7 +11,9 @@ import torch
 
 from probes.config import ProbeConfig
 from probes.crossfit import CrossFit, Pool, cross_predict
-from probes.nested import holm, item_differences, max_over_layers_p, nested_layers, sign_flip_p
+from probes.nested import (
+    holm, item_differences, max_over_layers_p, nested_layers, nested_summary, sign_flip_p, strict_bar, task_mode_hits,
+)
 from tests.probes.planted import planted
 
 CFG = ProbeConfig(c_grid=(1.0,), folds=3, n_boot=10, max_iter=30, tol=1e-3)
@@ -140,3 +142,31 @@ def test_permutations_are_within_task_and_need_one_pool() -> None:
     pool = Pool(np.zeros((10, 2), np.float32), {"p": y}, np.arange(10) % 2, np.arange(10).astype(str))
     with pytest.raises(ValueError, match="one pool"):
         cross_predict(pool, CFG, pool, permutations=3)
+
+
+def _fit(y: list[str], constant: list[str], tasks: list[str] | None) -> CrossFit:
+    """A hand-made cross-fit whose probe predicts `y` itself (only the bar matters here)."""
+    n = len(y)
+    return CrossFit(y=np.array(y), pred={"probe": np.array(y)}, control=None, constant=np.array(constant), fold=np.arange(n) % 2,
+                    groups=np.array([f"i{i}" for i in range(n)]), tasks=None if tasks is None else np.array(tasks),
+                    inner_loss={0: 0.1, 1: 0.1}, n_train=n, n_classes=2, seen=1.0, C=1.0, converged=True)
+
+
+def test_the_bar_is_the_task_mode_in_hindsight_where_cross_fitting_pushes_the_constant_below_it() -> None:
+    # balanced a/b: each fold's training majority is the class its test part lacks, so the
+    # cross-fitted constant scores 0 of 4; the task's mode in hindsight ('a', ties: smallest) scores 2
+    fit = _fit(["a", "b", "a", "b"], ["b", "a", "b", "a"], None)
+    bar, kind = strict_bar(fit)
+    assert list(bar) == [True, False, True, False] and kind == "task mode in hindsight"
+    assert nested_summary({0: fit}, n_boot=20, n_flips=50)["task_majority"] == 0.5
+
+
+def test_the_task_mode_is_taken_within_each_task() -> None:
+    # task s: a a b (mode a); task t: b b a (mode b) → 4 of 6; the pooled mode would score 3
+    hits = task_mode_hits(np.array(["a", "a", "b", "b", "b", "a"]), np.array(["s", "s", "s", "t", "t", "t"]))
+    assert list(hits) == [True, True, False, True, True, False]
+
+
+def test_the_cross_fitted_constant_stays_the_bar_where_it_scores_higher() -> None:
+    fit = _fit(["a", "b", "b", "b"], ["a", "b", "b", "b"], ["s"] * 4)  # hindsight mode 'b' scores 3, the constant 4
+    assert strict_bar(fit)[1] == "training folds' task majority"
