@@ -130,7 +130,7 @@ def calls_line(counter: CallCounter) -> str:
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """`python -m experiments.behavioral evaluate`: writes runs/<name>/ and prints a summary."""
     from experiments.behavioral_report import write_report_for
-    from introspect_mi.models import load
+    from introspect_mi.models import check_adapter, load
     from introspect_mi.paths import runs_dir
 
     adapters = list(config.predictor_adapter) or ["-"] * len(config.predictor)
@@ -143,6 +143,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         raise UserError(f"predictor {', '.join(twice)} is listed twice", "list each predictor (model and adapter) once")
     name = config.name or f"evaluate-{config.target.rstrip('/').split('/')[-1]}"
     check_names([config.target, *config.predictor], [*config.tasks, config.calibration_task], [*config.properties, config.calibration_property])
+    for adapter in {a for a in (*adapters, config.target_adapter) if a not in ("-", "")}:
+        check_adapter(Path(adapter))  # before the run folder: a wrong path must not leave one that refuses the fix
     run = RunDir.create(runs_dir(), name, cfg.to_dict(config), seed=config.seed)
     prompts = PromptConfig(shots=config.shots)
     device = config.device or None

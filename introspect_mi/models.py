@@ -312,13 +312,19 @@ def _stored_bytes_per_param(folder: Path) -> float:
     return 4.0 if "32" in name else 2.0
 
 
+def check_adapter(adapter: Path) -> dict[str, Any] | None:
+    """A peft adapter folder whose files are whole, checked without loading it (so a command can
+    refuse a wrong path before it makes a run folder); returns our sidecar (None: none)."""
+    if not (Path(adapter) / ADAPTER_CONFIG).is_file():
+        raise UserError(f"{adapter} is not a peft adapter folder (no adapter_config.json)", "give the folder a LoRA finetune saved (checkpoints/adapters/<run>/)")
+    return check_adapter_files(Path(adapter), ADAPTER_CONFIG, ADAPTER_SIDECAR)
+
+
 def attach_adapter(handle: ModelHandle, adapter: Path, mode: str = "merged") -> None:
     """Apply a peft LoRA adapter: merged into the weights, or kept as a toggleable PeftModel."""
     if mode not in ("merged", "peft"):
         raise ValueError(f"adapter_mode must be 'merged' or 'peft', not {mode!r}")
-    if not (adapter / "adapter_config.json").is_file():
-        raise UserError(f"{adapter} is not a peft adapter folder (no adapter_config.json)", "give the folder a LoRA finetune saved (checkpoints/adapters/<run>/)")
-    meta = check_adapter_files(adapter, ADAPTER_CONFIG, ADAPTER_SIDECAR)
+    meta = check_adapter(adapter)
     if meta is not None:
         trained_on = meta.get("base_fingerprint")
         if trained_on and trained_on != handle.base_fingerprint:

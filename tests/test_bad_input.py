@@ -208,6 +208,7 @@ CASES: dict[str, Case] = {
     "run name taken by a different config": Case(taken_run, ("taken by a different config", "pick another --name")),
     "evaluate: unknown property": Case(lambda c: behavioral("evaluate", "--target", str(c.llama), "--predictor", str(c.llama), "--tasks", "animals", "--properties", "secnd_word"), ("secnd_word", "known propertys")),
     "evaluate: target path missing": Case(lambda c: behavioral("evaluate", "--target", str(c.tmp / "nowhere"), "--predictor", str(c.llama)), ("does not exist", "check the path")),
+    "evaluate: predictor adapter missing": Case(lambda c: behavioral("evaluate", "--target", str(c.llama), "--predictor", str(c.llama), "--predictor-adapter", str(c.tmp / "no-adapter")), ("not a peft adapter folder", "checkpoints/adapters")),
     "finetune_sweep: unknown setting field": Case(lambda c: module_main("finetune_sweep", *c.study_args(), "--settings", "lr=1e-3,epoch=2"), ("unknown field 'epoch'", "epochs")),
     "finetune_sweep: setting without a number": Case(lambda c: module_main("finetune_sweep", *c.study_args(), "--settings", "lr=fast"), ("needs a number", "lr=5e-4")),
 }
