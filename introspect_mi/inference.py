@@ -18,7 +18,6 @@ generator seeded by (seed, prompt, sample index): results do not depend on batch
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -28,11 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from introspect_mi.batching import left_pad
+from introspect_mi.batching import (  # noqa: F401  (MIN_SHARED_PREFIX, sliding_window: imported from here too)
+    MIN_SHARED_PREFIX, Prefixed, PrefixMemo, common_prefix_len, prefix_fits, repeat_cache, sliding_window, split_prefix,
+)
 from introspect_mi.models import ModelHandle
 from introspect_mi.prompt_format import cut_at_stop
-
-MIN_SHARED_PREFIX = 8  # tokens; below this a shared-prefix pass costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -52,40 +51,6 @@ class Decoding:
         return asdict(self)
 
 
-@dataclass
-class _Prefixed:
-    """A batch as (shared prefix, left-padded suffixes) with masks built from lengths."""
-
-    prefix: list[int]
-    suffix_ids: torch.Tensor  # [B, S]
-    mask: torch.Tensor  # [B, P + S]
-    positions: torch.Tensor  # [B, S]
-
-
-def _split_prefix(seqs: list[list[int]], pad_id: int, reuse: bool, keep: int = 1) -> _Prefixed:
-    """`keep`: own (suffix) tokens every row keeps at least, the positions whose logits are read."""
-    shared = 0
-    if reuse and len(seqs) > 1:
-        limit = min(len(s) for s in seqs) - keep
-        first = seqs[0]
-        while shared < limit and all(s[shared] == first[shared] for s in seqs):
-            shared += 1
-        if shared < MIN_SHARED_PREFIX:
-            shared = 0
-    suffix = left_pad([s[shared:] for s in seqs], pad_id)
-    mask = torch.cat([torch.ones((len(seqs), shared), dtype=torch.long), suffix.attention_mask], dim=1)
-    return _Prefixed(seqs[0][:shared], suffix.input_ids, mask, shared + suffix.position_ids)
-
-
-def sliding_window(config: object) -> int | None:
-    """The sliding-attention window of a model that has sliding layers (Gemma-3, Mistral), else None."""
-    window = getattr(config, "sliding_window", None)
-    types = getattr(config, "layer_types", None)
-    if window is None or (types is not None and "sliding_attention" not in types):
-        return None
-    return int(window)
-
-
 def _row_generator(seed: int, prompt: str, sample: int) -> torch.Generator:
     digest = hashlib.sha256(f"{seed}\x00{sample}\x00{prompt}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
@@ -99,7 +64,7 @@ class Engine:
         self.batch_size = batch_size
         self.prefix_reuse = prefix_reuse
         self.progress = progress
-        self._prefix_cache: tuple[tuple[int, ...], object] | None = None
+        self._prefix_memo = PrefixMemo()
 
     # --- public API -------------------------------------------------------------------------
 
@@ -129,7 +94,7 @@ class Engine:
             head = self.encode(prompt)
             for j, option in enumerate(options):
                 full = self.encode(prompt + sep + option)
-                cut = _common_prefix_len(head, full)
+                cut = common_prefix_len(head, full)
                 if cut == len(full):
                     raise ValueError(f"option {option!r} adds no tokens to the prompt")
                 rows.append((i, j))
@@ -186,29 +151,22 @@ class Engine:
 
     def _prefix_kv(self, prefix: list[int]) -> object:
         """KV cache of a shared prefix (the last one is memoised: tasks repeat their prefix)."""
-        key = tuple(prefix)
-        if self._prefix_cache is None or self._prefix_cache[0] != key:
+        def compute() -> object:
             ids = torch.tensor([prefix], device=self.handle.device)
-            out = self.handle.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            self._prefix_cache = (key, out.cache)
-        return self._prefix_cache[1]
+            return self.handle.model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
+        return self._prefix_memo.get(tuple(prefix), compute)
 
-    def _split(self, seqs: list[list[int]], keep: int, new_tokens: int) -> _Prefixed:
-        """The batch split for the forward pass. Padding between the shared prefix and the suffixes
-        shifts columns against positions, and sliding-window masks count columns: reuse the prefix
-        only when every column fed (prompt + new tokens but the last) fits in one window."""
-        reuse = self.prefix_reuse
-        window = sliding_window(self.handle.config)
-        if window is not None and max(len(s) for s in seqs) + max(new_tokens - 1, 0) > window:
-            reuse = False
-        return _split_prefix(seqs, self.handle.pad_token_id, reuse, keep)
+    def _split(self, seqs: list[list[int]], keep: int, new_tokens: int) -> Prefixed:
+        """The batch split for the forward pass: the shared prefix reused only where the model's
+        sliding window allows it (`batching.prefix_fits`)."""
+        reuse = self.prefix_reuse and prefix_fits(self.handle.config, seqs, new_tokens)
+        return split_prefix(seqs, self.handle.pad_token_id, reuse, keep)
 
-    def _run(self, batch: _Prefixed, logits_to_keep: int) -> tuple[torch.Tensor, object]:
+    def _run(self, batch: Prefixed, logits_to_keep: int) -> tuple[torch.Tensor, object]:
         dev = self.handle.device
         cache = None
         if batch.prefix:
-            cache = copy.deepcopy(self._prefix_kv(batch.prefix))
-            cache.batch_repeat_interleave(batch.suffix_ids.shape[0])
+            cache = repeat_cache(self._prefix_kv(batch.prefix), batch.suffix_ids.shape[0])
         out = self.handle.model(
             input_ids=batch.suffix_ids.to(dev), attention_mask=batch.mask.to(dev), position_ids=batch.positions.to(dev),
             cache=cache, use_cache=True, logits_to_keep=logits_to_keep,
@@ -265,10 +223,3 @@ def _sampler(temperature: float, gens: list[torch.Generator] | None) -> Callable
         return torch.cat(picks).to(logits.device)
 
     return sample
-
-
-def _common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
