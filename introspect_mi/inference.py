@@ -28,7 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from introspect_mi.batching import (  # noqa: F401  (MIN_SHARED_PREFIX, sliding_window: imported from here too)
-    MIN_SHARED_PREFIX, Prefixed, PrefixMemo, common_prefix_len, prefix_fits, repeat_cache, sliding_window, split_prefix,
+    MIN_SHARED_PREFIX, Prefixed, PrefixMemo, common_prefix_len, prefix_batches, prefix_fits, repeat_cache, sliding_window,
+    split_prefix,
 )
 from introspect_mi.models import ModelHandle
 from introspect_mi.prompt_format import cut_at_stop
@@ -144,9 +145,14 @@ class Engine:
 
     def _buckets(self, seqs: list[list[int]], desc: str) -> Iterator[list[int]]:
         # Token order (not length) groups prompts that share a prefix (same task, property and
-        # demonstrations) into the same batches; lengths within such a group are close anyway.
-        order = sorted(range(len(seqs)), key=lambda k: seqs[k])
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        # demonstrations); `prefix_batches` cuts that order where a batch would straddle two
+        # prefixes (fixed-size cuts made every 2-shot hypothetical batch of 32 span two properties'
+        # demonstrations and recompute most of them per row).
+        if self.prefix_reuse:
+            batches = prefix_batches(seqs, self.batch_size)
+        else:
+            order = sorted(range(len(seqs)), key=lambda k: seqs[k])
+            batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         yield from tqdm(batches, desc=desc, unit="batch", disable=not self.progress or len(batches) < 2, leave=False)
 
     def _prefix_kv(self, prefix: list[int]) -> object:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from introspect_mi.batching import split_prefix
 from introspect_mi.generate import greedy
 from introspect_mi.inference import MIN_SHARED_PREFIX, Decoding, Engine, _row_generator
 from introspect_mi.models import ModelHandle, load
@@ -144,6 +145,22 @@ def test_sliding_window_bounds_prefix_reuse(gemma: ModelHandle) -> None:
     eng = engine(gemma, batch_size=len(seqs))
     assert len(eng._split(seqs, keep=1, new_tokens=0).prefix) >= MIN_SHARED_PREFIX
     assert eng._split(seqs, keep=1, new_tokens=8).prefix == []
+
+
+def test_batches_do_not_straddle_two_demonstration_prefixes(llama: ModelHandle) -> None:
+    """Two groups of 5 prompts behind different long system turns, batch size 6: fixed-size cuts
+    would put one row of the second group with the first five and share only the chat header;
+    the engine's batches each hold one group and share its whole system turn."""
+    systems = [SYSTEM, SYSTEM.replace("France", "Italy").replace("Paris", "Rome")]
+    prompts = [render(llama, q, system) for system in systems for q in LONG_QUESTIONS[:5]]
+    seqs = [llama.prompt_format.encode(p) for p in prompts]
+    batches = list(engine(llama, batch_size=6)._buckets(seqs, ""))
+    assert sorted(sorted(b) for b in batches) == [list(range(5)), list(range(5, 10))]
+    across = len(split_prefix(seqs, llama.pad_token_id, True).prefix)  # what the two groups share
+    for b in batches:
+        assert len(split_prefix([seqs[k] for k in b], llama.pad_token_id, True).prefix) > across + 10
+    # without prefix reuse the engine keeps plain fixed-size batches in token order
+    assert [len(b) for b in engine(llama, batch_size=6, prefix_reuse=False)._buckets(seqs, "")] == [6, 4]
 
 
 def test_results_follow_input_order(llama: ModelHandle) -> None:
