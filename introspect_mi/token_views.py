@@ -33,7 +33,7 @@ def token_views(handle: ModelHandle, items: Sequence[tuple[CapturePrompt, Captur
     out = []
     for i, (_, _, alignment) in enumerate(items):
         # [layer, token, d] of each prompt's real tokens
-        grids = [torch.stack([fw.acts[p][row, fw.width - len(fw.encoded[row].ids):] for p in places]).float() for row in (2 * i, 2 * i + 1)]
+        grids = [torch.stack([fw.gather(p, row, range(len(fw.encoded[row].ids))) for p in places]).float() for row in (2 * i, 2 * i + 1)]
         o_idx = torch.tensor([o for o, _ in alignment.pairs], dtype=torch.long)
         h_idx = torch.tensor([h for _, h in alignment.pairs], dtype=torch.long)
         cosine = torch.nn.functional.cosine_similarity(grids[0][:, o_idx], grids[1][:, h_idx], dim=-1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from introspect_mi.batching import left_pad
+from introspect_mi.batching import left_pad, prefix_batches, shared_prefix_len
 from introspect_mi.engines import run_hf
 from introspect_mi.generate import user_prompt
 from introspect_mi.models import ModelHandle, load
@@ -49,3 +49,25 @@ def test_embedded_smollm2_batched_equals_single() -> None:
     # token norm here, while a padding/position bug gives errors of order 1.
     handle = load("smollm2-135m-instruct")
     assert_batched_equals_single(handle, [resid_post(l) for l in (0, 14, 29)], rel_tol=1e-5)
+
+
+def test_prefix_batches_keep_rows_of_one_prefix_together() -> None:
+    a, b = list(range(100, 130)), list(range(200, 230))  # two 30-token "demonstrations"
+    seqs = [a + [1, 2], b + [1], a + [3], b + [2, 2, 2], a + [4, 5, 6], b + [3], a + [7], b + [9, 9]]
+    batches = prefix_batches(seqs, max_batch=8)
+    assert sorted(k for batch in batches for k in batch) == list(range(len(seqs)))
+    assert sorted(map(sorted, batches)) == [[0, 2, 4, 6], [1, 3, 5, 7]]  # not one batch of 8 sharing nothing
+    assert [shared_prefix_len([seqs[k] for k in batch]) for batch in batches] == [30, 30]
+    assert all(len(batch) <= 3 for batch in prefix_batches(seqs, max_batch=3))
+    assert prefix_batches([[1, 2, 3]], max_batch=4) == [[0]]
+    # no shared prefix worth a pass: as few batches as allowed
+    assert len(prefix_batches([[k, 1, 2] for k in range(10)], max_batch=4)) == 3
+
+
+def test_shared_prefix_len_leaves_each_row_its_own_tokens() -> None:
+    base = list(range(20))
+    assert shared_prefix_len([base + [1], base + [2]]) == 20
+    assert shared_prefix_len([base, base + [5]]) == 19  # the shorter row keeps its last token
+    assert shared_prefix_len([base + [1], base + [2]], keep=3) == 18
+    assert shared_prefix_len([base[:5] + [1], base[:5] + [2]]) == 0  # below MIN_SHARED_PREFIX
+    assert shared_prefix_len([base + [1]]) == 0

@@ -45,7 +45,8 @@ def test_capture_forward_equals_raw_hooks_bit_for_bit(handle: ModelHandle, remot
 def test_capture_store_equals_raw_hooks(tiny_llama_dir: Path, tmp_path: Path) -> None:
     handle = load(tiny_llama_dir)
     prompts = [CapturePrompt(t, (0, 3), {"item_id": str(i)}) for i, t in enumerate(TEXTS * 2)]
-    spec = CaptureSpec(places=("resid_post[0]", "resid_post[2]", "attn_out[1]"), batch_size=4, shard_records=4)
+    # nnsight runs the plain batches in input order (no shared prefix): the same forward as the hooks without prefix reuse
+    spec = CaptureSpec(places=("resid_post[0]", "resid_post[2]", "attn_out[1]"), batch_size=4, shard_records=4, prefix_reuse=False)
     hooks = capture(handle, prompts, spec, tmp_path / "hooks", progress=False)
     traced = capture(handle, prompts, spec, tmp_path / "nnsight", progress=False, nnsight=NnsightEngine.of(handle))
     assert traced.info["engine"] == "nnsight" and "engine" not in hooks.info

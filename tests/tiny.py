@@ -53,14 +53,14 @@ def make_llama(vocab_size: int, hidden: int = 64, layers: int = 3, seed: int = 0
     return LlamaForCausalLM(cfg).eval()
 
 
-def make_gemma3(vocab_size: int, hidden: int = 64, layers: int = 2, seed: int = 0):
+def make_gemma3(vocab_size: int, hidden: int = 64, layers: int = 2, seed: int = 0, sliding_window: int = 16):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(seed)
     cfg = Gemma3TextConfig(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
-        sliding_window=16, layer_types=["sliding_attention", "full_attention"][:layers],
+        sliding_window=sliding_window, layer_types=["sliding_attention", "full_attention"][:layers],
     )
     return Gemma3ForCausalLM(cfg).eval()
 
