@@ -27,6 +27,7 @@ from introspect_mi.models import ModelHandle, load
 from introspect_mi.paths import checkpoints_dir, runs_dir
 from introspect_mi.prompts import PromptConfig
 from introspect_mi.store import RunDir
+from introspect_mi.timing import StageClock
 
 
 def finetune_config(config: StudyConfig, lr: float = 0.0) -> FinetuneConfig:
@@ -132,19 +133,24 @@ def study(config: StudyConfig) -> dict[str, Any]:
     s = Study(config)
     c = config
     ft = finetune_config(c)
+    clock = StageClock(s.run.folder)
 
-    bases = tr.load_bases(s)
+    with clock.stage("load models, object-level answers on the training tasks"):
+        bases = tr.load_bases(s)
     m1_engine, m2_engine, m2_train_objects = bases.m1_engine, bases.m2_engine, bases.m2_train_objects
     replicate = tr.Replicate(c.seed, rounds=c.self_rounds, default_seed=c.seed)
-    rounds = tr.self_rounds(s, bases, ft, replicate)
+    with clock.stage("self finetune (every round)"):
+        rounds = tr.self_rounds(s, bases, ft, replicate)
     m1_self, m1_self_engine = rounds[-1].handle, rounds[-1].engine
-    m2_cross, cross_train = tr.train_cross(s, bases, ft, replicate, rounds[-1])
+    with clock.stage("cross finetune"):
+        m2_cross, cross_train = tr.train_cross(s, bases, ft, replicate, rounds[-1])
 
-    m1_eval = s.objects(m1_engine, s.eval_items, f"{c.m1} on held-out tasks")
-    m1_self_eval = s.objects(m1_self_engine, s.eval_items, f"self-trained {c.m1} on held-out tasks")
-    m2_cross_engine = s.engine(m2_cross)
-    m2_eval = s.objects(m2_engine, s.eval_items, f"{c.m2} on held-out tasks")
-    m2_cross_eval = s.objects(m2_cross_engine, s.eval_items, f"cross-trained {c.m2} on held-out tasks")
+    with clock.stage("object-level answers on the held-out tasks"):
+        m1_eval = s.objects(m1_engine, s.eval_items, f"{c.m1} on held-out tasks")
+        m1_self_eval = s.objects(m1_self_engine, s.eval_items, f"self-trained {c.m1} on held-out tasks")
+        m2_cross_engine = s.engine(m2_cross)
+        m2_eval = s.objects(m2_engine, s.eval_items, f"{c.m2} on held-out tasks")
+        m2_cross_eval = s.objects(m2_cross_engine, s.eval_items, f"cross-trained {c.m2} on held-out tasks")
 
     labels = {"untrained": f"untrained {c.m1} → itself", "self": f"self-trained {c.m1} → itself",
               "cross": f"cross-trained {c.m2} → self-trained {c.m1}"}
@@ -159,26 +165,31 @@ def study(config: StudyConfig) -> dict[str, Any]:
         cal_pairs = ev.make_pairs(cal_items, [c.calibration_property])
     _log("evaluating untrained / self / cross predictors on held-out tasks")
     scoring = Scoring(s.eval_pairs, cal_pairs, s.object_prompts, s.cache, s.counter, c.calibration_samples, c.n_boot, c.seed)
-    metrics: dict[str, Any] = {"run": s.name, "m1": c.m1, "m2": c.m2, **score(s.run, predictors, scoring)}
+    with clock.stage("hypothetical answers and calibration of the untrained / self / cross predictors"):
+        metrics: dict[str, Any] = {"run": s.name, "m1": c.m1, "m2": c.m2, **score(s.run, predictors, scoring)}
     _log("input-only predictors (P's text only; the cross model's training rows, and item-grouped CV on the held-out pairs)")
-    metrics["predictors"].update(input_only_predictors(s.run, cross_train, s.eval_pairs, m1_self_eval, f"self-trained {c.m1}", c.n_boot, c.seed))
-    metrics[be.KEY] = be.primary_endpoint(s.run, metrics, first=labels["self"], second=labels["cross"], untrained=labels["untrained"],
-                                          m2_values=be.pair_values(s.eval_pairs, m2_cross_eval),
-                                          others=[label for label in metrics["predictors"] if label not in labels.values()],
-                                          n_boot=c.n_boot, seed=c.seed)
-    metrics[pr.KEY] = prompt_regime(s, {f"untrained {c.m1}": (m1_engine, m1_eval), f"self-trained {c.m1}": (m1_self_engine, m1_self_eval),
-                                        f"untrained {c.m2}": (m2_engine, m2_eval), f"cross-trained {c.m2}": (m2_cross_engine, m2_cross_eval)},
-                                    predictors, truth_model=f"self-trained {c.m1}")
+    with clock.stage("input-only predictors"):
+        metrics["predictors"].update(input_only_predictors(s.run, cross_train, s.eval_pairs, m1_self_eval, f"self-trained {c.m1}", c.n_boot, c.seed))
+    with clock.stage("primary endpoint"):
+        metrics[be.KEY] = be.primary_endpoint(s.run, metrics, first=labels["self"], second=labels["cross"], untrained=labels["untrained"],
+                                              m2_values=be.pair_values(s.eval_pairs, m2_cross_eval),
+                                              others=[label for label in metrics["predictors"] if label not in labels.values()],
+                                              n_boot=c.n_boot, seed=c.seed)
+    with clock.stage("prompt regime (0-shot vs k-shot)"):
+        metrics[pr.KEY] = prompt_regime(s, {f"untrained {c.m1}": (m1_engine, m1_eval), f"self-trained {c.m1}": (m1_self_engine, m1_self_eval),
+                                            f"untrained {c.m2}": (m2_engine, m2_eval), f"cross-trained {c.m2}": (m2_cross_engine, m2_cross_eval)},
+                                        predictors, truth_model=f"self-trained {c.m1}")
 
     _log("self-prediction on the training tasks' val items (the tasks trained on, items never trained on)")
-    m1_train_val = s.objects(m1_engine, s.train_val_items, f"{c.m1} on training tasks' val items")
-    m1_self_train_val = s.objects(m1_self_engine, s.train_val_items, f"self-trained {c.m1} on training tasks' val items")
-    on_training_tasks = [
-        Predictor(labels["untrained"], m1_engine, s.untrained_prompts, m1_engine, m1_train_val),
-        Predictor(labels["self"], m1_self_engine, s.trained_prompts, m1_self_engine, m1_self_train_val),
-    ]
-    val_scoring = dataclasses.replace(scoring, pairs=s.train_val_pairs, calibration_pairs=[])
-    training = score(s.run, on_training_tasks, val_scoring, prefix="train_")
+    with clock.stage("self-prediction on the training tasks' val items"):
+        m1_train_val = s.objects(m1_engine, s.train_val_items, f"{c.m1} on training tasks' val items")
+        m1_self_train_val = s.objects(m1_self_engine, s.train_val_items, f"self-trained {c.m1} on training tasks' val items")
+        on_training_tasks = [
+            Predictor(labels["untrained"], m1_engine, s.untrained_prompts, m1_engine, m1_train_val),
+            Predictor(labels["self"], m1_self_engine, s.trained_prompts, m1_self_engine, m1_self_train_val),
+        ]
+        val_scoring = dataclasses.replace(scoring, pairs=s.train_val_pairs, calibration_pairs=[])
+        training = score(s.run, on_training_tasks, val_scoring, prefix="train_")
     metrics["training_tasks"] = training["predictors"]
     metrics["training_tasks_comparison"] = compare(s.run, training, labels["self"], labels["untrained"], c.n_boot, c.seed)
     metrics["changed"] = [
@@ -190,12 +201,15 @@ def study(config: StudyConfig) -> dict[str, Any]:
          "n_items": len(m1_train_val)},
     ]
 
-    metrics["behaviour_change"] = behaviour_change(s, m1_self, m1_self_eval, m2_train_objects)
+    with clock.stage("behaviour change (finetune M_C, answers, hypotheticals)"):
+        metrics["behaviour_change"] = behaviour_change(s, m1_self, m1_self_eval, m2_train_objects)
     metrics["finetunes"] = s.finetunes
     s.run.write_json("metrics.json", metrics)
     from experiments.behavioral_report import write_report_for
 
-    write_report_for(s.run)
+    with clock.stage("report"):
+        write_report_for(s.run)
+    clock.close()
     print("\n" + be.endpoint_text(metrics[be.KEY]) + "\n\n" + pr.regime_text(metrics[pr.KEY]) + "\n\nEXPLORATORY (secondary results; not the primary endpoint):\n" + summary(metrics))
     print("\non the training tasks' val items:\n" + summary({"predictors": metrics["training_tasks"], "comparison": metrics["training_tasks_comparison"]}))
     print(behaviour_change_line(metrics["behaviour_change"]))

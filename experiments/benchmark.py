@@ -5,6 +5,7 @@
     patching    layer × position patching sweep, batched engine vs one forward per cell; attribution
     capture     capture to disk vs a plain batched forward vs per-prompt run_with_cache; peak memory
     gpu         all of the above on a Llama-3-8B-shaped random model in bf16, engine agreement, placement
+    stages      per-stage wall time, CPU time and peak memory of a finished `make study` (its run folders)
 
 Each benchmark lives in its own module (`experiments/bench_<what>.py`) exposing
 `add_parser(subparsers)`, which registers its subcommand and sets `run` to the function that
@@ -22,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-BENCHMARKS = ("bench_inference", "bench_finetune", "bench_patching", "bench_capture", "bench_gpu")  # modules under experiments/, one subcommand each
+BENCHMARKS = ("bench_inference", "bench_finetune", "bench_patching", "bench_capture", "bench_gpu", "bench_stages")  # modules under experiments/, one subcommand each
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,6 +41,7 @@ from introspect_mi.logit_lens import first_rise, first_token, lens_summary, lens
 from introspect_mi.models import ModelHandle
 from introspect_mi.paths import runs_dir
 from introspect_mi.store import RunDir
+from introspect_mi.timing import StageClock
 from introspect_mi.token_views import token_views
 from introspect_mi.viz import Section, Table, write_report
 from introspect_mi.viz.lens import lens_rank_figure
@@ -170,7 +171,7 @@ def write_explorer(handle: ModelHandle, run: RunDir, label: str, store, table: p
     return len(items)
 
 
-def capture_subject(view: StudyView, run: RunDir, label: str, config: CaptureConfig) -> dict:
+def capture_subject(view: StudyView, run: RunDir, label: str, config: CaptureConfig, clock: StageClock) -> dict:
     """Capture, logit lens and explorer views of one subject (reused when already finished from the
     study as it is now; a store made from another state of the study is an error, never reused)."""
     stage = f"capture:{label}"
@@ -182,6 +183,7 @@ def capture_subject(view: StudyView, run: RunDir, label: str, config: CaptureCon
         check_identity(ActivationStore.open(folder), identity, label)
     if stored and run.stage_done(stage):
         _log(f"capture {label}: finished earlier, reused")
+        clock.lap(f"{label}: reused")
         return run.stages()[stage]
     handle = subject_handle(view, subject, config.remote)
     pairs = prompt_pairs(view, subject, handle)
@@ -191,11 +193,13 @@ def capture_subject(view: StudyView, run: RunDir, label: str, config: CaptureCon
     _log(f"capture {label}: {len(prompts)} prompts ({sum(c.record['kind'] == 'object' for c in prompts)} object-level) on {handle.name}")
     store = capture(handle, prompts, spec, folder, extra_info={"study": view.name, "subject": label, "identity": identity},
                     nnsight=engine_of(handle, config.engine, config.remote))
+    clock.lap(f"{label}: load, capture")
     _log(f"logit lens {label}")
     table, lens = run_lens(handle, run, subject, store, config.top_k)
     n_views = write_explorer(handle, run, label, store, table, prompts, config.explorer_items, max(1, config.batch_size // 2))
     result = {"n_records": len(store.records), "lens": lens, "explorer_items": n_views}
     run.mark_done(stage, result)
+    clock.lap(f"{label}: logit lens, explorer views")
     return result
 
 
@@ -206,9 +210,12 @@ def main_capture(config: CaptureConfig, preset: str) -> dict:
         raise UserError(f"unknown subject(s) {', '.join(unknown)}", f"use some of: {', '.join(SUBJECTS)}")
     view = open_study(preset, config)
     run = RunDir.create(runs_dir(), config.name or f"mech-{view.name}", cfg.to_dict(resolved(config, view)), seed=config.seed)
-    results = {label: capture_subject(view, run, label, config) for label in config.subjects}
+    clock = StageClock(run.folder)
+    results = {label: capture_subject(view, run, label, config, clock) for label in config.subjects}
     run.write_json("capture.json", results)
     write_lens_report(run, config.subjects)
+    clock.lap("logit lens report")
+    clock.close()
     print(f"\nstores: {', '.join(str(run.path(s + '/store')) for s in config.subjects)}\nexplore: introspect-mi explore {run.folder}")
     return results
 

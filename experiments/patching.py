@@ -51,6 +51,7 @@ from introspect_mi.steering_experiments import (
     steer_values, steering_pattern, store_steering_vectors, summarise_concepts, summarise_steering,
 )
 from introspect_mi.store import RunDir
+from introspect_mi.timing import StageClock
 
 CAPTURE_COMMAND = "python -m experiments.capture --preset quick"
 TABLES = ("pairs", "cells", "grid", "exact", "steering_sweep", "steering", "steering_summary", "concepts", "concept_summary")
@@ -281,8 +282,10 @@ def main_patching(config: PatchingConfig, preset: str) -> dict:
     tables: dict[str, list[pd.DataFrame]] = {k: [] for k in TABLES}
     results: dict = {"study": view.name, "capture": capture_name, "torch_threads": torch.get_num_threads(),
                      "load_average_1min_start": os.getloadavg()[0], "subjects": {}}
+    clock = StageClock(out.folder)
     for label in config.subjects:
-        got, metrics = subject_results(out, view, stores[label], label, config)
+        with clock.stage(f"{label}: patching, steering, concept injection"):
+            got, metrics = subject_results(out, view, stores[label], label, config)
         results["subjects"][label] = metrics
         for k, frame in got.items():
             tables[k].append(frame)
@@ -291,7 +294,9 @@ def main_patching(config: PatchingConfig, preset: str) -> dict:
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["load_average_1min"] = os.getloadavg()[0]
     out.write_json("metrics.json", _finite(results))
-    report = write_report(out)
+    with clock.stage("report"):
+        report = write_report(out)
+    clock.close()
     print(f"\nreport: {report}\nexplore: introspect-mi explore {capture.folder}")
     return results
 

@@ -48,6 +48,7 @@ from introspect_mi.actstore import ActivationStore
 from introspect_mi.errors import UserError
 from introspect_mi.paths import runs_dir
 from introspect_mi.store import RunDir
+from introspect_mi.timing import StageClock
 from experiments.probing_plan import M1_SUBJECTS, Cell, Labels, Planner
 from probes import ProbeConfig
 from probes.crossfit import CrossFit, cross_predict, score
@@ -293,14 +294,18 @@ def main_probing(config: ProbingConfig, preset: str) -> dict[str, Any]:
         raise UserError(f"the stores have different layer counts {sorted(n_layers)}", "probe one model family per run (--subjects)")
     layers = layers_of(n_layers.pop(), config.layer_stride)
     print(f"probing {', '.join(stores)} at layers {layers}: {len(cells)} cells, {len(skipped)} skipped", flush=True)
-    table, curves = run_cells(cells, stores, layers, config)
+    clock = StageClock(run.folder)
+    with clock.stage("probes"):
+        table, curves = run_cells(cells, stores, layers, config)
     run.write_table("results", table)
     run.write_table("curves", curves)
     timing = {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(time.process_time() - cpu_start, 1),
               "load_average_1min_at_end": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count()}
     metrics = summary_metrics(run.read_table("results"), run.read_table("curves"), skipped, missing, layers, timing)
     run.write_json("metrics.json", metrics)
-    write_probing_report(run, metrics)
+    with clock.stage("report"):
+        write_probing_report(run, metrics)
+    clock.close()
     print_summary(run, metrics)
     return metrics
 

@@ -76,6 +76,7 @@ from introspect_mi.saes.pages import FeaturePage, logit_effect, page_file, token
 from introspect_mi.saes.shared_prefix import Ablation, ablation_logits, attribute_places
 from introspect_mi.saes.stream import ActivationStream
 from introspect_mi.store import RunDir, atomic_write_text
+from introspect_mi.timing import StageClock
 from introspect_mi.viz import Section, Table, write_report
 from introspect_mi.viz.saes import ablation_figure, attribution_split_figure, differential_figure, overlap_figure
 
@@ -131,22 +132,6 @@ class SAEFeaturesConfig(StudyChoice):
 
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-class _Clock:
-    """Wall and CPU seconds per stage (reported in metrics.json: the CPU is shared)."""
-
-    def __init__(self) -> None:
-        self.stages: dict[str, dict[str, float]] = {}
-        self._start = (time.monotonic(), time.process_time())
-
-    def lap(self, stage: str) -> None:
-        wall, cpu = time.monotonic(), time.process_time()
-        self.stages[stage] = {"wall_s": round(wall - self._start[0], 1), "cpu_s": round(cpu - self._start[1], 1)}
-        self._start = (wall, cpu)
-
-    def total(self) -> dict[str, float]:
-        return {k: round(sum(s[k] for s in self.stages.values()), 1) for k in ("wall_s", "cpu_s")}
 
 
 def place_of(layer: int) -> Place:
@@ -452,7 +437,7 @@ class Analysed:
 
 
 def analyse_subject(handle: ModelHandle, label: str, store: ActivationStore, saes: dict[int, LoadedSAE], config: SAEFeaturesConfig,
-                    clock: _Clock) -> tuple[Analysed, dict[str, pd.DataFrame], dict[str, Any]]:
+                    clock: StageClock) -> tuple[Analysed, dict[str, pd.DataFrame], dict[str, Any]]:
     """Overlap, attribution and ablation for one subject (`handle`: its model)."""
     layers = list(saes)
     sacts = encode_store(store, saes)
@@ -759,7 +744,6 @@ def main_sae_features(config: SAEFeaturesConfig, preset: str) -> dict[str, Any]:
     unknown = [s for s in config.subjects if s not in SUBJECTS or s == "cross"]
     if unknown:
         raise UserError(f"subject(s) {', '.join(unknown)} cannot be analysed with M1's SAEs", "use untrained and/or self")
-    clock = _Clock()
     view = open_study(preset, config)
     run, stores, missing = capture_run(view, config, preset)
     present = [s for s in config.subjects if s not in missing]
@@ -768,6 +752,7 @@ def main_sae_features(config: SAEFeaturesConfig, preset: str) -> dict[str, Any]:
     if not present:
         raise UserError(f"the capture run {run.name} has no finished store for {', '.join(config.subjects)}", next(iter(missing.values())))
     start_output(run, config, view)
+    clock = StageClock(run.path(OUT))
 
     m1 = view.load(view.subject("untrained"))
     saes, quality = train_saes(m1, view, config, run)
@@ -811,14 +796,15 @@ def main_sae_features(config: SAEFeaturesConfig, preset: str) -> dict[str, Any]:
 
     metrics = {"capture": run.name, "study": view.name, "subjects": present, "missing": missing, "layers": list(config.layers),
                **metrics_from_tables(run), "checks": checks, "pages": len(pages),
-               "timing": {**clock.stages, "total": clock.total(), "torch_threads": torch.get_num_threads()}}
+               "timing": {**clock.laps(), "total": clock.totals(), "torch_threads": torch.get_num_threads()}}
     run.write_json(f"{OUT}/metrics.json", metrics)
     print()
     for line in summary_lines(metrics):
         print(line)
     for label, why in missing.items():
         print(f"not analysed: {label}: {why}")
-    total = clock.total()
+    total = clock.totals()
+    clock.close()
     print(f"\nreport: {run.path(f'{OUT}/report.html')} ({len(pages)} feature pages); "
           f"total {total['wall_s']:.0f} s wall, {total['cpu_s']:.0f} s CPU\nexplore: introspect-mi explore {run.folder}")
     return metrics

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from experiments.behavioral_endpoint import KEY, PRIMARY_ENDPOINT
+from introspect_mi.timing import TIMINGS_FILE, read_invocations
 from tests.prepared import link_prepared_models
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,3 +95,8 @@ def test_the_toy_study_runs_every_stage_and_a_rerun_reuses_them(tmp_path: Path, 
     again = json.loads((run / "metrics.json").read_text())
     assert not any(ft["trained_now"] for ft in again["finetunes"].values())
     assert without_finetune_state(again) == without_finetune_state(metrics)
+    runs = read_invocations(run / TIMINGS_FILE)  # each invocation's stage times (issue 18), the first one's finetunes dominant
+    assert len(runs) == 2 and [s["stage"] for s in runs[0]["stages"]] == [s["stage"] for s in runs[1]["stages"]]
+    first_times = {s["stage"]: s["seconds"] for s in runs[0]["stages"]}
+    assert len(first_times) == 11 and all(s["rss_peak_mb"] > 0 for s in runs[0]["stages"])
+    assert first_times["self finetune (every round)"] > 5 * {s["stage"]: s["seconds"] for s in runs[1]["stages"]}["self finetune (every round)"]

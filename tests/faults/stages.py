@@ -193,9 +193,9 @@ PATCHING_TIMES = ("seconds", "load_average_1min_start", "load_average_1min", "to
 
 def patching_snapshot(folder: Path) -> dict[str, Any]:
     """Tables as bytes, metrics without timings; run-history files (provenance, stages, report
-    with its timings) only as present."""
+    with its timings, timings.json) only as present."""
     out_dir = folder / "runs" / "mech-patch" / "patching"
-    history = ("provenance.json", "stages.json", "report.html", "metrics.json")
+    history = ("provenance.json", "stages.json", "report.html", "metrics.json", "timings.json")
     out: dict[str, Any] = _files(out_dir, skip=history)
     for sub in sorted(out_dir.glob("subjects/*/metrics.json")):
         out[str(sub.relative_to(out_dir))] = _json_without(sub, "seconds")
