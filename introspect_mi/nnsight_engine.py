@@ -26,7 +26,7 @@ import nnsight
 import torch
 
 from introspect_mi.batching import left_pad
-from introspect_mi.patching import Metric, Patch, Run, copies_target, patch_writes
+from introspect_mi.patching import Metric, Patch, Run, patch_writes, unchanged
 from introspect_mi.places import Place, PlaceKind, execution_order, nnsight_value, resid_post
 
 
@@ -106,7 +106,7 @@ class NnsightEngine:
         results: list[torch.Tensor | None] = [None] * len(patches)
         todo = []
         for i, p in enumerate(patches):
-            if skip_identical and copies_target(p):
+            if skip_identical and unchanged(p, self.n_layers):
                 t = p.target
                 values = t.logits if read is None else t.act(read)[-1].float()
                 results[i] = metric(values[None], [t])[0]

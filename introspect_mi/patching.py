@@ -7,47 +7,47 @@ cross-prompt alignment maps source tokens to target tokens). `patch` runs many (
 cell) rows and returns a metric per row; `sweep` is the place × position grid of one pair;
 `attribution` estimates that grid from one forward and one backward pass.
 
-Speed, each step exact (PITFALLS.md "Speed"):
-- row i of a batch patches cell i; rows may hold different targets (left-padded);
-- the clean cache is reused both ways. Below a batch's first patched layer nothing is
-  recomputed: the forward starts from the clean residual stream there (fed as `inputs_embeds`;
-  the lower decoder blocks are swapped for pass-throughs while it runs). Before its first
-  patched position nothing is recomputed either: a patch at token t cannot change tokens < t
-  (causal attention), so their keys and values come from the clean KV cache;
+Speed, each step exact up to float rounding (`python -m experiments.benchmark patching`):
+- a cell that cannot change the final position is answered from the clean run without a
+  forward (`unchanged`): one whose source vectors are the target's own (self-patching, or the
+  tokens of a prompt prefix the source and target share, recognised by their tokens, so the
+  share does not depend on whether a CPU gave both prompts' prefix the same last bits), or one
+  after the last attention layer at a token other than the final one;
+- a batch holds cells of one target. A patch at token t cannot change tokens < t (causal
+  attention), so the forward computes only the tokens from the batch's first patched one; their
+  attention reads the clean run's keys and values of the tokens before, once for the whole batch
+  (`_prefix_attention`: not copied per row, not expanded per query head; sliding windows count
+  positions, so Gemma-3's local layers reuse the prefix too);
+- below a row's patched layer nothing is recomputed either: the batch starts from the clean
+  residual stream at its lowest start layer (fed as `inputs_embeds`, the blocks below swapped
+  for pass-throughs), and a block that some rows have not reached runs only the others (rows join
+  at their own layer), so a position × layer sweep batches all layers of a token together;
 - logits only at the final position (`logits_to_keep=1`); with `read=place` the metric reads
-  that place instead and the forward stops right after it;
-- a cell whose source vectors equal the target's own (a shared prompt prefix, self-patching)
-  changes nothing and is answered from the clean run without a forward.
+  that place instead and the forward stops right after it (rows then all start at one layer).
+`reuse_prefix=False` is the plain path, for checks: whole left-padded targets, the model's own
+attention, every row from the batch's lowest start layer.
 
 Numerics (CPU fp32): patching every position of resid_post[l] from a source recomputes the
-layers above with the source run's shapes and returns its logits bit for bit (tested); a cell run
-alone through the clean cache recomputes a shorter suffix (at least MIN_SUFFIX tokens), which on
-this CPU also reproduced the clean logits bit for bit, but other shapes may take other kernels on
-another CPU, so that is tested to float rounding. Cells batched together go through taller matrices, and MKL picks
-kernels (and summation orders) by shape, so batched and one-at-a-time results agree to float
-rounding (~1e-7 on logits of size 1), not always bitwise; the same holds between two loads of
-equal weights. On GPU, and in bf16, expect more.
+layers above with the source run's shapes and attention and returns its logits bit for bit
+(tested). A cell after a cached prefix goes through `_prefix_attention` and shorter matrices, and
+cells batched together through taller ones; MKL picks kernels (and summation orders) by shape,
+so these agree with one plain forward per cell to float rounding (~1e-7 on logits of size 1 on
+the tiny test models, 1.5e-5 on SmolLM2's logit differences of size ~5), not bitwise; the same
+holds between two loads of equal weights. On GPU, and in bf16, expect more.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from math import sqrt
 from typing import Any
 
 import torch
 
-from introspect_mi.batching import Batch, left_pad
+from introspect_mi.batching import left_pad
 from introspect_mi.hooks import Edit, editing, recording, site_of
-from introspect_mi.inference import sliding_window
 from introspect_mi.places import Place, PlaceKind, resid_post
-
-MIN_SUFFIX = 16
-"""Tokens a forward recomputes at least: BLAS switches kernels for matrices of very few rows,
-whose last bits then differ from the clean run's; 16 rows keep the engine bit-equal to a plain
-forward on CPU fp32 (tested) at a negligible cost."""
 
 Metric = Callable[[torch.Tensor, Sequence["Run"]], torch.Tensor]
 """(values [rows, vocab] final-position logits in float32 — or [rows, d_model] with `read` —,
@@ -87,19 +87,21 @@ class Run:
 def clean_run(model: torch.nn.Module, ids: Sequence[int], places: Sequence[Place] = ()) -> Run:
     """Run a prompt once, recording the residual stream at every layer, the KV cache and `places`.
 
-    The KV cache is kept unless a sliding-attention window is shorter than the prompt (the
-    cache then holds only the window, so patching recomputes from the first token).
+    The KV cache keeps every token at every layer, sliding-window layers included (a cache built
+    without the config: the forward and its masks are the same, only the cache keeps more).
     """
+    from transformers import DynamicCache
+
     streams = [Place(PlaceKind.RESID_PRE, 0)] + [resid_post(l) for l in range(n_layers(model))]
     want = list(dict.fromkeys([*streams, *(p for p in places if p.kind is not PlaceKind.RESID_PRE or not p.layer)]))
     device = next(model.parameters()).device
     x = torch.tensor([list(ids)], device=device)
     with recording(model, want) as acts:
-        out = model(input_ids=x, use_cache=True, logits_to_keep=1)
-    window = sliding_window(model.config)
-    kv = None
-    if window is None or len(ids) < window:
-        kv = tuple((layer.keys[0], layer.values[0]) for layer in out.cache.layers)
+        out = model(input_ids=x, cache=DynamicCache(), use_cache=True, logits_to_keep=1)
+    kept = [layer for layer in getattr(out.cache, "layers", None) or [] if getattr(layer, "keys", None) is not None]
+    kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = tuple((layer.keys[0], layer.values[0]) for layer in kept)
+    if len(kv) != n_layers(model) or any(k.shape[-2] != len(ids) for k, _ in kv):  # a forward that kept no cache
+        kv = None
     return Run(tuple(ids), out.logits[0, -1].float(), {p: a[0] for p, a in acts.items()}, kv)
 
 
@@ -192,11 +194,14 @@ class _PassThrough(torch.nn.Module):
         return hidden_states
 
 
+def _block_list(model: torch.nn.Module) -> torch.nn.ModuleList:
+    return model.get_submodule(site_of(model, Place(PlaceKind.RESID_PRE, 0)).path.rsplit(".", 1)[0])
+
+
 @contextmanager
 def _starting_at(model: torch.nn.Module, layer: int) -> Iterator[None]:
     """Swap blocks [0, layer) for pass-throughs, so `inputs_embeds` enters block `layer` as is."""
-    path = site_of(model, Place(PlaceKind.RESID_PRE, 0)).path.rsplit(".", 1)[0]
-    blocks = model.get_submodule(path)
+    blocks = _block_list(model)
     kept = [blocks[i] for i in range(layer)]
     try:
         for i in range(layer):
@@ -205,6 +210,118 @@ def _starting_at(model: torch.nn.Module, layer: int) -> Iterator[None]:
     finally:
         for i, block in enumerate(kept):
             blocks[i] = block
+
+
+def _rows_only(block: torch.nn.Module, active: torch.Tensor, clean_out: torch.Tensor) -> Callable[..., Any]:
+    """A forward for `block` that runs only the batch rows `active`; the other rows leave it with
+    `clean_out` ([tokens, d_model]: their stream is still the clean run's there). Hooks on the
+    block itself see the whole batch, hooks inside it only the active rows."""
+    forward = type(block).forward
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        x = args[0] if args else kwargs["hidden_states"]
+        rows = x.shape[0]
+
+        def pick(v: Any) -> Any:  # per-row tensors (an eager attention mask) follow the rows
+            if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == rows:
+                return v.index_select(0, active)
+            if isinstance(v, tuple) and any(isinstance(u, torch.Tensor) and u.dim() and u.shape[0] == rows > 1 for u in v):
+                raise NotImplementedError(f"{type(block).__name__}: a per-row tuple argument; patch with reuse_prefix=False")
+            return v
+
+        args = (x.index_select(0, active), *(pick(a) for a in args[1:])) if args else ()
+        kwargs = {k: pick(v) for k, v in kwargs.items()}
+        if not args:
+            kwargs["hidden_states"] = x.index_select(0, active)
+        out = forward(block, *args, **kwargs)
+        y = out[0] if isinstance(out, tuple) else out
+        full = clean_out.to(y.dtype).expand(rows, *clean_out.shape).clone()
+        full[active] = y
+        return (full, *out[1:]) if isinstance(out, tuple) else full
+
+    return run
+
+
+@contextmanager
+def _joining_at(model: torch.nn.Module, starts: Sequence[int], clean: Callable[[int], torch.Tensor]) -> Iterator[None]:
+    """Row i of the batch enters the decoder at block starts[i]: blocks below every start are
+    pass-throughs, a block that some rows have not reached runs only the others (`_rows_only`,
+    the rest take `clean(l + 1)`, the clean stream leaving block l). `inputs_embeds` is the
+    clean stream entering block min(starts)."""
+    blocks, low, high = _block_list(model), min(starts), max(starts)
+    swapped = []
+    try:
+        with _starting_at(model, low):
+            for layer in range(low, high):
+                active = torch.tensor([i for i, s in enumerate(starts) if s <= layer], device=clean(layer + 1).device)
+                blocks[layer].forward = _rows_only(blocks[layer], active, clean(layer + 1))
+                swapped.append(blocks[layer])
+            yield
+    finally:
+        for block in swapped:
+            del block.forward
+
+
+# A patch at token t cannot change tokens before t (causal attention): their keys and values are the
+# clean run's. The batch's forward computes only tokens from its first patched one (`start`); each
+# attention layer attends to the clean keys and values of the tokens before it, kept once for the
+# whole batch (not copied per row, not expanded per query head), through this attention function.
+_PREFIX_ATTENTION = "introspect_mi_clean_prefix"
+_prefix: list[tuple[Sequence[tuple[torch.Tensor, torch.Tensor]], int]] = []
+
+
+def _prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0,
+                      sliding_window: int | None = None, softcap: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """Eager attention of the suffix queries [rows, heads, W, head_dim] over the clean prefix's keys
+    and values (shared by every row) and the suffix's own (causal; a sliding window counts
+    positions, so no padding can shift it)."""
+    if module.training or kwargs.get("s_aux") is not None:
+        raise NotImplementedError("clean-prefix attention: eval mode, no attention sinks")
+    kv, start = _prefix[-1]
+    lo = 0 if sliding_window is None else max(0, start - sliding_window + 1)
+    keys, values = (t[:, lo:start] for t in kv[module.layer_idx])  # [kv_heads, n, head_dim]
+    rows, heads, width, dim = query.shape
+    kv_heads, n = key.shape[1], start - lo
+    group = heads // kv_heads  # query head h reads key/value head h // group
+    q = (query * scaling).reshape(rows, kv_heads, group * width, dim)
+    pre = torch.matmul(q.transpose(0, 1).reshape(kv_heads, rows * group * width, dim), keys.transpose(1, 2))
+    own = torch.matmul(q, key.transpose(2, 3))
+    if softcap is not None:
+        pre, own = (torch.tanh(x / softcap) * softcap for x in (pre, own))
+    q_pos = torch.arange(start, start + width, device=query.device)[:, None]  # [W, 1] query positions
+    hidden = q_pos.T > q_pos  # [W, W] later suffix tokens
+    if sliding_window is not None:  # and keys a window or more before the query
+        hidden |= q_pos.T <= q_pos - sliding_window
+        far = torch.arange(lo, start, device=query.device)[None] <= q_pos - sliding_window
+        pre.view(kv_heads, rows, group, width, n).masked_fill_(far, float("-inf"))
+    own.view(rows, kv_heads, group, width, width).masked_fill_(hidden, float("-inf"))
+    scores = torch.cat([pre.view(kv_heads, rows, group * width, n), own.transpose(0, 1)], -1)
+    probs = torch.softmax(scores, -1, dtype=torch.float32).to(query.dtype)
+    out_pre = torch.matmul(probs[..., :n].reshape(kv_heads, rows * group * width, n), values)
+    out_own = torch.matmul(probs[..., n:].transpose(0, 1), value)
+    out = out_pre.view(kv_heads, rows, group, width, dim).permute(1, 3, 0, 2, 4) + out_own.view(rows, kv_heads, group, width, dim).permute(0, 3, 1, 2, 4)
+    return out.reshape(rows, width, heads, dim), None
+
+
+@contextmanager
+def _attending_to_prefix(model: torch.nn.Module, kv: Sequence[tuple[torch.Tensor, torch.Tensor]], start: int) -> Iterator[None]:
+    """While inside, the model's attention layers run `_prefix_attention` over `kv`'s tokens before
+    `start` (the attention-mask builder skips an implementation it does not know: no mask is built)."""
+    from transformers import AttentionInterface, PretrainedConfig
+
+    AttentionInterface.register(_PREFIX_ATTENTION, _prefix_attention)
+    configs = {id(m.config): m.config for m in model.modules() if isinstance(getattr(m, "config", None), PretrainedConfig)}
+    saved = {k: c._attn_implementation for k, c in configs.items()}
+    _prefix.append((kv, start))
+    try:
+        for c in configs.values():
+            c._attn_implementation = _PREFIX_ATTENTION
+        yield
+    finally:
+        _prefix.pop()
+        for k, c in configs.items():
+            c._attn_implementation = saved[k]
 
 
 class _Stop(Exception):
@@ -228,10 +345,41 @@ def _reading(model: torch.nn.Module, place: Place | None, out: list[torch.Tensor
             pass
 
 
+_ROUNDING = {torch.float32: 1e-5, torch.float64: 1e-12}
+"""Relative difference (vector norms) below which two runs' vectors at a shared prefix token are the
+same activation computed through matrices of other shapes (other lengths); 1e-2 for half types."""
+
+
 def copies_target(p: Patch) -> bool:
-    """Whether a patch writes the target's own vectors (a shared prefix): it changes nothing."""
+    """Whether a patch writes the target's own vectors, so changes nothing: bit for bit, or, at
+    tokens of a prefix the source and the target share (same tokens, same positions), to float
+    rounding: two prompts of other lengths go through matrices of other shapes, for which MKL may
+    pick other kernels, so whether their common prefix gets the same last bits depends on the CPU."""
     c = p.cell
-    return torch.equal(p.source.act(c.place)[list(c.source_positions)], p.target.act(c.place)[list(c.positions)])
+    src, tgt = p.source.act(c.place)[list(c.source_positions)], p.target.act(c.place)[list(c.positions)]
+    if torch.equal(src, tgt):
+        return True
+    end = max(c.positions) + 1
+    if c.source_positions != c.positions or p.source.ids[:end] != p.target.ids[:end]:
+        return False
+    tol = _ROUNDING.get(tgt.dtype, 1e-2)
+    return float((src.double() - tgt.double()).norm()) <= tol * float(tgt.double().norm())
+
+
+def unseen(p: Patch, layers: int) -> bool:
+    """Whether the final position cannot see a patch: it sits after the last attention layer
+    (attn_out, mlp_out, resid_post of the last block, final_norm), where each token is computed
+    on its own, and not at the final token."""
+    kind, last = p.cell.place.kind, len(p.target) - 1
+    after_attention = kind is PlaceKind.FINAL_NORM or (
+        kind in (PlaceKind.ATTN_OUT, PlaceKind.MLP_OUT, PlaceKind.RESID_POST) and p.cell.place.layer == layers - 1)
+    return after_attention and last not in p.cell.positions
+
+
+def unchanged(p: Patch, layers: int) -> bool:
+    """Whether a patch leaves the target's final position (its logits, any `read`) as in the
+    clean run: `copies_target` or `unseen`. Such cells are answered from the clean run."""
+    return unseen(p, layers) or copies_target(p)
 
 
 def _check(p: Patch, layers: int) -> None:
@@ -242,79 +390,65 @@ def _check(p: Patch, layers: int) -> None:
         raise ValueError(f"cell {c}: positions outside the target ({len(p.target)} tokens) or source ({len(p.source)} tokens)")
 
 
+def _batches(rows: list[int], patches: Sequence[Patch], batch_size: int, layers: int) -> list[list[int]]:
+    """Batches of one target each, rows in order of (first patched token, start layer): a batch
+    computes the tokens from its earliest patched one, each row from its own start layer."""
+    groups: dict[int, list[int]] = {}
+    for i in rows:
+        groups.setdefault(id(patches[i].target), []).append(i)
+    out = []
+    for group in groups.values():
+        group.sort(key=lambda i: (min(patches[i].cell.positions), _start(patches[i].cell.place, layers)))
+        out += [group[k : k + batch_size] for k in range(0, len(group), batch_size)]
+    return out
+
+
+def _forward(model: torch.nn.Module, rows: Sequence[Patch], read: Place | None) -> torch.Tensor:
+    """One batched forward over one target, row i patched with rows[i].cell: final-position logits
+    or read values. Tokens before the first patched one come from the clean KV cache; row i
+    joins at its own start layer, below which its stream is the clean one."""
+    layers, target = n_layers(model), rows[0].target
+    starts = [_start(p.cell.place, layers) for p in rows]
+    if read is not None:  # the read hook sees the whole batch: every row from one layer
+        starts = [min(*starts, _start(read, layers))] * len(rows)
+    n = len(target)
+    start = min(min(p.cell.positions) for p in rows) if target.kv is not None else 0
+    width = n - start
+    clean = lambda layer: target.stream(layer)[start:]  # noqa: E731
+    embeds = clean(min(starts)).expand(len(rows), width, -1).contiguous()
+    positions = torch.arange(start, n, device=embeds.device)[None]
+    prefix = _attending_to_prefix(model, target.kv, start) if start else nullcontext()
+    read_out: list[torch.Tensor] = []
+    with _joining_at(model, starts, clean), prefix, editing(model, _patch_edits(model, rows, width, starts)), _reading(model, read, read_out):
+        out = model(inputs_embeds=embeds, position_ids=positions, use_cache=False, logits_to_keep=1)
+    return read_out[0] if read is not None else out.logits[:, -1]
+
+
 def _order(rows: list[int], patches: Sequence[Patch], batch_size: int, layers: int) -> list[int]:
-    """Rows sorted into tiles of similar (start layer, first position): a batch costs about
-    rows × (layers above its lowest start) × (tokens after its earliest position), so tiles are
-    shaped a × b = batch_size with a/b = layers/tokens."""
+    """reuse_prefix=False: rows sorted into tiles of similar start layer (a batch runs from its lowest)."""
     groups: dict[int, int] = {}
     for i in rows:
         groups.setdefault(id(patches[i].target), len(groups))
-
-    def key(i: int) -> tuple[int, ...]:
-        p = patches[i]
-        start, first = _start(p.cell.place, layers), min(p.cell.positions)
-        tile_l = max(1, round(sqrt(batch_size * layers / len(p.target))))
-        tile_t = max(1, batch_size // tile_l)
-        return (groups[id(p.target)], start // tile_l, first // tile_t, start, first)
-
-    return sorted(rows, key=key)
+    return sorted(rows, key=lambda i: (_start(patches[i].cell.place, layers), groups[id(patches[i].target)]))
 
 
-def _split(model: torch.nn.Module, rows: Sequence[Patch], reuse_prefix: bool, pad_id: int) -> tuple[list[int], Batch]:
-    """Each row's prefix taken from its target's KV cache (tokens before that target's earliest
-    patched position in the batch, at least MIN_SUFFIX recomputed) and the left-padded rest."""
-    firsts: dict[int, int] = {}
-    for p in rows:
-        firsts[id(p.target)] = min(firsts.get(id(p.target), len(p.target) - MIN_SUFFIX), *p.cell.positions)
-    if not reuse_prefix or any(p.target.kv is None for p in rows):
-        firsts = dict.fromkeys(firsts, 0)
-    pre = [max(firsts[id(p.target)], 0) for p in rows]
-    suffix = left_pad([list(p.target.ids[k:]) for p, k in zip(rows, pre)], pad_id)
-    window = sliding_window(model.config)
-    if max(pre) and window is not None and max(pre) + suffix.width > window:
-        # Sliding-window masks count columns, and padding between prefix and suffix adds some.
-        return _split(model, rows, False, pad_id)
-    return pre, suffix
-
-
-def _prefix_cache(model: torch.nn.Module, rows: Sequence[Patch], pre: list[int]) -> Any:
-    """A KV cache holding each row's prefix, left-padded (padding masked out)."""
-    from transformers import DynamicCache
-
-    width = max(pre)
-    kv = []
-    for layer in range(n_layers(model)):
-        like = rows[0].target.kv[layer][0]
-        keys = like.new_zeros((len(rows), like.shape[0], width, like.shape[2]))
-        values = torch.zeros_like(keys)
-        for i, (p, k) in enumerate(zip(rows, pre)):
-            keys[i, :, width - k :] = p.target.kv[layer][0][:, :k]
-            values[i, :, width - k :] = p.target.kv[layer][1][:, :k]
-        kv.append((keys, values))
-    return DynamicCache(ddp_cache_data=kv, config=model.config)
-
-
-def _forward(model: torch.nn.Module, rows: Sequence[Patch], read: Place | None, pad_id: int, reuse_prefix: bool) -> torch.Tensor:
-    """One batched forward: row i patched with rows[i].cell; final-position logits or read values."""
+def _forward_padded(model: torch.nn.Module, rows: Sequence[Patch], read: Place | None, pad_id: int) -> torch.Tensor:
+    """reuse_prefix=False: one forward over the whole (left-padded) targets from the batch's lowest
+    start layer, fed the clean stream there."""
     layers = n_layers(model)
     start = min(_start(p.cell.place, layers) for p in rows)
     if read is not None:  # resid_post[start - 1] is the stream fed in: readable too
         start = min(start, _start(read, layers))
-    pre, suffix = _split(model, rows, reuse_prefix, pad_id)
-    width, P = suffix.width, max(pre)
+    batch = left_pad([list(p.target.ids) for p in rows], pad_id)
+    width = batch.width
     like = rows[0].target.stream(start)
     embeds = like.new_zeros((len(rows), width, like.shape[-1]))
-    for i, (p, k) in enumerate(zip(rows, pre)):
-        embeds[i, width - len(p.target) + k :] = p.target.stream(start)[k:]
-    prefix_mask = torch.tensor([[0] * (P - k) + [1] * k for k in pre], dtype=torch.long).reshape(len(rows), P)
-    cache = _prefix_cache(model, rows, pre) if P else None
+    for i, p in enumerate(rows):
+        embeds[i, width - len(p.target) :] = p.target.stream(start)
     read_out: list[torch.Tensor] = []
-    with _starting_at(model, start), editing(model, _patch_edits(rows, width)), _reading(model, read, read_out):
-        out = model(
-            inputs_embeds=embeds, attention_mask=torch.cat([prefix_mask, suffix.attention_mask], 1).to(like.device),
-            position_ids=(suffix.position_ids + torch.tensor(pre)[:, None]).to(like.device),
-            cache=cache, use_cache=cache is not None, logits_to_keep=1,
-        )
+    with _starting_at(model, start), editing(model, _patch_edits(model, rows, width)), _reading(model, read, read_out):
+        out = model(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(like.device),
+                    position_ids=batch.position_ids.to(like.device), use_cache=False, logits_to_keep=1)
     return read_out[0] if read is not None else out.logits[:, -1]
 
 
@@ -330,8 +464,9 @@ def patch_writes(rows: Sequence[Patch], width: int) -> dict[Place, tuple[list[in
     return {place: (r, c, torch.cat(v)) for place, (r, c, v) in by_place.items()}
 
 
-def _patch_edits(rows: Sequence[Patch], width: int) -> list[tuple[Place, Edit]]:
-    """One edit per place: write each row's source vectors at its columns (`patch_writes`)."""
+def _patch_edits(model: torch.nn.Module, rows: Sequence[Patch], width: int, starts: Sequence[int] | None = None) -> list[tuple[Place, Edit]]:
+    """One edit per place: write each row's source vectors at its columns (`patch_writes`). A
+    place inside a block that runs only some rows (`_joining_at`) sees those rows alone."""
 
     def write(r: list[int], c: list[int], v: torch.Tensor) -> Edit:
         def edit(x: torch.Tensor, _pos: torch.Tensor) -> torch.Tensor:
@@ -340,7 +475,13 @@ def _patch_edits(rows: Sequence[Patch], width: int) -> list[tuple[Place, Edit]]:
             return x
         return edit
 
-    return [(place, write(r, c, v)) for place, (r, c, v) in patch_writes(rows, width).items()]
+    edits = []
+    for place, (r, c, v) in patch_writes(rows, width).items():
+        if starts is not None and place.kind in (PlaceKind.ATTN_OUT, PlaceKind.MLP_OUT):
+            active = [i for i, s in enumerate(starts) if s <= place.layer]
+            r = [active.index(i) for i in r]
+        edits.append((place, write(r, c, v)))
+    return edits
 
 
 @torch.no_grad()
@@ -359,8 +500,9 @@ def patch(
 
     `read`: the metric gets that place's final-position activation [rows, d_model] instead of
     logits (the forward stops there). `reuse_prefix=False` recomputes every token from the
-    first (for checks); `skip_identical=False` runs a forward even for cells that copy the
-    target's own vectors. `pad_id` only fills padded columns (masks come from lengths).
+    first and every row from the batch's lowest start layer, with the model's own attention (for
+    checks); `skip_identical=False` runs a forward even for cells that cannot change the final
+    position (`unchanged`). `pad_id` only fills padded columns (masks come from lengths).
     """
     layers = n_layers(model)
     if not patches:
@@ -370,7 +512,7 @@ def patch(
     todo = []
     for i, p in enumerate(patches):
         _check(p, layers)
-        if skip_identical and copies_target(p):
+        if skip_identical and unchanged(p, layers):
             t = p.target
             if id(t) not in clean:
                 values = t.logits if read is None else t.act(read)[-1].float()
@@ -378,12 +520,15 @@ def patch(
             results[i] = clean[id(t)]
         else:
             todo.append(i)
-    order = _order(todo, patches, batch_size, layers)
-    for k in range(0, len(order), batch_size):
-        chunk = order[k : k + batch_size]
+    if reuse_prefix:
+        batches = _batches(todo, patches, batch_size, layers)
+    else:
+        order = _order(todo, patches, batch_size, layers)
+        batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    for chunk in batches:
         rows = [patches[i] for i in chunk]
-        values = metric(_forward(model, rows, read, pad_id, reuse_prefix).float(), [p.target for p in rows])
-        for i, v in zip(chunk, values):
+        values = _forward(model, rows, read) if reuse_prefix else _forward_padded(model, rows, read, pad_id)
+        for i, v in zip(chunk, metric(values.float(), [p.target for p in rows])):
             results[i] = v
     return torch.stack([r.detach().cpu() for r in results])
 

@@ -18,7 +18,6 @@ import torch
 from introspect_mi.hooks import editing, recording
 from introspect_mi.models import load
 from introspect_mi.patching import (
-    MIN_SUFFIX,
     Cell,
     Patch,
     Run,
@@ -30,6 +29,7 @@ from introspect_mi.patching import (
     patch,
     prob,
     sweep,
+    unchanged,
 )
 from introspect_mi.places import Place, PlaceKind, resid_post
 from tests.tolerance import BATCHED
@@ -80,16 +80,18 @@ def reference(model: torch.nn.Module, target: Run, source: Run, cell: Cell) -> t
 
 def test_patching_a_run_with_itself_changes_nothing(model: torch.nn.Module) -> None:
     (run,) = runs(model, 30)
-    # Positions on both sides of 30 - MIN_SUFFIX, where the KV-cache prefix stops growing.
+    # Positions from the first (no cached prefix) to the last (a prefix of all but one token); on
+    # the Gemma-3, suffixes longer and shorter than its 16-token sliding window.
     cells = [Patch(run, run, Cell(p, (t,))) for p in all_places(model) for t in (0, 5, 13, 14, 15, 22, 29)]
     cells.append(Patch(run, run, Cell(resid_post(1), tuple(range(len(run))))))
     # The engine sees identical vectors and answers from the clean run.
     assert all(torch.equal(v, run.logits) for v in patch(model, cells, LOGITS))
-    # Forced through the forward, one cell at a time, with the clean cache standing in for the
-    # layers below and the tokens before each cell: a suffix of other shapes, so to float rounding.
-    forced = patch(model, cells, LOGITS, skip_identical=False, batch_size=1)
-    for v in forced:
-        torch.testing.assert_close(v, run.logits, **CLOSE)
+    # Forced through the forward, one cell at a time and batched, with the clean cache standing in
+    # for the layers below and the tokens before each cell: other shapes, so to float rounding.
+    for batch_size in (1, 64):
+        forced = patch(model, cells, LOGITS, skip_identical=False, batch_size=batch_size)
+        for v in forced:
+            torch.testing.assert_close(v, run.logits, **CLOSE)
 
 
 def test_patching_every_position_of_resid_post_gives_the_source_logits(model: torch.nn.Module) -> None:
@@ -117,16 +119,77 @@ def test_batched_cells_equal_one_cell_at_a_time_and_the_plain_forward_oracle(mod
 
 
 def test_the_prefix_is_reused_only_where_a_patch_cannot_reach(llama: torch.nn.Module) -> None:
-    """Tokens before the first patched one come from the KV cache, at least MIN_SUFFIX recomputed."""
+    """Tokens before the first patched one come from the KV cache: only the rest is recomputed."""
     target, source = runs(llama, 40, 40)
+    cells = [Cell(resid_post(1), (35,)), Cell(resid_post(1), (39,))]
     seen: list[int] = []
     hook = llama.model.layers[2].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
     try:
-        (got,) = patch(llama, [Patch(target, source, Cell(resid_post(1), (35,)))], LOGITS)
+        got = torch.stack([patch(llama, [Patch(target, source, c)], LOGITS)[0] for c in cells])
     finally:
         hook.remove()
-    assert seen == [MIN_SUFFIX]
-    torch.testing.assert_close(got, reference(llama, target, source, Cell(resid_post(1), (35,))), **CLOSE)
+    assert seen == [5, 1]
+    torch.testing.assert_close(got, torch.stack([reference(llama, target, source, c) for c in cells]), **CLOSE)
+
+
+def test_each_row_joins_the_batch_at_its_own_layer(model: torch.nn.Module) -> None:
+    """A block runs only the rows whose patch lies at or below it; the others keep the clean
+    stream, and the results equal one plain forward per cell."""
+    target, source = runs(model, 30, 30)
+    n = model.config.num_hidden_layers
+    cells = [Cell(p, (t,)) for p in all_places(model) for t in (20, 21)]  # one batch: every layer and kind
+    rows: dict[int, list[int]] = {}
+    hooks = [model.model.layers[l].mlp.register_forward_hook(lambda _m, args, _o, l=l: rows.setdefault(l, []).append(args[0].shape[0]))
+             for l in range(n)]
+    try:
+        got = patch(model, [Patch(target, source, c) for c in cells], LOGITS, batch_size=len(cells))
+    finally:
+        for h in hooks:
+            h.remove()
+    # Cells through mlp_out[l] need block l; final_norm, and the last block's attn_out, mlp_out and
+    # resid_post at these non-final tokens, need none (the final token cannot see them).
+    need = lambda l: [c for c in cells if not unchanged(Patch(target, source, c), n) and c.place.kind is not PlaceKind.FINAL_NORM  # noqa: E731
+                      and (c.place.layer < l or (c.place.layer == l and c.place.kind is not PlaceKind.RESID_POST))]
+    assert rows == {l: [len(need(l))] for l in range(n) if need(l)}
+    oracle = torch.stack([reference(model, target, source, c) for c in cells])
+    torch.testing.assert_close(got, oracle, **CLOSE)
+
+
+def test_sliding_window_layers_see_the_cached_prefix_through_their_window(tiny_gemma_dir: Path) -> None:
+    """Gemma-3 (a 16-token sliding window on layer 0): the clean run keeps every token's keys and
+    values, and a suffix longer or shorter than the window, after a prefix longer or shorter than
+    it, attends to what a plain forward attends to."""
+    gemma = load(tiny_gemma_dir).model
+    assert gemma.config.sliding_window == 16 and gemma.config.layer_types[0] == "sliding_attention"
+    target, source = runs(gemma, 48, 48)
+    assert target.kv[0][0].shape[1] == 48
+    cells = [Cell(p, (t,)) for p in all_places(gemma) for t in (3, 10, 20, 30, 40, 47)]
+    oracle = torch.stack([reference(gemma, target, source, c) for c in cells])
+    assert (oracle - target.logits).abs().amax(1).max() > 1e-2
+    for batch_size in (1, 7, 64):
+        torch.testing.assert_close(patch(gemma, [Patch(target, source, c) for c in cells], LOGITS, batch_size=batch_size), oracle, **CLOSE)
+
+
+def test_a_shared_prefix_is_answered_from_the_clean_run_even_when_its_last_bits_differ(llama: torch.nn.Module) -> None:
+    """Another CPU may give two prompts' common prefix other last bits (other lengths, other
+    kernels): same tokens at the same positions and vectors equal to float rounding still count
+    as the target's own; a real difference, or another token before the cell, does not."""
+    head = token_ids(12, 3)
+    target, source = clean_run(llama, head + [40, 41], all_places(llama)), clean_run(llama, head + [50], all_places(llama))
+
+    def nudged(run: Run, scale: float) -> Run:
+        acts = {p: a + scale * a.abs().amax() * torch.randn(a.shape, generator=torch.Generator().manual_seed(0)) for p, a in run.acts.items()}
+        return Run(run.ids, run.logits, acts, run.kv)
+
+    place, rounded, moved = resid_post(1), nudged(source, 1e-7), nudged(source, 1e-2)
+    for t in (0, 11):
+        cell = Cell(place, (t,))
+        assert unchanged(Patch(target, rounded, cell), 3)
+        assert torch.equal(patch(llama, [Patch(target, rounded, cell)], LOGITS)[0], target.logits)
+        assert not unchanged(Patch(target, moved, cell), 3)
+        torch.testing.assert_close(patch(llama, [Patch(target, moved, cell)], LOGITS)[0], reference(llama, target, moved, cell), **CLOSE)
+    other = clean_run(llama, [7] + head[1:] + [50], all_places(llama))  # another first token
+    assert not unchanged(Patch(target, other, Cell(place, (11,))), 3)
 
 
 def test_left_padded_targets_of_different_lengths_equal_unpadded(model: torch.nn.Module) -> None:
