@@ -187,6 +187,10 @@ class FinetuneConfig:
     """After warm-up: 'linear' decay to 0 at the last step, or 'constant'."""
     max_grad_norm: float | None = 1.0
     """Clip the gradient norm to this (None: no clipping)."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel while training: 'sdpa' (fused; keeps no [heads, seq, seq] probabilities
+    for the backward pass) or 'eager'. The model is switched back to its own kernel afterwards,
+    so answers, hooks and captures still use the one it was loaded with."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -200,6 +204,8 @@ class FinetuneConfig:
             problems.append("val_fraction, warmup_ratio and dropout must be in [0, 1)")
         if self.lr_schedule not in ("linear", "constant"):
             problems.append(f"lr_schedule must be 'linear' or 'constant', not {self.lr_schedule!r}")
+        if self.attn_implementation not in ("sdpa", "eager"):
+            problems.append(f"attn_implementation must be 'sdpa' or 'eager', not {self.attn_implementation!r}")
         if problems:
             raise ValueError("; ".join(problems))
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -220,7 +226,10 @@ PRESETS: dict[str, FinetuneConfig] = {
     # CPU preset for the embedded 135M/270M models, chosen with `python -m experiments.finetune_sweep`
     # (README "Finetuning"): with the quick study's object-level replay, lr 1e-3 for 1 epoch raised
     # SmolLM2's self-prediction accuracy on the training tasks' val items from 19.2% to 35.6%
-    # (n = 510, z = 5.9) in 409 s; 2 epochs at 5e-4 gave 39.0% in twice the time.
+    # (n = 510, z = 5.9) in 409 s; 2 epochs at 5e-4 gave 39.0% in twice the time. Trained with
+    # SDPA attention since issue 18. Micro-batches of 2 (batch_size=2, grad_accum=4: the same
+    # steps) keep SmolLM2's finetune near 2 GB resident instead of ~3.3 GB but took 2.2-2.4x the
+    # step time on 2 cores (python -m experiments.benchmark finetune), so the preset keeps 8.
     "quick": FinetuneConfig(rank=16, alpha=32.0, dropout=0.0, lr=1e-3, epochs=1, batch_size=8, grad_accum=1, warmup_ratio=0.05, save_every=25),
 }
 
@@ -344,16 +353,20 @@ def add_lora(model: torch.nn.Module, config: FinetuneConfig) -> Any:
 
 @contextmanager
 def lora_on(handle: ModelHandle, config: FinetuneConfig) -> Iterator[Any]:
-    """A PeftModel around `handle.model` for the duration of the block; the model is restored after."""
+    """A PeftModel around `handle.model` for the duration of the block, training with
+    `config.attn_implementation`; the model is restored after (kernel, grads, mode)."""
     model = handle.model
     grads = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training
+    kernel = model.config._attn_implementation
+    model.set_attn_implementation(config.attn_implementation)
     peft_model = add_lora(model, config)
     try:
         yield peft_model
     finally:
         restored = peft_model.unload()
         assert restored is model
+        model.set_attn_implementation(kernel)
         for name, p in model.named_parameters():
             p.requires_grad_(grads.get(name, p.requires_grad))
         model.train(was_training)

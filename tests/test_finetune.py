@@ -20,6 +20,7 @@ from introspect_mi.finetune import (
     collate,
     encode_example,
     end_of_answer_ids,
+    lora_on,
     split_examples,
     train,
 )
@@ -136,7 +137,45 @@ def test_lora_steps_memorise_eight_examples_and_leave_the_model_untouched(llama:
     # the caller's model computes what it did before: LoRA unloaded, flags restored
     assert [n for n, _ in llama.model.named_modules()] == modules
     assert all(p.requires_grad for p in llama.model.parameters()) and not llama.model.training
+    assert llama.model.config._attn_implementation == "eager"  # trained with SDPA, switched back
     assert torch.equal(logits(llama.model, probe), before)
+
+
+def lora_step_gradients(handle: ModelHandle, config: FinetuneConfig, enc: list, micro: int) -> tuple[float, torch.Tensor]:
+    """(loss, flat LoRA gradient) of one step over `enc`, run as micro-batches of `micro` rows
+    with the step's loss normalised by all its target tokens (as `train` does)."""
+    torch.manual_seed(0)
+    with lora_on(handle, config) as peft_model:
+        with torch.no_grad():  # LoRA B starts at zero, which stops every gradient to A: start it random
+            for name, p in sorted(peft_model.named_parameters()):
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
+        peft_model.train()
+        n = sum(e.n_target for e in enc)
+        total = 0.0
+        for i in range(0, len(enc), micro):
+            loss, _ = answer_loss(peft_model, collate(enc[i : i + micro], handle.pad_token_id))
+            (loss / n).backward()
+            total += float(loss.detach())
+        grads = torch.cat([p.grad.flatten() for p in peft_model.parameters() if p.requires_grad])
+    return total / n, grads
+
+
+@pytest.mark.parametrize("which", ["llama", "gemma"])
+def test_sdpa_training_and_micro_batches_compute_the_eager_full_batch_step(which: str, request: pytest.FixtureRequest) -> None:
+    """Training with SDPA, whole or in micro-batches of 2 (the low-memory variant): the same loss and
+    gradients as the model's eager attention over the whole left-padded batch (rows of different lengths)."""
+    handle = request.getfixturevalue(which)
+    fmt = handle.prompt_format
+    end = end_of_answer_ids(fmt, handle.tokenizer)
+    enc = [encode_example(fmt, end, e) for e in examples(handle, 6)]
+    assert len({len(e.ids) for e in enc}) > 2
+    config = replace(TINY, rank=4)
+    ref_loss, ref = lora_step_gradients(handle, replace(config, attn_implementation="eager"), enc, micro=6)
+    for kernel, micro in (("sdpa", 6), ("sdpa", 2), ("eager", 2)):
+        loss, got = lora_step_gradients(handle, replace(config, attn_implementation=kernel), enc, micro)
+        assert abs(loss - ref_loss) < 1e-5 and float((got - ref).abs().max()) <= 1e-4 * float(ref.abs().max()), (kernel, micro)
+    assert float(ref.abs().max()) > 0 and handle.model.config._attn_implementation == "eager"
 
 
 @pytest.mark.parametrize("which", ["llama", "gemma"])
@@ -242,6 +281,9 @@ def test_presets_and_config_checks() -> None:
     assert PRESETS["quick"].target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     with pytest.raises(ValueError, match="lr_schedule"):
         FinetuneConfig(lr_schedule="cosine")
+    with pytest.raises(ValueError, match="attn_implementation"):
+        FinetuneConfig(attn_implementation="flash")
+    assert PRESETS["quick"].effective_batch_size == 8 and PRESETS["quick"].attn_implementation == "sdpa"
     assert FinetuneConfig(target_modules=["q_proj"]).target_modules == ("q_proj",)
 
 
