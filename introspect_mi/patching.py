@@ -390,16 +390,26 @@ def _check(p: Patch, layers: int) -> None:
         raise ValueError(f"cell {c}: positions outside the target ({len(p.target)} tokens) or source ({len(p.source)} tokens)")
 
 
-def _batches(rows: list[int], patches: Sequence[Patch], batch_size: int, layers: int) -> list[list[int]]:
+def _batches(rows: list[int], patches: Sequence[Patch], batch_size: int, batch_tokens: int, layers: int) -> list[list[int]]:
     """Batches of one target each, rows in order of (first patched token, start layer): a batch
-    computes the tokens from its earliest patched one, each row from its own start layer."""
+    computes the tokens from its earliest patched one, each row from its own start layer. A batch
+    holds at most `batch_size` rows and `batch_tokens` rows × computed tokens (one row at least)."""
     groups: dict[int, list[int]] = {}
     for i in rows:
         groups.setdefault(id(patches[i].target), []).append(i)
-    out = []
+    out: list[list[int]] = []
     for group in groups.values():
         group.sort(key=lambda i: (min(patches[i].cell.positions), _start(patches[i].cell.place, layers)))
-        out += [group[k : k + batch_size] for k in range(0, len(group), batch_size)]
+        batch: list[int] = []
+        width = 0  # tokens computed: from the batch's first row's first patched token
+        for i in group:
+            if batch and (len(batch) >= batch_size or (len(batch) + 1) * width > batch_tokens):
+                out.append(batch)
+                batch = []
+            if not batch:
+                width = len(patches[i].target) - min(patches[i].cell.positions)
+            batch.append(i)
+        out.append(batch)
     return out
 
 
@@ -424,12 +434,23 @@ def _forward(model: torch.nn.Module, rows: Sequence[Patch], read: Place | None) 
     return read_out[0] if read is not None else out.logits[:, -1]
 
 
-def _order(rows: list[int], patches: Sequence[Patch], batch_size: int, layers: int) -> list[int]:
-    """reuse_prefix=False: rows sorted into tiles of similar start layer (a batch runs from its lowest)."""
+def _padded_batches(rows: list[int], patches: Sequence[Patch], batch_size: int, batch_tokens: int, layers: int) -> list[list[int]]:
+    """reuse_prefix=False: rows sorted by start layer (a batch runs from its lowest), at most
+    `batch_size` rows and `batch_tokens` rows × padded width."""
     groups: dict[int, int] = {}
     for i in rows:
         groups.setdefault(id(patches[i].target), len(groups))
-    return sorted(rows, key=lambda i: (_start(patches[i].cell.place, layers), groups[id(patches[i].target)]))
+    out: list[list[int]] = []
+    batch: list[int] = []
+    width = 0  # the batch's padded width
+    for i in sorted(rows, key=lambda i: (_start(patches[i].cell.place, layers), groups[id(patches[i].target)])):
+        wider = max(width, len(patches[i].target))
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * wider > batch_tokens):
+            out.append(batch)
+            batch, wider = [], len(patches[i].target)
+        batch.append(i)
+        width = wider
+    return out + [batch] if batch else out
 
 
 def _forward_padded(model: torch.nn.Module, rows: Sequence[Patch], read: Place | None, pad_id: int) -> torch.Tensor:
@@ -490,7 +511,8 @@ def patch(
     patches: Sequence[Patch],
     metric: Metric,
     *,
-    batch_size: int = 32,
+    batch_size: int = 256,
+    batch_tokens: int = 8192,
     pad_id: int = 0,
     read: Place | None = None,
     reuse_prefix: bool = True,
@@ -498,8 +520,9 @@ def patch(
 ) -> torch.Tensor:
     """The metric of each patched run, stacked in the order of `patches` ([n, ...] float32).
 
-    `read`: the metric gets that place's final-position activation [rows, d_model] instead of
-    logits (the forward stops there). `reuse_prefix=False` recomputes every token from the
+    A forward holds at most `batch_size` cells and `batch_tokens` cells × tokens computed (its
+    attention scores grow with that times the prompt length). `read`: the metric gets that
+    place's final-position activation [rows, d_model] instead of logits (the forward stops there). `reuse_prefix=False` recomputes every token from the
     first and every row from the batch's lowest start layer, with the model's own attention (for
     checks); `skip_identical=False` runs a forward even for cells that cannot change the final
     position (`unchanged`). `pad_id` only fills padded columns (masks come from lengths).
@@ -520,11 +543,8 @@ def patch(
             results[i] = clean[id(t)]
         else:
             todo.append(i)
-    if reuse_prefix:
-        batches = _batches(todo, patches, batch_size, layers)
-    else:
-        order = _order(todo, patches, batch_size, layers)
-        batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    group = _batches if reuse_prefix else _padded_batches
+    batches = group(todo, patches, batch_size, batch_tokens, layers)
     for chunk in batches:
         rows = [patches[i] for i in chunk]
         values = _forward(model, rows, read) if reuse_prefix else _forward_padded(model, rows, read, pad_id)

@@ -113,6 +113,14 @@ def test_batched_cells_equal_one_cell_at_a_time_and_the_plain_forward_oracle(mod
     oracle = torch.stack([reference(model, target, source, c) for c in cells])
     torch.testing.assert_close(batched, single, **CLOSE)
     torch.testing.assert_close(single, oracle, **CLOSE)
+    # Batches cut by rows × tokens computed instead (the default cap on the attention scores).
+    forwards: list[int] = []
+    hook = model.lm_head.register_forward_hook(lambda _m, args, _o: forwards.append(args[0].shape[0]))
+    try:
+        torch.testing.assert_close(patch(model, patches, LOGITS, batch_tokens=60), oracle, **CLOSE)
+    finally:
+        hook.remove()
+    assert len(forwards) > 3 and sum(forwards) <= len(cells)
     assert (oracle - target.logits).abs().amax(1).max() > 1e-2  # the patches do change the logits
     # The cache shortcuts change nothing either: no prefix reuse / every cell forced.
     torch.testing.assert_close(patch(model, patches, LOGITS, reuse_prefix=False), oracle, **CLOSE)
