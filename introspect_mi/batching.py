@@ -146,12 +146,14 @@ class PrefixMemo:
         return self._value
 
 
-def prefix_batches(seqs: Sequence[Sequence[int]], max_batch: int, keep: int = 1, overhead: int = 32) -> list[list[int]]:
+def prefix_batches(seqs: Sequence[Sequence[int]], max_batch: int, keep: int = 1, overhead: int = 32,
+                   max_tokens: int | None = None) -> list[list[int]]:
     """Batches (indices into `seqs`) for shared-prefix forwards: the rows sorted by their tokens,
     cut into runs of at most `max_batch` where the modelled cost is least. Cost counts the tokens
     a forward computes (the batch's shared prefix once, each row's suffix padded to the longest)
     plus `overhead` tokens per forward, so rows of one prefix (a task's demonstrations) share a
-    batch rather than straddle two. Batches come in token order."""
+    batch rather than straddle two. `max_tokens` bounds a batch's suffix grid (rows × padded
+    suffix; a single row always fits). Batches come in token order."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be ≥ 1, not {max_batch}")
     order = sorted(range(len(seqs)), key=lambda k: list(seqs[k]))
@@ -169,6 +171,8 @@ def prefix_batches(seqs: Sequence[Sequence[int]], max_batch: int, keep: int = 1,
             shared = min(lcp, shortest - keep) if rows > 1 else 0
             if shared < MIN_SHARED_PREFIX:
                 shared = 0
+            if max_tokens is not None and rows > 1 and rows * (longest - shared) > max_tokens:
+                continue
             cost = best[i] + overhead + shared + rows * (longest - shared)
             if cost < best[end]:
                 best[end], start[end] = cost, i

@@ -207,7 +207,7 @@ class CaptureSpec:
     positions: tuple[str, ...] = ("p_last", "final", "answer_first")
     dtype: str = "float16"
     batch_size: int = 8
-    """Prompts per forward (with prefix reuse: at most)."""
+    """Prompts per forward (with prefix reuse: see PREFIX_ROWS)."""
     shard_records: int = 128
     prefix_reuse: bool = True
     """Share each batch's common token prefix (computed once); not recorded in store.json: like
@@ -236,7 +236,7 @@ def capture(handle: ModelHandle, prompts: Sequence[CapturePrompt], spec: Capture
         chunk = prompts[start : start + spec.shard_records]
         encoded = [encode(handle, p) for p in chunk]
         if reuse:
-            groups = prefix_batches([e.ids for e in encoded], spec.batch_size)
+            groups = reuse_batches([e.ids for e in encoded], spec.batch_size)
         else:
             groups = [list(range(k, min(k + spec.batch_size, len(chunk)))) for k in range(0, len(chunk), spec.batch_size)]
         done: list[tuple[dict[str, Any], dict[str, torch.Tensor]] | None] = [None] * len(chunk)
@@ -250,6 +250,18 @@ def capture(handle: ModelHandle, prompts: Sequence[CapturePrompt], spec: Capture
     writer.flush()
     bar.close()
     return ActivationStore.open(folder)
+
+
+PREFIX_ROWS = 4
+"""With prefix reuse a batch holds up to PREFIX_ROWS × batch_size rows (the KV cache of the prefix
+is copied to each row), as long as its suffix grid holds no more tokens than batch_size whole
+prompts of the shard would: rows of one prefix are short suffixes, so a plain batch's compute and
+activations hold several times more of them (small forwards run GEMMs far below the CPU's rate)."""
+
+
+def reuse_batches(seqs: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """A shard's batches for shared-prefix forwards (`batching.prefix_batches`, sized as PREFIX_ROWS says)."""
+    return prefix_batches(seqs, PREFIX_ROWS * batch_size, max_tokens=batch_size * max(len(s) for s in seqs))
 
 
 def _record(handle: ModelHandle, fw: Forward, row: int, index: int, prompt: CapturePrompt, places: Sequence[Place],

@@ -60,6 +60,12 @@ def test_prefix_batches_keep_rows_of_one_prefix_together() -> None:
     assert [shared_prefix_len([seqs[k] for k in batch]) for batch in batches] == [30, 30]
     assert all(len(batch) <= 3 for batch in prefix_batches(seqs, max_batch=3))
     assert prefix_batches([[1, 2, 3]], max_batch=4) == [[0]]
+    # a bound on the suffix grid (rows × padded suffix) splits the groups, never mixes them
+    bounded = prefix_batches(seqs, max_batch=8, max_tokens=9)
+    assert len(bounded) > 2 and all(len({seqs[k][0] for k in batch}) == 1 for batch in bounded)
+    for batch in bounded:
+        rows = [seqs[k] for k in batch]
+        assert len(rows) == 1 or len(rows) * (max(map(len, rows)) - shared_prefix_len(rows)) <= 9
     # no shared prefix worth a pass: as few batches as allowed
     assert len(prefix_batches([[k, 1, 2] for k in range(10)], max_batch=4)) == 3
 
