@@ -61,6 +61,10 @@ class CaptureConfig(StudyChoice):
     """Prompts per forward pass."""
     shard_records: int = 128
     """Prompts per shard (the most the capture holds in memory)."""
+    prefix_reuse: bool = True
+    """Run each batch's shared demonstration prefix once and reuse its KV cache (hooks engine;
+    equal to plain batches within float rounding). --no-prefix-reuse: plain left-padded batches,
+    bit for bit what --engine nnsight stores."""
     top_k: int = 5
     """Top tokens kept per layer by the logit lens."""
     explorer_items: int = 40
@@ -189,7 +193,8 @@ def capture_subject(view: StudyView, run: RunDir, label: str, config: CaptureCon
     pairs = prompt_pairs(view, subject, handle)
     prompts = capture_prompts(handle, pairs)
     spec = CaptureSpec(places=tuple(map(str, all_places(handle, config.place_kinds))), positions=config.positions,
-                       dtype=config.dtype, batch_size=config.batch_size, shard_records=config.shard_records)
+                       dtype=config.dtype, batch_size=config.batch_size, shard_records=config.shard_records,
+                       prefix_reuse=config.prefix_reuse)
     _log(f"capture {label}: {len(prompts)} prompts ({sum(c.record['kind'] == 'object' for c in prompts)} object-level) on {handle.name}")
     store = capture(handle, prompts, spec, folder, extra_info={"study": view.name, "subject": label, "identity": identity},
                     nnsight=engine_of(handle, config.engine, config.remote))
