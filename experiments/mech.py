@@ -39,8 +39,10 @@ from introspect_mi.actstore import ActivationStore
 from introspect_mi.errors import UserError
 from introspect_mi.models import ModelHandle, load, weights_fingerprint
 from introspect_mi.paths import checkpoints_dir, runs_dir
+from introspect_mi.prompt_format import PromptFormat
 from introspect_mi.prompts import PromptConfig, RenderedPrompt, hypothetical_prompt, object_prompt
 from introspect_mi.store import RunDir
+from introspect_mi.tasks.base import TaskItem, TaskSpec
 
 SUBJECTS = ("untrained", "self", "cross")
 """In the order of the study's predictors (behavioral_study.py): rows_0, rows_1, rows_2."""
@@ -181,8 +183,7 @@ class StudyView:
         self.name = name
         self.config = StudyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
         c = self.config
-        self.items = ev.load_task_items(c.held_out_tasks, "val", c.eval_items, c.seed)
-        self.pairs = ev.make_pairs(self.items, c.properties or None)
+        self.items, self.pairs = study_pairs(c)
         self.object_config = PromptConfig(shots=c.object_shots)
 
     def subject(self, label: str) -> Subject:
@@ -237,11 +238,23 @@ def scored_pairs(view: StudyView, subject: Subject) -> list[tuple[ev.Pair, dict[
 
 def prompt_pairs(view: StudyView, subject: Subject, handle: ModelHandle) -> list[PromptPair]:
     """Every pair the study scored for `subject`, rendered in `handle`'s prompt format."""
-    hyp_config = PromptConfig(shots=subject.hypothetical_shots)
-    fmt = handle.prompt_format
-    return [PromptPair(pair.item.item_id, pair.spec.name, pair.prop.name, object_prompt(fmt, pair.item, pair.spec, view.object_config),
+    return render_pairs(handle.prompt_format, scored_pairs(view, subject), view.object_config, subject.hypothetical_shots)
+
+
+def render_pairs(fmt: PromptFormat, scored: Sequence[tuple[ev.Pair, dict[str, Any]]], object_config: PromptConfig,
+                 hypothetical_shots: int) -> list[PromptPair]:
+    """(pair, labels) rendered in `fmt`: the object prompt with `object_config`, the hypothetical
+    prompt with `hypothetical_shots` demonstrations."""
+    hyp_config = PromptConfig(shots=hypothetical_shots)
+    return [PromptPair(pair.item.item_id, pair.spec.name, pair.prop.name, object_prompt(fmt, pair.item, pair.spec, object_config),
                        hypothetical_prompt(fmt, pair.item, pair.spec, pair.prop, hyp_config), labels)
-            for pair, labels in scored_pairs(view, subject)]
+            for pair, labels in scored]
+
+
+def study_pairs(c: StudyConfig) -> tuple[list[tuple[TaskItem, TaskSpec]], list[ev.Pair]]:
+    """The held-out items a study with config `c` evaluates, and their item × property pairs."""
+    items = ev.load_task_items(c.held_out_tasks, "val", c.eval_items, c.seed)
+    return items, ev.make_pairs(items, c.properties or None)
 
 
 def object_values(pairs: list[PromptPair]) -> dict[str, dict[str, Any]]:
