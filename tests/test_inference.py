@@ -163,6 +163,17 @@ def test_batches_do_not_straddle_two_demonstration_prefixes(llama: ModelHandle) 
     assert [len(b) for b in engine(llama, batch_size=6, prefix_reuse=False)._buckets(seqs, "")] == [6, 4]
 
 
+def test_samples_of_several_prompts_share_a_batch_when_generating(llama: ModelHandle) -> None:
+    """Each decoding step costs a forward, so sampled generation batches several prompts together
+    (their common system turn once) rather than mostly one prompt's identical rows per batch, as
+    prefill cost alone chooses (scoring, no decoding, keeps that split)."""
+    prompts = [render(llama, q) for q in LONG_QUESTIONS[:4]]
+    rows = [llama.prompt_format.encode(p) for p in prompts for _ in range(5)]
+    eng = engine(llama, batch_size=20)
+    assert len(list(eng._buckets(rows, "", new_tokens=16))) == 1
+    assert len(list(eng._buckets(rows, ""))) > 1
+
+
 def test_results_follow_input_order(llama: ModelHandle) -> None:
     prompts = [render(llama, q) for q in LONG_QUESTIONS]
     ref = dict(zip(prompts, engine(llama, batch_size=len(prompts)).greedy(prompts, 6)))
