@@ -47,7 +47,7 @@ from introspect_mi.patching_experiments import ItemPrompts, flow_summary, pearso
 from introspect_mi.places import resid_post
 from introspect_mi.properties import get_property
 from introspect_mi.steering_experiments import (
-    RowSteer, Steerer, SteeringSetup, assign_folds, balanced, concept_vectors, layer_at, run_concepts, run_steering,
+    RowSteer, Steerer, SteeringSetup, assign_folds, balanced, concept_vectors, layer_at, run_concepts, run_steering, site_norm,
     steer_values, steering_pattern, store_steering_vectors, summarise_concepts, summarise_steering,
 )
 from introspect_mi.store import RunDir
@@ -93,7 +93,11 @@ class PatchingConfig(StudyChoice):
     steer_items: int = 60
     """Items steered in D (balanced between the two values)."""
     steer_scales: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
-    """Scales swept at P's tokens (× the mean-difference vector); D uses the one where the vector beats a random one most."""
+    """Scales swept at P's tokens (× the mean-difference vector); D uses the one where the vector beats a random one most (the largest on ties)."""
+    steer_dose_until: float = 0.5
+    """After steer_scales, the sweep doubles the scale until its random vector changes this share of the object answers (a null at a dose that matters)."""
+    steer_max_scale: float = 64.0
+    """Largest scale the sweep doubles to."""
     n_random: int = 5
     """Equal-norm random vectors per condition (D) as controls."""
     min_effect: float = 0.15
@@ -193,12 +197,13 @@ def steer_stage(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPromp
     folds = assign_folds(chosen, values)
     layer = layer_at(c.steer_depth, handle.n_layers)
     vectors = store_steering_vectors(store, layer, c.steer_position, c.steer_task, c.steer_property, values, folds)
-    setup = SteeringSetup(c.steer_property, layer, values, vectors, folds)
+    setup = SteeringSetup(c.steer_property, layer, values, vectors, folds, site_norm(store, layer, c.steer_position, c.steer_task))
     sweep, rows, scale = run_steering(handle, steerer, balanced(chosen, values, c.steer_items), setup, c.steer_scales,
-                                      n_random=c.n_random, seed=c.seed)
+                                      n_random=c.n_random, seed=c.seed, dose_until=c.steer_dose_until, max_scale=c.steer_max_scale)
     summary = summarise_steering(rows)
     pattern, sentences = steering_pattern(summary, c.min_effect)
     metrics = {"task": c.steer_task, "property": c.steer_property, "values": list(values), "layer": layer, "scale": scale,
+               "dose": setup.dose(scale), "residual_norm": setup.residual_norm, "sweep": sweep.to_dict("records"),
                "vector_norms": {str(f): float(v.norm()) for f, v in vectors.items()}, "items": int(rows["item_id"].nunique()),
                "pattern": pattern, "sentences": sentences, "summary": summary.to_dict("records")}
     return {"steering_sweep": sweep, "steering": rows, "steering_summary": summary}, metrics

@@ -76,11 +76,24 @@ def steering_text(label: str, m: dict, sweep: pd.DataFrame) -> str:
         return f"{label}: skipped — {s['skipped']}."
     x, y = s["values"]
     head = (f"{label}: {s['task']} / {s['property']}, X = {x!r} vs Y = {y!r}, {s['items']} items, layer {s['layer']}, scale {s['scale']:g} "
-            f"(vector norms {', '.join(f'{v:.1f}' for v in s['vector_norms'].values())}). Pattern: {s['pattern'].upper()}.")
-    own = sweep[sweep["subject"] == label].pivot(index="scale", columns="vector", values="object_to_target")
-    scan = ", ".join(f"×{scale:g} {r['steer']:+.2f} / {r['random']:+.2f}" for scale, r in own.iterrows())
-    return "\n".join([head, f"Sweep at P's tokens, object answers moved toward the pushed value (steering vector / random vector): {scan}.",
-                      *s["sentences"]])
+            f"(vector norms {', '.join(f'{v:.1f}' for v in s['vector_norms'].values())}; median residual norm at the site "
+            f"{s.get('residual_norm', float('nan')):.1f}, so the chosen push is {s.get('dose', float('nan')):.2f} of it). "
+            f"Pattern: {s['pattern'].upper()}.")
+    return "\n".join([head, "Sweep at P's tokens (every scale; moved toward the pushed value, steering vector / random vector; "
+                             "random: share of object answers changed at all):", *sweep_lines(sweep[sweep["subject"] == label]), *s["sentences"]])
+
+
+def sweep_lines(sweep: pd.DataFrame) -> list[str]:
+    """One line per scale of a subject's steering sweep."""
+    by = {(r["scale"], r["vector"]): r for _, r in sweep.iterrows()}
+    lines = []
+    for scale in sorted(sweep["scale"].unique()):
+        st, rd = by[(scale, "steer")], by[(scale, "random")]
+        dose = f", dose {st['dose']:.2f}" if "dose" in st and np.isfinite(st["dose"]) else ""
+        hyp = (f"; self-prediction {st['hyp_to_target']:+.2f} / {rd['hyp_to_target']:+.2f}" if "hyp_to_target" in st else "")
+        lines.append(f"  ×{scale:g}{dose}: object {st['object_to_target']:+.2f} / {rd['object_to_target']:+.2f}{hyp}; "
+                     f"random changed {rd['object_changed']:.0%} of object answers")
+    return lines
 
 
 def concept_text(label: str, m: dict, summary: pd.DataFrame) -> str:
@@ -140,7 +153,9 @@ def write_report(run: RunDir) -> Path:
         "D: steering — does the self-prediction follow the steered behaviour?",
         figures=[steering_bars(summary), steering_sweep_figure(t["steering_sweep"])] if len(summary) else [],
         tables=[Table(summary[steer_cols], caption="Steering at the chosen scale (shares of items; random: mean and max over controls)",
-                      percent_columns=[c for c in steer_cols if c not in ("subject", "label", "n", "n_object_moved")])] if len(summary) else [],
+                      percent_columns=[c for c in steer_cols if c not in ("subject", "label", "n", "n_object_moved")]),
+                Table(t["steering_sweep"], caption="The scale sweep at P's tokens, every scale (dose: ‖scale × v‖ / median ‖residual‖ at the site)",
+                      percent_columns=[c for c in t["steering_sweep"].columns if c.startswith(("object_", "hyp_"))])] if len(summary) else [],
         text=("Predictions: reading P's state and re-computing both predict that (i) moves the object answer and the self-prediction "
               "with it; a shortcut at the question predicts that (ii) moves the self-prediction while the object answer stays.\n\n"
               + "\n\n".join(steering_text(s, m, t["steering_sweep"]) for s, m in metrics["subjects"].items())),

@@ -6,7 +6,9 @@ D. A steering vector — the mean difference of object-level activations between
    vector of the other fold of items) — is added at one layer, at one of three position sets:
    (i) P's tokens, (ii) the tokens after P (the question and final tokens), (iii) every token;
    in the object-level run and in the hypothetical run of each item, pushing each item toward the
-   other value. Equal-norm random vectors are the control. Per condition: how far the object
+   other value. Equal-norm random vectors are the control, and the dose is stated: the scale
+   sweep reports ‖scale × v‖ / ‖residual‖ at the site and goes on doubling the scale until a random
+   vector also changes the object answers, so a null is never only under-dosing. Per condition: how far the object
    answer's property moves toward the pushed value, how far the self-prediction does, and whether
    the self-prediction follows the steered object behaviour (new) or the unsteered one (old).
    The three hypotheses predict different patterns (`steering_pattern`): reading P's state and
@@ -245,6 +247,18 @@ class SteeringSetup:
     values: tuple[str, str]
     vectors: dict[int, torch.Tensor]  # fold -> X minus Y direction
     folds: dict[str, int]
+    residual_norm: float = float("nan")  # median ‖residual‖ at the site (`site_norm`); NaN: not measured
+
+    def dose(self, scale: float) -> float:
+        """‖scale × v‖ / ‖residual‖ at the site (v: the folds' mean norm): how hard a scale pushes."""
+        return scale * float(np.mean([float(v.norm()) for v in self.vectors.values()])) / self.residual_norm
+
+
+def site_norm(store: ActivationStore, layer: int, position: str, task: str) -> float:
+    """Median ‖resid_post[layer]‖ of the task's stored object-level activations at `position`: the
+    residual a steering vector computed there is added to (a small dose ratio means a weak push)."""
+    x, _ = store.load("resid_post", layer, position, filter=lambda r: (r["kind"] == "object") & (r["task"] == task), as_="torch")
+    return float(x.float().norm(dim=-1).median())
 
 
 def _condition(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], setup: SteeringSetup, kind: str,
@@ -276,34 +290,48 @@ def random_controls(vectors: Mapping[int, torch.Tensor], seed: int) -> dict[int,
 
 
 def run_steering(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], setup: SteeringSetup,
-                 scales: Sequence[float], *, n_random: int = 2, seed: int = 0,
+                 scales: Sequence[float], *, n_random: int = 2, seed: int = 0, dose_until: float = 0.5, max_scale: float = 64.0,
                  progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     """(scale sweep, per-item rows, chosen scale).
 
-    The sweep steers object runs at P's tokens at every scale, with the steering vector and with one
-    random vector; the chosen scale is the one where the steering vector beats that random vector
-    by most in moving object answers toward the pushed value (the smallest on ties). At that scale
-    the steering vector and `n_random` other equal-norm random vectors (seeds not used in the
-    sweep) steer object and hypothetical runs at every position set."""
+    The sweep steers the object and the hypothetical runs at P's tokens with the steering vector
+    and with one random vector of equal norm, at every scale in `scales` and then at doubling
+    scales up to `max_scale` until the random vector changes at least `dose_until` of the object
+    answers: a null is reported at a dose where even a random push breaks the behaviour, never only
+    at doses too small to matter. Every scale is a row (with its dose, ‖scale × v‖ / ‖residual‖).
+    The chosen scale is the one where the steering vector beats the random vector by most in moving
+    object answers toward the pushed value (the largest on ties). At that scale the steering vector
+    and `n_random` other equal-norm random vectors (seeds not used in the sweep) steer object and
+    hypothetical runs at every position set."""
     before = {kind: _condition(handle, steerer, items, setup, kind, "all", None, 0.0) for kind in ("object", "hypothetical")}
     toward = [_toward(it, setup.values) for it in items]
-    base_rate = np.mean([b == t for b, t in zip(before["object"], toward)])
+    base = {kind: np.mean([b == t for b, t in zip(before[kind], toward)]) for kind in before}
     sweep_random = random_controls(setup.vectors, seed * 1000 + 999)
-    steps = [(s, vec) for s in scales for vec in ("steer", "random")]
-    sweep = []
-    for scale, vec in tqdm(steps, desc=f"steering scale sweep {handle.name}", unit="condition", disable=not progress):
-        after = _condition(handle, steerer, items, setup, "object", "P", setup.vectors if vec == "steer" else sweep_random, scale)
-        sweep.append({"position_set": "P", "vector": vec, "scale": scale,
-                      "object_to_target": np.mean([a == t for a, t in zip(after, toward)]) - base_rate,
-                      "object_changed": np.mean([a != b for a, b in zip(after, before["object"])]),
-                      "object_readable": np.mean([a is not None for a in after])})
+    sweep, todo = [], list(scales)
+    bar = tqdm(desc=f"steering scale sweep {handle.name}", unit="scale", disable=not progress)
+    while todo:
+        scale = todo.pop(0)
+        for vec in ("steer", "random"):
+            row = {"position_set": "P", "vector": vec, "scale": scale, "dose": setup.dose(scale)}
+            for kind in ("object", "hypothetical"):
+                after = _condition(handle, steerer, items, setup, kind, "P", setup.vectors if vec == "steer" else sweep_random, scale)
+                short = "object" if kind == "object" else "hyp"
+                row |= {f"{short}_to_target": np.mean([a == t for a, t in zip(after, toward)]) - base[kind],
+                        f"{short}_changed": np.mean([a != b for a, b in zip(after, before[kind])]),
+                        f"{short}_readable": np.mean([a is not None for a in after])}
+            sweep.append(row)
+        bar.update()
+        if not todo and sweep[-1]["object_changed"] < dose_until and 2 * scale <= max_scale:
+            todo.append(2 * scale)  # the random push has not broken the behaviour yet: push harder
+    bar.close()
     sweep_df = pd.DataFrame(sweep)
     on_p = sweep_df.pivot(index="scale", columns="vector", values="object_to_target")
-    scale = float((on_p["steer"] - on_p["random"]).idxmax())
+    gain = on_p["steer"] - on_p["random"]
+    scale = float(gain[gain == gain.max()].index.max())
     kinds = {"steer": setup.vectors} | {f"random-{k}": random_controls(setup.vectors, seed * 1000 + k) for k in range(n_random)}
     rows = []
-    steps2 = [(vec, name) for vec in kinds for name in POSITION_SETS]
-    for vec, name in tqdm(steps2, desc=f"steering {handle.name}", unit="condition", disable=not progress):
+    steps = [(vec, name) for vec in kinds for name in POSITION_SETS]
+    for vec, name in tqdm(steps, desc=f"steering {handle.name}", unit="condition", disable=not progress):
         after = {kind: _condition(handle, steerer, items, setup, kind, name, kinds[vec], scale) for kind in ("object", "hypothetical")}
         for k, it in enumerate(items):
             rows.append({"position_set": name, "vector": vec, "scale": scale, "item_id": it.item_id, "fold": setup.folds[it.item_id],

@@ -17,7 +17,7 @@ from introspect_mi.places import resid_post
 from introspect_mi.steering import Steer, steering
 from introspect_mi.steering_experiments import (
     POSITION_SETS, RowSteer, Steerer, SteeringSetup, assign_folds, balanced, concept_vectors, layer_at, position_set,
-    random_controls, run_concepts, run_steering, steer_values, steering_pattern, store_steering_vectors, summarise_concepts,
+    random_controls, run_concepts, run_steering, site_norm, steer_values, steering_pattern, store_steering_vectors, summarise_concepts,
     summarise_steering,
 )
 from tests.test_patching_experiments import item
@@ -117,6 +117,14 @@ def test_store_vectors_are_cross_fitted_mean_differences(tmp_path: Path) -> None
     got = store_steering_vectors(ActivationStore.open(tmp_path), 1, "p_last", "t", "p", ("x", "y"), folds)
     torch.testing.assert_close(got[0], (vecs["i1"] + vecs["i4"]) / 2 - vecs["i3"])  # fold 0 is steered by fold 1's items
     torch.testing.assert_close(got[1], vecs["i0"] - vecs["i2"])  # hypothetical records never count
+    # the residual a vector is added to: the median norm over the task's object records (‖arange(4)‖ = √14, × 1..5)
+    assert site_norm(ActivationStore.open(tmp_path), 1, "p_last", "t") == pytest.approx(3 * 14 ** 0.5, rel=1e-6)
+
+
+def test_dose_is_the_pushed_norm_over_the_residual_norm() -> None:
+    setup = SteeringSetup("p", 1, ("x", "y"), {0: torch.full((4,), 2.0), 1: torch.full((4,), 4.0)}, {}, residual_norm=12.0)
+    assert setup.dose(2.0) == pytest.approx(2.0 * 6.0 / 12.0)  # folds' mean norm (4 and 8) = 6
+    assert np.isnan(SteeringSetup("p", 1, ("x", "y"), {0: torch.ones(4)}, {}).dose(1.0))  # not measured
 
 
 def test_random_controls_have_each_folds_norm_and_a_new_direction() -> None:
@@ -172,11 +180,29 @@ def test_run_steering_on_a_tiny_model(handle: ModelHandle) -> None:
     items = [item(f"i{k}", "xy"[k % 2]) for k in range(4)]
     vectors = {0: torch.ones(64), 1: -torch.ones(64)}
     setup = SteeringSetup("first_character", 1, ("x", "y"), vectors, assign_folds(items, ("x", "y")))
-    sweep, rows, scale = run_steering(handle, Steerer(handle.model, handle.pad_token_id), items, setup, [1.0, 4.0], n_random=1, progress=False)
+    sweep, rows, scale = run_steering(handle, Steerer(handle.model, handle.pad_token_id), items, setup, [1.0, 4.0], n_random=1,
+                                      max_scale=4.0, progress=False)
     assert scale in (1.0, 4.0)
     assert len(sweep) == 4 and set(sweep["vector"]) == {"steer", "random"} and set(sweep["position_set"]) == {"P"}
+    assert {"dose", "object_to_target", "hyp_to_target", "object_changed", "hyp_changed"} <= set(sweep.columns)
     assert len(rows) == 2 * len(POSITION_SETS) * len(items) and set(rows["vector"]) == {"steer", "random-0"}
     assert (rows["toward"] == np.where(rows["value"] == "x", "y", "x")).all()
+
+
+def test_sweep_doubles_the_scale_until_a_random_push_changes_the_answers(handle: ModelHandle) -> None:
+    """A vector too small to change anything: the sweep goes on doubling to `max_scale` (never
+    stopping at a dose that cannot matter); every scale ties at no effect, and the tie goes to the
+    largest scale. With `dose_until` = 0 the listed scales are all that run."""
+    items = [item(f"i{k}", "xy"[k % 2]) for k in range(4)]
+    vectors = {0: torch.full((64,), 1e-9), 1: torch.full((64,), -1e-9)}
+    setup = SteeringSetup("first_character", 1, ("x", "y"), vectors, assign_folds(items, ("x", "y")), residual_norm=1.0)
+    steerer = Steerer(handle.model, handle.pad_token_id)
+    sweep, _, scale = run_steering(handle, steerer, items, setup, [1.0], n_random=1, max_scale=16.0, progress=False)
+    assert sorted(sweep["scale"].unique()) == [1.0, 2.0, 4.0, 8.0, 16.0] and scale == 16.0
+    assert (sweep["object_changed"] == 0).all() and (sweep["hyp_changed"] == 0).all()
+    np.testing.assert_allclose(sweep["dose"], sweep["scale"] * 8e-9, rtol=1e-5)  # ‖1e-9 × ones(64)‖ = 8e-9
+    sweep, _, _ = run_steering(handle, steerer, items, setup, [1.0, 2.0], n_random=1, dose_until=0.0, progress=False)
+    assert sorted(sweep["scale"].unique()) == [1.0, 2.0]
 
 
 def test_concept_vectors_subtract_the_baseline_mean(handle: ModelHandle) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from experiments.common import preset_path
@@ -88,11 +89,16 @@ def test_patching_end_to_end_on_the_tiny_study(two_value_study: TinyStudy) -> No
     assert set(metrics["subjects"]) == {"untrained", "self"}
     for m in metrics["subjects"].values():
         assert m["patching"]["pairs"] >= 1 and m["steering"]["pattern"] in ("P-state", "question shortcut", "none", "mixed")
-        assert m["steering"]["scale"] in (1.0, 4.0) and len(m["steering"]["sentences"]) == 3
+        s = m["steering"]
+        scales = sorted({r["scale"] for r in s["sweep"]})
+        assert scales[:2] == [1.0, 4.0] and s["scale"] in scales and len(s["sentences"]) == 3
+        last_random = next(r for r in s["sweep"] if r["scale"] == scales[-1] and r["vector"] == "random")
+        assert scales[-1] == 64.0 or last_random["object_changed"] >= 0.5  # pushed until a random vector matters
+        assert s["residual_norm"] > 0 and s["dose"] == pytest.approx(s["scale"] * np.mean(list(s["vector_norms"].values())) / s["residual_norm"])
     for table in ("pairs", "cells", "grid", "exact", "steering_sweep", "steering", "steering_summary", "concepts", "concept_summary"):
         assert (folder / f"{table}.jsonl").stat().st_size > 0
     report = (folder / "report.html").read_text()
-    assert report.count('<div id="fig-') >= 8 and "Pattern:" in report
+    assert report.count('<div id="fig-') >= 8 and "Pattern:" in report and "median residual norm at the site" in report
     # the explorer of the capture run links the report
     from introspect_mi.explorer.page import report_links
 
