@@ -152,10 +152,9 @@ class Engine:
         # demonstrations); `prefix_batches` cuts that order where a batch would straddle two
         # prefixes (fixed-size cuts made every 2-shot hypothetical batch of 32 span two properties'
         # demonstrations and recompute most of them per row). Generation pays the per-forward
-        # overhead once more for each decoding step, so a batch is worth more there: with the
-        # prefill overhead alone, 10 samples of each of 30 object prompts (16 new tokens) were cut
-        # into 30 batches of one prompt each, 66-73 s against 48-51 s for the 10 batches this gives
-        # (the same samples; SmolLM2 on 2 cores, one scratch-script run).
+        # overhead once more for each decoding step, so a batch is worth more there (with the
+        # prefill overhead alone, sampled calibration cut 10 samples of each of 30 object prompts
+        # into 30 batches of one prompt each, which ran slower than 10 batches of three).
         if self.prefix_reuse:
             batches = prefix_batches(seqs, self.batch_size, overhead=FORWARD_OVERHEAD_TOKENS * (1 + new_tokens))
         else:
