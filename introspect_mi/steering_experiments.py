@@ -8,7 +8,8 @@ D. A steering vector — the mean difference of object-level activations between
    in the object-level run and in the hypothetical run of each item, pushing each item toward the
    other value. Equal-norm random vectors are the control, and the dose is stated: the scale
    sweep reports ‖scale × v‖ / ‖residual‖ at the site and goes on doubling the scale until a random
-   vector also changes the object answers, so a null is never only under-dosing. Per condition: how far the object
+   vector also changes the object answers (or a largest scale is reached), so a null is not merely
+   under-dosing. Per condition: how far the object
    answer's property moves toward the pushed value, how far the self-prediction does, and whether
    the self-prediction follows the steered object behaviour (new) or the unsteered one (old).
    The three hypotheses predict different patterns (`steering_pattern`): reading P's state and
@@ -297,8 +298,9 @@ def run_steering(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemProm
     The sweep steers the object and the hypothetical runs at P's tokens with the steering vector
     and with one random vector of equal norm, at every scale in `scales` and then at doubling
     scales up to `max_scale` until the random vector changes at least `dose_until` of the object
-    answers: a null is reported at a dose where even a random push breaks the behaviour, never only
-    at doses too small to matter. Every scale is a row (with its dose, ‖scale × v‖ / ‖residual‖).
+    answers, so a null is reported up to a dose where even a random push changes the behaviour (a
+    model whose behaviour survives `max_scale` is reported as such, with the doses reached). Every
+    scale is a row (with its dose, ‖scale × v‖ / ‖residual‖).
     The chosen scale is the one where the steering vector beats the random vector by most in moving
     object answers toward the pushed value (the largest on ties). At that scale the steering vector
     and `n_random` other equal-norm random vectors (seeds not used in the sweep) steer object and
