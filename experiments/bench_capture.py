@@ -47,7 +47,7 @@ import torch
 from experiments.bench_common import Machine, machine, save_result, timed
 from introspect_mi.actstore import ActivationStore
 from introspect_mi.batching import prefix_fits, shared_prefix_len
-from introspect_mi.capture import CapturePrompt, CaptureSpec, all_places, batches, capture, encode, forward, reuse_batches
+from introspect_mi.capture import CapturePrompt, CaptureSpec, all_places, batches, capture, encode, forward, shard_batches
 from introspect_mi.engines import run_bridge
 from introspect_mi.models import ModelHandle, load
 from introspect_mi.prompts import PromptConfig, hypothetical_prompt, object_prompt
@@ -163,11 +163,7 @@ def computed_tokens(handle: ModelHandle, prompts: list[CapturePrompt], spec: Cap
     answer_step = "answer_first" in spec.positions
     for chunk in batches(prompts, spec.shard_records):
         ids = [encode(handle, p).ids for p in chunk]
-        if spec.prefix_reuse:
-            groups = reuse_batches(ids, spec.batch_size)
-        else:
-            groups = [list(range(k, min(k + spec.batch_size, len(ids)))) for k in range(0, len(ids), spec.batch_size)]
-        for group in groups:
+        for group in shard_batches(ids, spec.batch_size, spec.prefix_reuse):
             rows = [ids[k] for k in group]
             fits = spec.prefix_reuse and prefix_fits(handle.config, rows, 2 if answer_step else 0)
             p = shared_prefix_len(rows) if fits else 0

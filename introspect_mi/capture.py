@@ -235,10 +235,7 @@ def capture(handle: ModelHandle, prompts: Sequence[CapturePrompt], spec: Capture
     for start in range(writer.done, len(prompts), spec.shard_records):
         chunk = prompts[start : start + spec.shard_records]
         encoded = [encode(handle, p) for p in chunk]
-        if reuse:
-            groups = reuse_batches([e.ids for e in encoded], spec.batch_size)
-        else:
-            groups = [list(range(k, min(k + spec.batch_size, len(chunk)))) for k in range(0, len(chunk), spec.batch_size)]
+        groups = shard_batches([e.ids for e in encoded], spec.batch_size, reuse)
         done: list[tuple[dict[str, Any], dict[str, torch.Tensor]] | None] = [None] * len(chunk)
         for group in groups:
             fw = forward(handle, [encoded[k] for k in group], places, answer_step, adapter_enabled, nnsight, prefix_reuse=reuse, memo=memo)
@@ -262,6 +259,14 @@ activations hold several times more of them (small forwards run GEMMs far below 
 def reuse_batches(seqs: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
     """A shard's batches for shared-prefix forwards (`batching.prefix_batches`, sized as PREFIX_ROWS says)."""
     return prefix_batches(seqs, PREFIX_ROWS * batch_size, max_tokens=batch_size * max(len(s) for s in seqs))
+
+
+def shard_batches(seqs: Sequence[Sequence[int]], batch_size: int, prefix_reuse: bool) -> list[list[int]]:
+    """A shard's batches (indices into `seqs`): `reuse_batches` with prefix reuse, else plain runs
+    of `batch_size` in input order."""
+    if prefix_reuse:
+        return reuse_batches(seqs, batch_size)
+    return [list(range(k, min(k + batch_size, len(seqs)))) for k in range(0, len(seqs), batch_size)]
 
 
 def _record(handle: ModelHandle, fw: Forward, row: int, index: int, prompt: CapturePrompt, places: Sequence[Place],
