@@ -52,7 +52,8 @@ from introspect_mi.timing import StageClock
 from experiments.probing_plan import M1_SUBJECTS, Cell, Labels, Planner
 from probes import ProbeConfig
 from probes.crossfit import CrossFit, cross_predict, score
-from probes.nested import holm, max_over_layers_p, nested_summary
+from introspect_mi.multiplicity import holm
+from probes.nested import max_over_layers_p, nested_summary
 
 EXPERIMENTS = ("A", "B", "C", "D", "E", "F")
 LABEL_SOURCE = {"untrained": "untrained", "self": "self", "cross": "self"}

@@ -8,9 +8,9 @@ the fold's labels, so the pooled accuracy is an unbiased estimate of "probe at t
 procedure picks".
 
 `max_over_layers_p` is the other honest reading of a sweep: the best layer's accuracy with a
-permutation null that takes the same maximum over layers. `nested_summary` is a curve's reported line. `sign_flip_p` tests whether those nested predictions beat a baseline predicting the same vectors
-(per-task majority): a paired, item-clustered test (each item's mean hit difference, signs
-flipped at random under the null). `holm` adjusts a family of p-values (Holm 1979).
+permutation null that takes the same maximum over layers. `nested_summary` is a curve's reported line; its p-value tests whether those nested predictions beat a baseline predicting the same vectors
+(per-task majority): a paired, item-clustered sign-flip test on each item's mean hit difference
+(`introspect_mi.multiplicity`, which also holds the Holm adjustment the probing families use).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from introspect_mi.multiplicity import sign_flip_p
 from probes.crossfit import CrossFit
 from probes.metrics import accuracy_ci
 
@@ -65,29 +66,6 @@ def item_differences(hits: np.ndarray, baseline_hits: np.ndarray, groups: Sequen
     names, codes = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
     diff = hits.astype(float) - baseline_hits.astype(float)
     return np.bincount(codes, weights=diff, minlength=names.size) / np.bincount(codes, minlength=names.size)
-
-
-def sign_flip_p(differences: np.ndarray, n_perm: int = 2000, seed: int = 0) -> float:
-    """One-sided p-value that the mean item difference is > 0: the share of random sign flips
-    (items exchangeable under the null) whose sum reaches the observed one, (1 + hits) / (1 + n_perm)."""
-    d = np.asarray(differences, dtype=float)
-    observed = d.sum()
-    signs = np.random.default_rng([seed, 5]).choice([-1.0, 1.0], size=(n_perm, d.size))
-    return float((1 + np.sum(signs @ d >= observed - 1e-12)) / (1 + n_perm))
-
-
-def holm(p_values: Sequence[float]) -> np.ndarray:
-    """Holm–Bonferroni adjusted p-values (NaN entries stay NaN and do not count toward the family)."""
-    p = np.asarray(p_values, dtype=float)
-    out = np.full(p.shape, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    order = valid[np.argsort(p[valid], kind="stable")]
-    m = order.size
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out
 
 
 def task_mode_hits(y: np.ndarray, tasks: np.ndarray | None) -> np.ndarray:
