@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -53,7 +53,8 @@ from experiments.probing_plan import M1_SUBJECTS, Cell, Labels, Planner
 from probes import ProbeConfig
 from probes.crossfit import CrossFit, cross_predict, score
 from introspect_mi.multiplicity import holm
-from probes.nested import max_over_layers_p, nested_summary
+from introspect_mi.paired import compare_paired
+from probes.nested import aligned_hits, max_over_layers_p, nested_summary
 
 EXPERIMENTS = ("A", "B", "C", "D", "E", "F")
 LABEL_SOURCE = {"untrained": "untrained", "self": "self", "cross": "self"}
@@ -189,30 +190,44 @@ def curve_table(cells: Sequence[Cell], fits: Mapping[tuple[int, str], Mapping[in
     return table
 
 
-def run_cells(cells: Sequence[Cell], stores: Mapping[str, ActivationStore], layers: Sequence[int], config: ProbingConfig,
-              progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the results table: each layered cell at every layer, one load per subject × layer, each
-    fixed-feature cell once; the curve table: each layered cell's nested layer choice)."""
+class ProbeRun(NamedTuple):
+    table: pd.DataFrame
+    """Each layered cell at every layer, each fixed-feature cell once."""
+    curves: pd.DataFrame
+    """Each layered curve at the layer chosen in inner folds (`curve_table`)."""
+    m1_vs_m2: pd.DataFrame
+    """Self-trained M1's B probes against cross-trained M2's on the same items (`m1_vs_m2`)."""
+
+
+def run_cells(cells: Sequence[Cell], stores: Mapping[str, ActivationStore], layers: Mapping[str, Sequence[int]], config: ProbingConfig,
+              progress: bool = True) -> ProbeRun:
+    """Fit every cell: one load per subject × layer (`layers`: subject → its layers), each fixed-feature cell once."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: threads cost more than they give (several-fold on a shared CPU)
     try:
-        return _run_cells(cells, stores, layers, config, progress)
+        table, fits = _run_cells(cells, stores, layers, config, progress)
     finally:
         torch.set_num_threads(threads)
+    return ProbeRun(table, curve_table(cells, fits, config), m1_vs_m2(cells, fits, config))
 
 
-def _run_cells(cells: Sequence[Cell], stores: Mapping[str, ActivationStore], layers: Sequence[int], config: ProbingConfig,
-               progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    fits: dict[tuple[int, str], dict[int, CrossFit]] = {}
+Fits = dict[tuple[int, str], dict[int, CrossFit]]
+"""(cell index, target) → layer → that cell's cross-fitted probe."""
+
+
+def _run_cells(cells: Sequence[Cell], stores: Mapping[str, ActivationStore], layers: Mapping[str, Sequence[int]], config: ProbingConfig,
+               progress: bool) -> tuple[pd.DataFrame, Fits]:
+    fits: Fits = {}
     rows: list[dict[str, Any]] = []
-    with tqdm(total=sum(len(layers) if c.layered else 1 for c in cells), desc="probes", unit="cell", disable=not progress) as bar:
+    total = sum(len(layers[c.subject]) if c.layered else 1 for c in cells)
+    with tqdm(total=total, desc="probes", unit="cell", disable=not progress) as bar:
         for cell in (c for c in cells if not c.layered):
             rows += rows_of(cell, None, {t: score(fit, config) for t, fit in fit_cell(cell, None, config).items()})
             bar.update()
         for subject, store in stores.items():
             mine = [(i, c) for i, c in enumerate(cells) if c.layered and c.subject == subject]
             positions = sorted({s.position for _, c in mine for s in (c.train, c.test) if s is not None and s.position})
-            for layer in layers if mine else []:
+            for layer in layers[subject] if mine else []:
                 vectors = load_vectors(store, layer, positions)
                 for index, cell in mine:
                     bar.set_postfix(subject=subject, layer=layer, cell=f"{cell.experiment}/{cell.property}")
@@ -221,7 +236,42 @@ def _run_cells(cells: Sequence[Cell], stores: Mapping[str, ActivationStore], lay
                         fits.setdefault((index, target), {})[layer] = fit
                     rows += rows_of(cell, layer, {t: score(fit, config) for t, fit in result.items()})
                     bar.update()
-    return pd.DataFrame(rows).reindex(columns=list(TABLE_COLUMNS)), curve_table(cells, fits, config)
+    return pd.DataFrame(rows).reindex(columns=list(TABLE_COLUMNS)), fits
+
+
+M1_VS_M2_FAMILY = ("confirmatory: self-trained M1's activations vs cross-trained M2's on the same hypothetical prompts "
+                   "(B, item split, every property × position), one Holm family")
+M1_VS_M2_COLUMNS = ("property", "run", "n_items", "self_acc", "self_lo", "self_hi", "cross_acc", "cross_lo", "cross_hi",
+                    "diff", "diff_lo", "diff_hi", "only_self", "only_cross", "p_value", "p_holm", "mdd", "family")
+
+
+def m1_vs_m2(cells: Sequence[Cell], fits: Fits, config: ProbingConfig) -> pd.DataFrame:
+    """The mechanistic analogue of self- vs cross-prediction. Cross-trained M2's labels are
+    self-trained M1's object answers (LABEL_SOURCE), so B's probe on each model's hypothetical run
+    decodes the same labels from the same prompts: does M1's own state carry its behaviour better
+    than the state of a model that read the same input? Per property × position, both curves'
+    nested hits paired by item (`compare_paired`: item bootstrap, exact two-sided sign-flip test),
+    Holm-adjusted over the rows."""
+    curves = {(cells[i].subject, cells[i].property, cells[i].train.run): by_layer for (i, _), by_layer in fits.items()
+              if cells[i].experiment == "B" and cells[i].split == "items"}
+    rows = []
+    for (subject, prop, run), mine in curves.items():
+        theirs = curves.get(("cross", prop, run))
+        if subject != "self" or theirs is None:
+            continue
+        a, b, items, tasks = aligned_hits(mine, theirs)
+        if items.size == 0:
+            continue
+        c = compare_paired(a, b, items, tasks, n_boot=config.n_boot, seed=config.seed)
+        rows.append({"property": prop, "run": run, "n_items": int(items.size),
+                     "self_acc": c.a.value, "self_lo": c.a.ci_low, "self_hi": c.a.ci_high,
+                     "cross_acc": c.b.value, "cross_lo": c.b.ci_low, "cross_hi": c.b.ci_high,
+                     "diff": c.diff.value, "diff_lo": c.diff.ci_low, "diff_hi": c.diff.ci_high,
+                     "only_self": c.only_a, "only_cross": c.only_b, "p_value": c.test.p_value, "mdd": c.power.mdd,
+                     "family": "confirmatory"})
+    table = pd.DataFrame(rows, columns=list(M1_VS_M2_COLUMNS))
+    table["p_holm"] = holm(table["p_value"].to_numpy(dtype=float))
+    return table
 
 
 # --- inputs: stores and M2's answers ------------------------------------------------------------
@@ -290,19 +340,18 @@ def main_probing(config: ProbingConfig, preset: str) -> dict[str, Any]:
     labels = subject_labels(stores, config, skipped)
     props = store_properties(stores, config.properties)
     cells = [c for lab in labels.values() for p in props for c in Planner(lab, p, config, skipped).cells(m2_values)]
-    n_layers = {int(s.info["n_layers"]) for s in stores.values()}
-    if len(n_layers) != 1:
-        raise UserError(f"the stores have different layer counts {sorted(n_layers)}", "probe one model family per run (--subjects)")
-    layers = layers_of(n_layers.pop(), config.layer_stride)
-    print(f"probing {', '.join(stores)} at layers {layers}: {len(cells)} cells, {len(skipped)} skipped", flush=True)
+    layers = {label: layers_of(int(store.info["n_layers"]), config.layer_stride) for label, store in stores.items()}
+    print(f"probing {', '.join(f'{s} at layers {l}' for s, l in layers.items())}: {len(cells)} cells, {len(skipped)} skipped", flush=True)
     clock = StageClock(run.folder)
     with clock.stage("probes"):
-        table, curves = run_cells(cells, stores, layers, config)
-    run.write_table("results", table)
-    run.write_table("curves", curves)
+        probed = run_cells(cells, stores, layers, config)
+    run.write_table("results", probed.table)
+    run.write_table("curves", probed.curves)
+    run.write_table("m1_vs_m2", probed.m1_vs_m2)
     timing = {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(time.process_time() - cpu_start, 1),
               "load_average_1min_at_end": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count()}
-    metrics = summary_metrics(run.read_table("results"), run.read_table("curves"), skipped, missing, layers, timing)
+    metrics = summary_metrics(run.read_table("results"), run.read_table("curves"), skipped, missing, layers, timing,
+                              run.read_table("m1_vs_m2"))
     run.write_json("metrics.json", metrics)
     with clock.stage("report"):
         write_probing_report(run, metrics)

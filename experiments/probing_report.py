@@ -10,7 +10,7 @@ import pandas as pd
 from introspect_mi.store import RunDir
 from introspect_mi.viz import Section, Table, write_report
 from introspect_mi.viz.probes import input_only_figure, layer_figure
-from experiments.probing import CURVE, FAMILIES
+from experiments.probing import CURVE, FAMILIES, M1_VS_M2_COLUMNS, M1_VS_M2_FAMILY
 from probes.summary import onsets
 
 AT_LAYER = ["majority", "shuffled_acc", "control_task_acc", "control_majority", "selectivity", "control_seen", "agreement"]
@@ -47,6 +47,13 @@ TEXTS = {
          "values and for M2's (gemma3-270m, untrained: its own object answers). agreement = share of items where the two "
          "values coincide (where they agree the two probes have the same labels).",
 }
+M1_VS_M2_TITLE = "M1 vs M2 · the same prompts through the model that behaves and through the model trained to predict it"
+M1_VS_M2_TEXT = ("The mechanistic analogue of cross-prediction (issue 15): cross-trained M2's labels are self-trained M1's object "
+                 "answers, so B's nested probe decodes the same labels from the same hypothetical prompts in both models. If M1's "
+                 "own state carries its behaviour beyond what reading the input gives, self beats cross. diff = self − cross "
+                 "accuracy on the items both tested (item-bootstrap 95% CI), p_value: exact two-sided item sign-flip test, "
+                 "p_holm: Holm over every row (one confirmatory family), mdd: the smallest difference this n detects at 80% power. "
+                 "Needs the cross store (the quick preset captures it).")
 INTRO = ("Every accuracy is cross-fitted: k folds over items (every item is tested once by a probe that never saw it), "
          "and where a property spans two or more tasks also leave-one-task-out (split = tasks). Each comes with its "
          "majority baseline (the best constant answer: the most common tested label's share), a shuffled-label probe "
@@ -94,12 +101,17 @@ def onset_summary(table: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_metrics(table: pd.DataFrame, curves: pd.DataFrame, skipped: Sequence[Mapping[str, str]], missing: Mapping[str, str],
-                    layers: Sequence[int], timing: Mapping[str, Any]) -> dict[str, Any]:
+                    layers: Mapping[str, Sequence[int]], timing: Mapping[str, Any], m1_vs_m2: pd.DataFrame | None = None) -> dict[str, Any]:
+    """metrics.json: `best` (every curve at its nested layer), `onsets` (D), `m1_vs_m2` (self-trained M1's
+    B probes vs cross-trained M2's on the same items; empty without the cross store), and the run's facts."""
     table = _columns(table)
     curves = curves.reindex(columns=list(dict.fromkeys([*curves.columns, *SHOWN[:SHOWN.index("p_max_holm") + 1]])))
-    return {"families": FAMILIES, "subjects": list(dict.fromkeys(table["subject"])), "missing_subjects": dict(missing), "layers": list(layers),
+    versus = (m1_vs_m2 if m1_vs_m2 is not None else pd.DataFrame()).reindex(columns=list(M1_VS_M2_COLUMNS))
+    return {"families": {**FAMILIES, "m1_vs_m2": M1_VS_M2_FAMILY}, "subjects": list(dict.fromkeys(table["subject"])),
+            "missing_subjects": dict(missing), "layers": {k: list(v) for k, v in layers.items()},
             "timing": dict(timing), "n_fits": len(table), "no_fits": NO_FITS if table.empty else None, "skipped": list(skipped),
-            "best": curve_summary(table, curves).to_dict(orient="records"), "onsets": onset_summary(table, curves).to_dict(orient="records")}
+            "best": curve_summary(table, curves).to_dict(orient="records"), "onsets": onset_summary(table, curves).to_dict(orient="records"),
+            "m1_vs_m2": versus.to_dict(orient="records")}
 
 
 def _columns(table: pd.DataFrame) -> pd.DataFrame:
@@ -132,6 +144,10 @@ def write_probing_report(run: RunDir, metrics: Mapping[str, Any]) -> None:
             sections.append(Section(TITLES[ex], [layer_figure(rows, TITLES[ex], variant=variants[ex],
                                                               input_only=e[["subject", "property", "split", "acc"]] if ex in ("A", "B") and not e.empty else None)],
                                     [Table(best[best["experiment"] == ex], "Per curve, at the layer chosen in inner folds", PERCENT)], TEXTS[ex]))
+    if metrics.get("m1_vs_m2"):
+        sections.append(Section(M1_VS_M2_TITLE, tables=[Table(pd.DataFrame(metrics["m1_vs_m2"]), "Same items, same labels, two models' states",
+                                                              ["self_acc", "self_lo", "self_hi", "cross_acc", "cross_lo", "cross_hi",
+                                                               "diff", "diff_lo", "diff_hi", "mdd"])], text=M1_VS_M2_TEXT))
     if metrics["skipped"]:
         sections.append(Section("Skipped", tables=[Table(pd.DataFrame(metrics["skipped"]), "Cells without enough data")]))
     write_report(run.path("report.html"), "Linear probes: is the answer's property represented, and whose?", sections)
@@ -140,7 +156,8 @@ def write_probing_report(run: RunDir, metrics: Mapping[str, Any]) -> None:
 def _run_text(metrics: Mapping[str, Any]) -> str:
     t = metrics["timing"]
     missing = "; ".join(f"{k}: {v}" for k, v in metrics["missing_subjects"].items()) or "none"
-    return (f"Subjects: {', '.join(metrics['subjects'])} (missing: {missing}). Layers {metrics['layers']}. "
+    layers = "; ".join(f"{s} {v}" for s, v in metrics["layers"].items())
+    return (f"Subjects: {', '.join(metrics['subjects'])} (missing: {missing}). Layers: {layers}. "
             f"{metrics['n_fits']} cross-fitted probes in {t['wall_s']} s wall ({t['cpu_s']} s CPU; "
             f"1-min load average {t['load_average_1min_at_end']} on {t['cpu_count']} cores at the end)."
             + (f" {metrics['no_fits']}." if metrics.get("no_fits") else ""))
@@ -170,4 +187,7 @@ def print_summary(run: RunDir, metrics: Mapping[str, Any]) -> None:
               f"{_pct(r.control_task_acc)} | {_p(r.p_holm)} {r.family}  n={r.n_test}")
     for o in metrics["onsets"]:
         print(f"  D onset {o['subject']} {o['property']}: answer identity {_layer(o['identity_onset'])}, property {_layer(o['property_onset'])}")
+    for r in metrics.get("m1_vs_m2", []):
+        print(f"  M1 vs M2 {r['property']:17s} {r['run']:22s} self {_pct(r['self_acc'])} vs cross {_pct(r['cross_acc'])}: "
+              f"{100 * r['diff']:+.0f} points [{100 * r['diff_lo']:+.0f}, {100 * r['diff_hi']:+.0f}] {_p(r['p_holm'])} (Holm) n={r['n_items']} items")
     print(f"\n{_run_text(metrics)}\nreport: {run.path('report.html')}")

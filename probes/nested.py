@@ -48,6 +48,26 @@ def nested_layers(fits: Mapping[int, CrossFit]) -> tuple[np.ndarray, dict[int, i
     return hits, chosen
 
 
+def _hits_by_group(fits: Mapping[int, CrossFit]) -> dict[str, tuple[bool, str]]:
+    """group → (nested hit, task) of a curve that tests each group once."""
+    hits, _ = nested_layers(fits)
+    first = fits[min(fits)]
+    groups = np.asarray(first.groups).astype(str)
+    if len(set(groups)) != groups.size:
+        raise ValueError("pairing two curves by item needs one tested vector per item in each")
+    tasks = np.asarray(first.tasks if first.tasks is not None else [""] * groups.size).astype(str)
+    return {g: (bool(h), t) for g, h, t in zip(groups, hits, tasks)}
+
+
+def aligned_hits(fits_a: Mapping[int, CrossFit], fits_b: Mapping[int, CrossFit]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two curves' nested hits on the items both tested, paired by item: (hits_a, hits_b, items,
+    tasks). Items only one curve tested are left out."""
+    a, b = _hits_by_group(fits_a), _hits_by_group(fits_b)
+    common = sorted(set(a) & set(b))
+    return (np.array([a[g][0] for g in common], dtype=bool), np.array([b[g][0] for g in common], dtype=bool),
+            np.array(common, dtype=str), np.array([a[g][1] for g in common], dtype=str))
+
+
 def max_over_layers_p(fits: Mapping[int, CrossFit]) -> tuple[float, int, float]:
     """(the highest cross-fitted accuracy over layers, its layer (ties: lowest), the permutation
     p-value of that maximum): each within-task label permutation is refitted at every layer and

@@ -62,8 +62,8 @@ def _directions() -> dict[str, np.ndarray]:
     return {n: vectors[i] for i, n in enumerate(names)}
 
 
-def write_store(folder: Path, identity: dict[str, str] | None = None) -> list[dict]:
-    """The planted store; `identity`: the study state it claims to be captured from (as a capture records it)."""
+def write_store(folder: Path, identity: dict[str, str] | None = None, strength: float = STRENGTH) -> list[dict]:
+    """The planted store (signals at `strength`; 0: noise only); `identity`: the study state it claims to be captured from (as a capture records it)."""
     items, u = _items(), _directions()
     rng = np.random.default_rng(2)
     places = [Place(PlaceKind.RESID_POST, layer) for layer in range(LAYERS)]
@@ -75,7 +75,7 @@ def write_store(folder: Path, identity: dict[str, str] | None = None) -> list[di
         vectors = {}
         for place in places:
             for position in info["positions"]:
-                x = rng.normal(size=D) + STRENGTH * planted.get((place.layer, position), 0)
+                x = rng.normal(size=D) + strength * planted.get((place.layer, position), 0)
                 vectors[tensor_key(place, position)] = torch.tensor(x, dtype=torch.float32)[None]
         writer.add({"record": writer.done + len(writer._records), **record}, vectors)
 
@@ -110,7 +110,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, lis
     skipped: list[dict] = []
     labels = subject_labels(stores, CONFIG, skipped)["untrained"]
     cells = [c for prop in ("second_character", "ethical_stance") for c in Planner(labels, prop, CONFIG, skipped).cells(m2_values)]
-    table, curves = run_cells(cells, stores, layers_of(LAYERS, 1), CONFIG, progress=False)
+    table, curves, _ = run_cells(cells, stores, {"untrained": layers_of(LAYERS, 1)}, CONFIG, progress=False)
     return table, items, skipped, curves
 
 
@@ -180,6 +180,34 @@ def test_f_labels_come_from_m2_and_from_the_model_itself(results) -> None:
     assert 0.2 < agreement < 0.5 and list(f["agreement"]) == pytest.approx([agreement] * len(f))
 
 
+def _m1_vs_m2(tmp_path: Path, cross_strength: float) -> pd.DataFrame:
+    """B probes on a planted self-trained M1 store and a cross-trained M2 store with signals at `cross_strength`."""
+    stores = {}
+    for label, strength in (("self", STRENGTH), ("cross", cross_strength)):
+        write_store(tmp_path / label / "store", strength=strength)
+        stores[label] = ActivationStore.open(tmp_path / label / "store")
+    config = dataclasses.replace(CONFIG, subjects=("self", "cross"), experiments=("B",), permutations=0)
+    skipped: list[dict] = []
+    cells = [c for lab in subject_labels(stores, config, skipped).values() for c in Planner(lab, "second_character", config, skipped).cells(None)]
+    return run_cells(cells, stores, {s: layers_of(LAYERS, 1) for s in stores}, config, progress=False).m1_vs_m2.set_index("run")
+
+
+def test_m1_vs_m2_finds_the_state_only_m1_carries(tmp_path: Path) -> None:
+    """M2's store is noise: at the final token (signal planted in M1 only) self beats cross on the same 46 items, Holm p < 0.01;
+    at P's last token (nothing planted in either; the same noise in both) nothing is claimed."""
+    table = _m1_vs_m2(tmp_path, 0.0)
+    final, p_last = table.loc["hypothetical@final"], table.loc["hypothetical@p_last"]
+    assert final["n_items"] == 46 and final["self_acc"] > 0.9 and final["cross_acc"] < 0.6
+    assert final["diff_lo"] > 0.3 and final["p_holm"] < 0.01 and final["family"] == "confirmatory"
+    assert p_last["p_holm"] > 0.05 and abs(p_last["diff"]) < 0.1
+
+
+def test_m1_vs_m2_of_a_store_with_itself_is_zero(tmp_path: Path) -> None:
+    """Identity: the same store as both subjects gives the same hits, difference 0 and p = 1 at every position."""
+    table = _m1_vs_m2(tmp_path, STRENGTH)
+    assert (table["diff"] == 0).all() and (table["only_self"] == 0).all() and (table["p_value"] == 1).all()
+
+
 def test_every_cell_skipped_still_writes_metrics_report_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Too few items for any cell (here: each label value needs 100 items): the run still finishes, and its metrics,
     report and printout say no probe was fitted and list the skipped cells (it raised KeyError: 'subject')."""
@@ -195,11 +223,11 @@ def test_every_cell_skipped_still_writes_metrics_report_and_summary(tmp_path: Pa
     cells = [c for prop in ("second_character", "ethical_stance") for c in Planner(labels, prop, config, skipped).cells(None)]
     assert cells == [] and skipped
     run = RunDir.create(tmp_path, "probing", {"probing": "all skipped"}, seed=0)
-    table, curves = run_cells(cells, stores, layers_of(LAYERS, 1), config, progress=False)
+    table, curves, _ = run_cells(cells, stores, {"untrained": layers_of(LAYERS, 1)}, config, progress=False)
     run.write_table("results", table)
     run.write_table("curves", curves)
     timing = {"wall_s": 0.1, "cpu_s": 0.1, "load_average_1min_at_end": 0.0, "cpu_count": 1}
-    metrics = summary_metrics(run.read_table("results"), run.read_table("curves"), skipped, {}, layers_of(LAYERS, 1), timing)
+    metrics = summary_metrics(run.read_table("results"), run.read_table("curves"), skipped, {}, {"untrained": layers_of(LAYERS, 1)}, timing)
     assert metrics["n_fits"] == 0 and metrics["best"] == [] and metrics["onsets"] == [] and metrics["no_fits"] == NO_FITS
     assert metrics["skipped"] == skipped
     write_probing_report(run, json.loads(json.dumps(metrics)))
