@@ -13,7 +13,10 @@ C. the object run's final-token state → the hypothetical final token (B and C 
 D. steering with a mean-difference vector from the activation store at (i) P's tokens, (ii) the
    question and final tokens, (iii) every token, in object and hypothetical runs, against
    equal-norm random vectors: does the self-prediction follow the steered behaviour?
-E. concept injection into the hypothetical prompt, against random and other-concept vectors.
+E. concept injection into the hypothetical prompt at every token (priming) and at the tokens after P
+   only (reading): the shift of log P(concept's value | a valid value), against equal-norm random
+   and other-concept vectors, with the clean chance level; D's sweep and E's after-P injection are
+   confirmatory families (paired sign-flip tests, Holm), the rest exploratory.
 Output: runs/<capture>/patching/{report.html, metrics.json, config.json, *.jsonl}; the explorer
 of the capture run links the report. The capture run (`python -m experiments.capture --preset
 quick`) must exist: its stores give D's steering vectors.
@@ -46,15 +49,18 @@ from introspect_mi.nnsight_engine import NnsightEngine
 from introspect_mi.patching_experiments import ItemPrompts, flow_summary, pearson, run_pairs, select_pairs, tokenise
 from introspect_mi.places import resid_post
 from introspect_mi.properties import get_property
+from introspect_mi.concepts import CONCEPT_FAMILY, CONCEPT_POSITIONS, concept_vectors, run_concepts, summarise_concepts
+from introspect_mi.steering import RowSteer, Steerer
 from introspect_mi.steering_experiments import (
-    RowSteer, Steerer, SteeringSetup, assign_folds, balanced, concept_vectors, layer_at, run_concepts, run_steering, site_norm,
-    steer_values, steering_pattern, store_steering_vectors, summarise_concepts, summarise_steering,
+    SWEEP_FAMILY, SteeringSetup, assign_folds, balanced, layer_at, run_steering, site_norm, steer_values, steering_pattern,
+    store_steering_vectors, summarise_steering, sweep_tests,
 )
 from introspect_mi.store import RunDir
 from introspect_mi.timing import StageClock
 
 CAPTURE_COMMAND = "python -m experiments.capture --preset quick"
-TABLES = ("pairs", "cells", "grid", "exact", "steering_sweep", "steering", "steering_summary", "concepts", "concept_summary")
+TABLES = ("pairs", "cells", "grid", "exact", "steering_sweep", "steering_sweep_items", "steering_sweep_tests", "steering", "steering_summary",
+          "concepts", "concept_summary")
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,8 @@ class PatchingConfig(StudyChoice):
     """Layer of concept injection, as a fraction of depth."""
     concept_scales: tuple[float, ...] = (2.0, 4.0, 8.0)
     """Injection strengths (× the concept vector)."""
+    concept_positions: tuple[str, ...] = CONCEPT_POSITIONS
+    """Position sets of E: after_P (question and final tokens: reading; the confirmatory family) and all (every token: priming)."""
     concept_items: int = 60
     """Hypothetical prompts injected in E."""
     concept_random: int = 1
@@ -198,25 +206,32 @@ def steer_stage(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPromp
     layer = layer_at(c.steer_depth, handle.n_layers)
     vectors = store_steering_vectors(store, layer, c.steer_position, c.steer_task, c.steer_property, values, folds)
     setup = SteeringSetup(c.steer_property, layer, values, vectors, folds, site_norm(store, layer, c.steer_position, c.steer_task))
-    sweep, rows, scale = run_steering(handle, steerer, balanced(chosen, values, c.steer_items), setup, c.steer_scales,
-                                      n_random=c.n_random, seed=c.seed, dose_until=c.steer_dose_until, max_scale=c.steer_max_scale)
+    sweep, sweep_items, rows, scale = run_steering(handle, steerer, balanced(chosen, values, c.steer_items), setup, c.steer_scales,
+                                                   n_random=c.n_random, seed=c.seed, dose_until=c.steer_dose_until, max_scale=c.steer_max_scale)
+    tests = sweep_tests(sweep_items, c.seed)
     summary = summarise_steering(rows)
     pattern, sentences = steering_pattern(summary, c.min_effect)
     metrics = {"task": c.steer_task, "property": c.steer_property, "values": list(values), "layer": layer, "scale": scale,
                "dose": setup.dose(scale), "residual_norm": setup.residual_norm, "sweep": sweep.to_dict("records"),
                "vector_norms": {str(f): float(v.norm()) for f, v in vectors.items()}, "items": int(rows["item_id"].nunique()),
-               "pattern": pattern, "sentences": sentences, "summary": summary.to_dict("records")}
-    return {"steering_sweep": sweep, "steering": rows, "steering_summary": summary}, metrics
+               "pattern": pattern, "sentences": sentences, "summary": summary.to_dict("records"),
+               "sweep_family": SWEEP_FAMILY, "sweep_tests": tests.to_dict("records")}
+    return {"steering_sweep": sweep, "steering_sweep_items": sweep_items, "steering_sweep_tests": tests, "steering": rows,
+            "steering_summary": summary}, metrics
 
 
 def concept_stage(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], c: PatchingConfig) -> tuple[dict[str, pd.DataFrame], dict]:
-    """E: concept vectors injected into the hypothetical prompts."""
+    """E: concept vectors injected into the hypothetical prompts at each position set, the paired tests."""
     layer = layer_at(c.concept_depth, handle.n_layers)
     vectors = concept_vectors(handle, c.concepts, c.baseline_words, layer)
     chosen = [it for it in items if (it.task, it.property) == (c.concept_task, c.concept_property)][: c.concept_items]
-    rows = run_concepts(handle, steerer, chosen, vectors, layer, c.concept_scales, n_random=c.concept_random, seed=c.seed)
-    summary = summarise_concepts(rows)
-    metrics = {"layer": layer, "norms": {w: float(v.norm()) for w, v in vectors.items()}, "summary": summary.to_dict("records")}
+    rows = run_concepts(handle, steerer, chosen, vectors, layer, c.concept_scales, positions=c.concept_positions,
+                        n_random=c.concept_random, seed=c.seed)
+    summary = summarise_concepts(rows, c.seed)
+    metrics = {"layer": layer, "norms": {w: float(v.norm()) for w, v in vectors.items()}, "items": len(chosen),
+               "positions": list(c.concept_positions), "family": CONCEPT_FAMILY,
+               "prompts_run": (1 + rows.groupby(["positions", "injected", "scale"]).ngroups) * len(chosen),
+               "summary": summary.to_dict("records")}
     return {"concepts": rows, "concept_summary": summary}, metrics
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 from introspect_mi.patching_experiments import EXPERIMENTS, GROUPS
+from introspect_mi.concepts import CONFIRMATORY_POSITIONS
+from introspect_mi.multiplicity import CONFIRMATORY
 from introspect_mi.steering_experiments import POSITION_SETS
 from introspect_mi.store import RunDir
 from introspect_mi.viz import Section, Table, write_report as write_html
@@ -19,6 +21,8 @@ from introspect_mi.viz.patching import (
 GROUP_NAMES = {"P": "P's tokens", "question": "the question's tokens", "final": "the final token"}
 CLEAR = 0.25
 """How far (normalised) B or C must beat its control to be called item-specific in the text."""
+ALPHA = 0.05
+"""Level at which a (Holm-adjusted, when confirmatory) paired test is called significant in the text."""
 C_CAVEAT = ("C at the last layers: the final token's last resid_post is what the final norm and unembedding read, so patching it "
             "replaces the hypothetical run's next-token logits by the object run's; late-layer C measures the object-level output's "
             "preference between the two value tokens, not a self-prediction (A's final group reaches 1 there for the same reason).")
@@ -80,7 +84,27 @@ def steering_text(label: str, m: dict, sweep: pd.DataFrame) -> str:
             f"{s.get('residual_norm', float('nan')):.1f}, so the chosen push is {s.get('dose', float('nan')):.2f} of it). "
             f"Pattern: {s['pattern'].upper()}.")
     return "\n".join([head, "Sweep at P's tokens (every scale; moved toward the pushed value, steering vector / random vector; "
-                             "random: share of object answers changed at all):", *sweep_lines(sweep[sweep["subject"] == label]), *s["sentences"]])
+                             "random: share of object answers changed at all):", *sweep_lines(sweep[sweep["subject"] == label]),
+                       *sweep_test_lines(s), *s["sentences"]])
+
+
+def _effect(r: dict | object, prefix: str) -> str:
+    """mean [95% CI], one-sided sign-flip p of a paired effect's columns `<prefix>_mean` etc."""
+    get = r.get if isinstance(r, dict) else lambda k: getattr(r, k)
+    return (f"{_f(get(f'{prefix}_mean'), '+.2f')} [{_f(get(f'{prefix}_ci_low'), '+.2f')}, {_f(get(f'{prefix}_ci_high'), '+.2f')}], "
+            f"p {_f(get(f'{prefix}_p'), '.3f')}")
+
+
+def sweep_test_lines(s: dict) -> list[str]:
+    """The sweep's paired tests: object answers (confirmatory, Holm over scales), self-predictions (exploratory)."""
+    tests = s.get("sweep_tests", [])
+    if not tests:
+        return []
+    lines = [f"Paired tests, per item steer − random (1/0/−1 on 'equals the pushed value'). Confirmatory family: {s['sweep_family']}."]
+    for r in tests:
+        holm = f", Holm p {_f(r['p_holm'], '.3f')}" if r["status"] == CONFIRMATORY else ""
+        lines.append(f"  [{r['status']}] ×{r['scale']:g}, {r['kind']} answers: {_effect(r, 'gain')}{holm} (n = {r['n']} items)")
+    return lines
 
 
 def sweep_lines(sweep: pd.DataFrame) -> list[str]:
@@ -97,14 +121,24 @@ def sweep_lines(sweep: pd.DataFrame) -> list[str]:
 
 
 def concept_text(label: str, m: dict, summary: pd.DataFrame) -> str:
-    own = summary[summary["subject"] == label]
-    beats = own[(own["shift_own"] > own["shift_random_max"]) & (own["shift_own"] > own["shift_other"])]
-    lines = [f"{label}: injected at layer {m['concepts']['layer']}; the concept's own vector raised log P(its value) more than every "
-             f"random control and the other concepts in {len(beats)} of {len(own)} concept × scale cases."]
+    """E for one subject: the confirmatory after-P family's verdict, the every-token cells beside it, and every cell's numbers."""
+    c, own = m["concepts"], summary[summary["subject"] == label]
+    confirm = own[own["status"] == CONFIRMATORY]
+    passed = confirm[(confirm["p_holm"] < ALPHA) & (confirm["vs_random_mean"] > 0)]
+    lines = [f"{label}: injected at layer {c['layer']} into {c['items']} hypothetical prompts ({c['prompts_run']} prompts run). "
+             f"Confirmatory family: {c['family']}. {len(passed)} of {len(confirm)} cells beat their random vectors at Holm p < {ALPHA}."]
+    for where, g in own.groupby("positions", sort=False):
+        hits = int(((g["vs_random_p"] < ALPHA) & (g["vs_random_mean"] > 0)).sum())
+        lines.append(f"{POSITION_SETS[where]}: {hits} of {len(g)} cells with own − random > 0 at unadjusted p < {ALPHA}.")
     for r in own.itertuples():
-        lines.append(f"{r.concept} → {r.value!r} (×{r.scale:g}): shift {r.shift_own:+.2f} (random {r.shift_random:+.2f}, max "
-                     f"{r.shift_random_max:+.2f}; other concepts {r.shift_other:+.2f}); report = {r.value!r} in "
-                     f"{r.report_rate_own:.0%} (clean {r.report_rate_clean:.0%}, random {r.report_rate_random:.0%}).")
+        holm = f", Holm p {_f(r.p_holm, '.3f')}" if r.status == CONFIRMATORY else ""
+        lines.append(f"  [{r.status}] {r.positions}, {r.concept} → {r.value!r} (×{r.scale:g}, n = {r.n}): shift of log P(value | valid) "
+                     f"{r.shift_own:+.2f} vs random {r.shift_random:+.2f} (SD over items × vectors {_f(r.shift_random_sd)}, max of vectors "
+                     f"{_f(r.shift_random_max, '+.2f')}) and other concepts {_f(r.shift_other, '+.2f')} (max {_f(r.shift_other_max, '+.2f')}); "
+                     f"own − random {_effect(r, 'vs_random')}{holm}; own − other {_effect(r, 'vs_other')} (exploratory). Chance: clean report "
+                     f"= {r.value!r} {r.clean_report_rate:.0%}, clean P(value | valid) {r.clean_prob:.3f} (uniform {r.uniform:.3f}). Report "
+                     f"= {r.value!r} {r.report_rate_own:.0%} (random {r.report_rate_random:.0%}), flipped to it {r.flips_own:.0%} (random "
+                     f"{r.flips_random:.0%}); log P(a valid value) shift {r.valid_mass_own:+.2f} (random {r.valid_mass_random:+.2f}).")
     return "\n".join(lines)
 
 
@@ -120,7 +154,7 @@ def write_report(run: RunDir) -> Path:
     """report.html of a finished patching run folder."""
     metrics = run.read_json("metrics.json")
     t = {name: run.read_table(name) if run.exists(f"{name}.jsonl") else pd.DataFrame()
-         for name in ("pairs", "cells", "grid", "exact", "steering_sweep", "steering_summary", "concept_summary")}
+         for name in ("pairs", "cells", "grid", "exact", "steering_sweep", "steering_sweep_tests", "steering_summary", "concept_summary")}
     subjects = list(metrics["subjects"])
     per_subject = ", ".join(f"{s}: {m['seconds']}" for s, m in metrics["subjects"].items())
     overview = (f"Study {metrics['study']}, capture {metrics['capture']}; subjects {', '.join(subjects)}. Wall time {metrics['seconds']:.0f} s "
@@ -149,20 +183,33 @@ def write_report(run: RunDir) -> Path:
     steer_cols = ["subject", "label", "n", "object_to_target", "random_object_to_target_mean", "random_object_to_target_max", "hyp_to_target",
                   "random_hyp_to_target_mean", "random_hyp_to_target_max", "n_object_moved", "follows_new", "new_before", "follows_old",
                   "old_before", "hyp_readable"]
+    gain_cols = ["subject", "label", "status", *(f"{k}_gain_{s}" for k in ("object", "hyp") for s in ("mean", "ci_low", "ci_high", "p"))]
     sections.append(Section(
         "D: steering — does the self-prediction follow the steered behaviour?",
         figures=[steering_bars(summary), steering_sweep_figure(t["steering_sweep"])] if len(summary) else [],
         tables=[Table(summary[steer_cols], caption="Steering at the chosen scale (shares of items; random: mean and max over controls)",
                       percent_columns=[c for c in steer_cols if c not in ("subject", "label", "n", "n_object_moved")]),
+                Table(summary[[c for c in gain_cols if c in summary]], caption="Steering at the chosen scale: per item, steered minus the "
+                      "random vectors' mean on 'equals the pushed value' (exploratory: the scale was chosen on the sweep)"),
                 Table(t["steering_sweep"], caption="The scale sweep at P's tokens, every scale (dose: ‖scale × v‖ / median ‖residual‖ at the site)",
-                      percent_columns=[c for c in t["steering_sweep"].columns if c.startswith(("object_", "hyp_"))])] if len(summary) else [],
+                      percent_columns=[c for c in t["steering_sweep"].columns if c.startswith(("object_", "hyp_"))]),
+                Table(t["steering_sweep_tests"], caption="Paired tests per sweep scale: per item, steer − random on 'equals the pushed value' "
+                      "(object: confirmatory, Holm over scales per subject; hypothetical: exploratory)")] if len(summary) else [],
         text=("Predictions: reading P's state and re-computing both predict that (i) moves the object answer and the self-prediction "
               "with it; a shortcut at the question predicts that (ii) moves the self-prediction while the object answer stays.\n\n"
               + "\n\n".join(steering_text(s, m, t["steering_sweep"]) for s, m in metrics["subjects"].items())),
     ))
     cs = t["concept_summary"]
-    sections.append(Section("E: concept injection", figures=[concept_bars(cs)], tables=[Table(cs, caption="Concept injection")],
-                            text="\n\n".join(concept_text(s, m, cs) for s, m in metrics["subjects"].items())))
+    sections.append(Section(
+        "E: concept injection — priming (every token) vs reading (after P only)",
+        figures=[concept_bars(g).update_layout(title=f"Concept injection, {POSITION_SETS[where]}: change of log P(value | valid value)")
+                 for where, g in cs.groupby("positions", sort=False)] if len(cs) else [],
+        tables=[Table(cs, caption="Concept injection per position set × scale × concept (shifts: injected − clean log P(value | valid value))")],
+        text=(f"Predictions: priming (the vector acts through P's tokens as if the word were in the input) moves the report only when P's "
+              f"tokens are hit (every token); reading an internal state at the question moves it when only the tokens after P are hit "
+              f"({CONFIRMATORY_POSITIONS}, the confirmatory family). Metric: per item, injected minus clean log P(the concept's value | "
+              f"the answer is a valid value), so a vector that only breaks the format does not count.\n\n"
+              + "\n\n".join(concept_text(s, m, cs) for s, m in metrics["subjects"].items()))))
     sections.append(Section("Position sets and groups", text=(
         "Position groups of a hypothetical prompt (A): " + ", ".join(f"{g} = {GROUP_NAMES[g]}" for g in GROUPS) + ". "
         "Steering position sets (D): " + "; ".join(f"{k} = {v}" for k, v in POSITION_SETS.items()) + ".")))

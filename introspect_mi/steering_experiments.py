@@ -1,40 +1,37 @@
-"""Steering and concept-injection experiments (issue 7, D–E): does the self-prediction follow a
-change of the object-level behaviour made without finetuning?
+"""Steering experiment D (issue 7): does the self-prediction follow a change of the object-level
+behaviour made without finetuning? (Concept injection, E, is `introspect_mi.concepts`.)
 
-D. A steering vector — the mean difference of object-level activations between items whose
-   property value is X and items whose value is Y, cross-fitted (each item is steered by the
-   vector of the other fold of items) — is added at one layer, at one of three position sets:
-   (i) P's tokens, (ii) the tokens after P (the question and final tokens), (iii) every token;
-   in the object-level run and in the hypothetical run of each item, pushing each item toward the
-   other value. Equal-norm random vectors are the control, and the dose is stated: the scale
-   sweep reports ‖scale × v‖ / ‖residual‖ at the site and goes on doubling the scale until a random
-   vector also changes the object answers (or a largest scale is reached), so a null is not merely
-   under-dosing. Per condition: how far the object
-   answer's property moves toward the pushed value, how far the self-prediction does, and whether
-   the self-prediction follows the steered object behaviour (new) or the unsteered one (old).
-   The three hypotheses predict different patterns (`steering_pattern`): reading P's state and
-   re-computing the answer both predict that (i) moves the object answer and the self-prediction
-   with it; a shortcut at the question predicts that (ii) moves the self-prediction while the
-   object answer stays.
-E. A concept vector — the final-token activation of "Tell me about <word>." minus its mean over
-   neutral words — is added mid-network at every token of the hypothetical prompt; does the
-   self-report move toward the property value the word implies (its first character, say), more
-   than under equal-norm random vectors and under the other concepts' vectors?
+A steering vector — the mean difference of object-level activations between items whose
+property value is X and items whose value is Y, cross-fitted (each item is steered by the
+vector of the other fold of items) — is added at one layer, at one of three position sets:
+(i) P's tokens, (ii) the tokens after P (the question and final tokens), (iii) every token;
+in the object-level run and in the hypothetical run of each item, pushing each item toward the
+other value. Equal-norm random vectors are the control, and the dose is stated: the scale
+sweep reports ‖scale × v‖ / ‖residual‖ at the site and goes on doubling the scale until a random
+vector also changes the object answers (or a largest scale is reached), so a null is not merely
+under-dosing. Per condition: how far the object answer's property moves toward the pushed value,
+how far the self-prediction does, and whether the self-prediction follows the steered object
+behaviour (new) or the unsteered one (old). The three hypotheses predict different patterns
+(`steering_pattern`): reading P's state and re-computing the answer both predict that (i) moves
+the object answer and the self-prediction with it; a shortcut at the question predicts that (ii)
+moves the self-prediction while the object answer stays.
+
+Tests (`sweep_tests`, METHODS.md): at every sweep scale, per item, steer − random on "the object
+answer equals the pushed value", a paired sign-flip p over items, Holm-adjusted over the sweep's
+scales (one family per subject, `SWEEP_FAMILY`, confirmatory); the self-prediction's test at each
+scale and the position sets at the chosen scale (chosen on the data) are exploratory.
 
 Answers are read from the first answer token (greedy): the object answer's property from that
 token's text (first characters and option letters are decided by it), the self-prediction as the
-normalised token. `Steerer` adds a different vector at different positions per row and shares
-each batch's common prefix (computed once, steered where every row is).
+normalised token.
 """
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,16 +39,13 @@ import torch
 from tqdm.auto import tqdm
 
 from introspect_mi.actstore import ActivationStore
-from introspect_mi.batching import left_pad
-from introspect_mi.hooks import editing, recording
-from introspect_mi.inference import MIN_SHARED_PREFIX, sliding_window
-from introspect_mi.logit_lens import first_token
+from introspect_mi.metrics import bootstrap_ci
 from introspect_mi.models import ModelHandle
+from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm, sign_flip_p
 from introspect_mi.patching_experiments import ItemPrompts
-from introspect_mi.places import Place, resid_post
-from introspect_mi.prompt_format import Message
+from introspect_mi.places import resid_post
 from introspect_mi.properties import get_property
-from introspect_mi.steering import random_like, steering_vector
+from introspect_mi.steering import RowSteer, Steerer, random_like, steering_vector
 
 POSITION_SETS = {"P": "(i) P's tokens", "after_P": "(ii) question and final tokens", "all": "(iii) every token"}
 
@@ -74,117 +68,15 @@ def layer_at(depth: float, n_layers: int) -> int:
     return int(round(depth * (n_layers - 1)))
 
 
-# ---------------------------------------------------------------------------- the steered forward
-
-
-@dataclass(frozen=True, eq=False)
-class RowSteer:
-    """What one row gets: `vector` (scale applied; None: nothing) added at `positions` (None: all).
-    Rows holding the same vector object may share a steered prefix."""
-
-    vector: torch.Tensor | None
-    positions: frozenset[int] | None = None
-
-
-def _membership(steers: Sequence[RowSteer], width: int) -> torch.Tensor:
-    """[rows, width] True where a row is steered (token index = position id)."""
-    out = torch.zeros((len(steers), width), dtype=torch.bool)
-    for i, s in enumerate(steers):
-        if s.vector is None:
-            continue
-        if s.positions is None:
-            out[i] = True
-        else:
-            out[i, [p for p in s.positions if p < width]] = True
-    return out
-
-
-@contextmanager
-def _adding(model: torch.nn.Module, place: Place, deltas: torch.Tensor, member: torch.Tensor) -> Iterator[None]:
-    """Add row r's `deltas[r]` at `place` where `member[r, position id]`."""
-    if not bool(member.any()):
-        yield
-        return
-
-    def add(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        table = member.to(x.device)
-        hit = table.gather(1, pos.expand(x.shape[0], -1).clamp(max=table.shape[1] - 1))
-        return torch.where(hit[..., None], x + deltas.to(x.device, x.dtype)[:, None, :], x)
-
-    with editing(model, [(place, add)]):
-        yield
-
-
-def _shared(seqs: Sequence[Sequence[int]], member: torch.Tensor) -> int:
-    """Length of the prefix every row shares: same tokens, steered in every row or in none."""
-    limit, k = min(len(s) for s in seqs) - 1, 0
-    alike = (member[:, :limit] == member[:1, :limit]).all(0).tolist()  # one tensor op, not one per token
-    while k < limit and alike[k] and all(s[k] == seqs[0][k] for s in seqs):
-        k += 1
-    return k if k >= MIN_SHARED_PREFIX else 0
-
-
-class Steerer:
-    """Next-token logits of prompts under per-row steering, batched.
-
-    A batch's shared prefix is computed once (batch of one): its unsteered start is kept across
-    calls (the KV cache of those tokens; unsteered states never change), the rest of the shared
-    prefix — steered alike in every row — is computed per batch, and a batch whose rows would steer
-    that shared part with different vectors is split by vector. Use one Steerer per model: the kept
-    caches belong to its weights."""
-
-    def __init__(self, model: torch.nn.Module, pad_id: int, batch_size: int = 16) -> None:
-        self.model, self.pad_id, self.batch_size = model, pad_id, batch_size
-        self._kept: dict[tuple[int, ...], Any] = {}
-
-    def logits(self, seqs: Sequence[Sequence[int]], steers: Sequence[RowSteer], place: Place) -> torch.Tensor:
-        """[rows, vocab] float32: each prompt's next-token logits with its row's steer at `place`."""
-        if len(seqs) != len(steers):
-            raise ValueError(f"{len(seqs)} prompts, {len(steers)} steers")
-        out: dict[int, torch.Tensor] = {}
-        for start in range(0, len(seqs), self.batch_size):
-            self._run(list(range(start, min(start + self.batch_size, len(seqs)))), seqs, steers, place, out)
-        return torch.stack([out[i] for i in range(len(seqs))])
-
-    def _unsteered(self, prefix: tuple[int, ...]) -> Any:
-        if prefix not in self._kept:
-            dev = next(self.model.parameters()).device
-            self._kept[prefix] = self.model(input_ids=torch.tensor([prefix], device=dev), use_cache=True, logits_to_keep=1).cache
-        return copy.deepcopy(self._kept[prefix])
-
-    @torch.no_grad()
-    def _run(self, rows: list[int], seqs: Sequence[Sequence[int]], steers: Sequence[RowSteer], place: Place,
-             out: dict[int, torch.Tensor]) -> None:
-        model, dev = self.model, next(self.model.parameters()).device
-        batch = [seqs[i] for i in rows]
-        member = _membership([steers[i] for i in rows], max(map(len, batch)))
-        window = sliding_window(model.config)
-        k = 0 if window is not None and max(map(len, batch)) > window else _shared(batch, member)
-        hits = member[0, :k].nonzero()
-        k0 = int(hits[0]) if len(hits) else k  # the shared prefix is unsteered before k0
-        if k0 < k and len({id(steers[i].vector) for i in rows}) > 1:
-            groups: dict[int, list[int]] = {}
-            for i in rows:
-                groups.setdefault(id(steers[i].vector), []).append(i)
-            for group in groups.values():
-                self._run(group, seqs, steers, place, out)
-            return
-        d = int(model.config.hidden_size)
-        deltas = torch.stack([torch.zeros(d) if steers[i].vector is None else steers[i].vector.float().cpu() for i in rows])
-        cache = self._unsteered(tuple(batch[0][:k0])) if k0 >= MIN_SHARED_PREFIX else None
-        k0 = k0 if cache is not None else 0
-        if k > k0:
-            with _adding(model, place, deltas[:1], member[:1, :k]):
-                cache = model(input_ids=torch.tensor([list(batch[0][k0:k])], device=dev), position_ids=torch.arange(k0, k, device=dev)[None],
-                              cache=cache, use_cache=True, logits_to_keep=1).cache
-        if cache is not None:
-            cache.batch_repeat_interleave(len(batch))
-        suffix = left_pad([list(s[k:]) for s in batch], self.pad_id)
-        mask = torch.cat([torch.ones((len(batch), k), dtype=torch.long), suffix.attention_mask], 1)
-        with _adding(model, place, deltas, member):
-            logits = model(input_ids=suffix.input_ids.to(dev), attention_mask=mask.to(dev), position_ids=(suffix.position_ids + k).to(dev),
-                           cache=cache, use_cache=cache is not None, logits_to_keep=1).logits[:, -1].float().cpu()
-        out.update(zip(rows, logits))
+def paired_effect(differences: Sequence[float] | np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Mean of per-unit paired differences with its 95% bootstrap CI over units and the one-sided
+    sign-flip p that it is > 0 (NaN with no units)."""
+    d = np.asarray(differences, dtype=float)
+    d = d[~np.isnan(d)]
+    if not d.size:
+        return {"n": 0, "mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p": float("nan")}
+    low, high = bootstrap_ci(d, seed=seed)
+    return {"n": int(d.size), "mean": float(d.mean()), "ci_low": low, "ci_high": high, "p": sign_flip_p(d, seed=seed)}
 
 
 def read_answers(handle: ModelHandle, logits: torch.Tensor, prop_name: str, kind: str, targets: Sequence[str | None]) -> list[str | None]:
@@ -290,10 +182,23 @@ def random_controls(vectors: Mapping[int, torch.Tensor], seed: int) -> dict[int,
     return {f: random_like(v, seed * 100 + f) for f, v in vectors.items()}
 
 
+class SteeringRun(NamedTuple):
+    """What `run_steering` measured."""
+
+    sweep: pd.DataFrame
+    """One row per scale × vector (steer, random): shares of items, with the scale's dose."""
+    sweep_items: pd.DataFrame
+    """One row per scale × vector × kind (object, hypothetical) × item: the answer before and after (`sweep_tests`)."""
+    rows: pd.DataFrame
+    """One row per position set × vector × item at the chosen scale (`summarise_steering`)."""
+    scale: float
+    """The chosen scale."""
+
+
 def run_steering(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], setup: SteeringSetup,
                  scales: Sequence[float], *, n_random: int = 2, seed: int = 0, dose_until: float = 0.5, max_scale: float = 64.0,
-                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, float]:
-    """(scale sweep, per-item rows, chosen scale).
+                 progress: bool = True) -> SteeringRun:
+    """The scale sweep (every scale, per item too) and the position sets at the chosen scale.
 
     The sweep steers the object and the hypothetical runs at P's tokens with the steering vector
     and with one random vector of equal norm, at every scale in `scales` and then at doubling
@@ -309,7 +214,7 @@ def run_steering(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemProm
     toward = [_toward(it, setup.values) for it in items]
     base = {kind: np.mean([b == t for b, t in zip(before[kind], toward)]) for kind in before}
     sweep_random = random_controls(setup.vectors, seed * 1000 + 999)
-    sweep, todo = [], list(scales)
+    sweep, sweep_items, todo = [], [], list(scales)
     bar = tqdm(desc=f"steering scale sweep {handle.name}", unit="scale", disable=not progress)
     while todo:
         scale = todo.pop(0)
@@ -317,6 +222,8 @@ def run_steering(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemProm
             row = {"position_set": "P", "vector": vec, "scale": scale, "dose": setup.dose(scale)}
             for kind in ("object", "hypothetical"):
                 after = _condition(handle, steerer, items, setup, kind, "P", setup.vectors if vec == "steer" else sweep_random, scale)
+                sweep_items += [{"scale": scale, "vector": vec, "kind": kind, "item_id": it.item_id, "toward": t, "before": b, "after": a}
+                                for it, t, b, a in zip(items, toward, before[kind], after)]
                 short = "object" if kind == "object" else "hyp"
                 row |= {f"{short}_to_target": np.mean([a == t for a, t in zip(after, toward)]) - base[kind],
                         f"{short}_changed": np.mean([a != b for a, b in zip(after, before[kind])]),
@@ -339,7 +246,32 @@ def run_steering(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemProm
             rows.append({"position_set": name, "vector": vec, "scale": scale, "item_id": it.item_id, "fold": setup.folds[it.item_id],
                          "value": it.value, "toward": toward[k], "object_before": before["object"][k], "object_after": after["object"][k],
                          "hyp_before": before["hypothetical"][k], "hyp_after": after["hypothetical"][k]})
-    return sweep_df, pd.DataFrame(rows), scale
+    return SteeringRun(sweep_df, pd.DataFrame(sweep_items), pd.DataFrame(rows), scale)
+
+
+SWEEP_FAMILY = ("D, per subject: at every scale of the sweep at P's tokens, steering vector minus its equal-norm random vector on "
+                "'the object answer equals the pushed value', per item; one-sided sign-flip p over items, Holm over the scales")
+
+
+def sweep_tests(sweep_items: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Per scale × kind: the per-item gain of the steering vector over the random one in moving the
+    answer to the pushed value (1, 0 or −1 per item), mean, 95% CI, sign-flip p. Object answers
+    form the confirmatory family `SWEEP_FAMILY` (Holm over scales: `p_holm`); the
+    self-prediction's rows are exploratory (`p` only). One subject's items."""
+    out = []
+    for kind in ("object", "hypothetical"):
+        g = sweep_items[sweep_items["kind"] == kind]
+        hit = (g["after"] == g["toward"]).astype(float)
+        wide = g.assign(hit=hit).pivot_table(index=["scale", "item_id"], columns="vector", values="hit")
+        for scale, per_item in wide.groupby(level="scale"):
+            effect = paired_effect(per_item["steer"] - per_item["random"], seed)
+            out.append({"scale": float(scale), "kind": kind, **{f"gain_{k}" if k != "n" else k: v for k, v in effect.items()},
+                        "status": CONFIRMATORY if kind == "object" else EXPLORATORY})
+    tests = pd.DataFrame(out)
+    confirm = tests["status"] == CONFIRMATORY
+    tests["p_holm"] = np.nan
+    tests.loc[confirm, "p_holm"] = holm(tests.loc[confirm, "gain_p"].to_numpy())
+    return tests
 
 
 def _share(hits: pd.Series) -> float:
@@ -368,6 +300,14 @@ def _rates(g: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def _gain_over_random(g: pd.DataFrame, answer: str) -> dict[str, float]:
+    """Per item: `answer` equals the pushed value under the steering vector minus the random
+    vectors' mean share; `paired_effect` over items."""
+    hit = g.assign(hit=(g[answer] == g["toward"]).astype(float)).pivot_table(index="item_id", columns="vector", values="hit")
+    randoms = hit.drop(columns="steer")
+    return paired_effect(hit["steer"] - randoms.mean(axis=1) if randoms.shape[1] else pd.Series(dtype=float))
+
+
 def summarise_steering(rows: pd.DataFrame) -> pd.DataFrame:
     """Per position set: the steering vector's rates and the random vectors' mean and max.
 
@@ -375,7 +315,9 @@ def summarise_steering(rows: pd.DataFrame) -> pd.DataFrame:
     value; *_changed: share of answers that changed at all; follows_new / follows_old: among the
     items whose object answer moved, the share of steered self-predictions equal to the new / old
     answer, and new_before / old_before the same for the unsteered self-predictions (a model that
-    always says one value "follows" whenever the object answer moves to it)."""
+    always says one value "follows" whenever the object answer moves to it). object_gain_* /
+    hyp_gain_*: per item, steered minus the random vectors' mean on "equals the pushed value" (mean,
+    95% CI, sign-flip p); exploratory, since the scale was chosen on the sweep's data."""
     out = []
     for name in POSITION_SETS:
         g = rows[rows["position_set"] == name]
@@ -387,7 +329,9 @@ def summarise_steering(rows: pd.DataFrame) -> pd.DataFrame:
         for col in ("object_to_target", "hyp_to_target", "object_changed", "hyp_changed"):
             row[f"random_{col}_mean"] = float(randoms[col].mean()) if len(randoms) else float("nan")
             row[f"random_{col}_max"] = float(randoms[col].max()) if len(randoms) else float("nan")
-        out.append(row)
+        for short, col in (("object", "object_after"), ("hyp", "hyp_after")):
+            row |= {f"{short}_gain_{k}": v for k, v in _gain_over_random(g, col).items() if k != "n"}
+        out.append(row | {"status": EXPLORATORY})
     return pd.DataFrame(out)
 
 
@@ -434,80 +378,3 @@ def steering_pattern(summary: pd.DataFrame, min_effect: float = 0.15) -> tuple[s
 
 def _percent(x: float) -> str:
     return "–" if not np.isfinite(x) else f"{x:.0%}"
-
-
-# ---------------------------------------------------------------------------- E: concept injection
-
-
-CONCEPT_TEMPLATE = "Tell me about {word}."
-
-
-@torch.no_grad()
-def concept_vectors(handle: ModelHandle, words: Sequence[str], baseline: Sequence[str], layer: int,
-                    template: str = CONCEPT_TEMPLATE) -> dict[str, torch.Tensor]:
-    """word → resid_post[layer] at the final token of `template` about the word, minus the mean over
-    the `baseline` words (the concept's direction, as in Lindsey 2025)."""
-    fmt = handle.prompt_format
-    texts = [fmt.render([Message("system", ""), Message("user", template.format(word=w))]) for w in [*words, *baseline]]
-    batch = left_pad([fmt.encode(t) for t in texts], handle.pad_token_id).to(handle.device)
-    place = resid_post(layer)
-    with recording(handle.model, [place]) as rec:
-        handle.model(**batch.model_inputs(), logits_to_keep=1)
-    acts = rec[place][:, -1].float().cpu()
-    mean = acts[len(words) :].mean(0)
-    return {w: acts[i] - mean for i, w in enumerate(words)}
-
-
-def run_concepts(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], vectors: Mapping[str, torch.Tensor],
-                 layer: int, scales: Sequence[float], *, n_random: int = 1, seed: int = 0, progress: bool = True) -> pd.DataFrame:
-    """Inject each concept (and `n_random` equal-norm random vectors per concept) at every token of
-    the hypothetical prompts; one row per (injected vector, scale, item, scored concept) with the
-    log-probability of the scored concept's value token and the greedy self-report."""
-    prop = get_property(items[0].property)
-    values = {w: prop.extract(w, None) for w in vectors}
-    tokens = {w: first_token(handle, v) for w, v in values.items()}
-    missing = [w for w, t in tokens.items() if t is None]
-    if missing:
-        raise ValueError(f"concept word(s) {missing} have no {prop.name} value")
-    seqs = [it.hyp_ids for it in items]
-    place = resid_post(layer)
-
-    def measure(vector: torch.Tensor | None) -> tuple[torch.Tensor, list[str | None]]:
-        steer = RowSteer(vector)
-        logits = steerer.logits(seqs, [steer] * len(seqs), place)
-        return logits.log_softmax(-1), read_answers(handle, logits, prop.name, "hypothetical", [None] * len(seqs))
-
-    clean_lp, clean_report = measure(None)
-    injected = [(w, "concept", w, s, vectors[w]) for s in scales for w in vectors]
-    injected += [(w, f"random-{k}", f"random-{k} ({w})", s, random_like(vectors[w], seed * 1000 + 17 * k + i))
-                 for s in scales for i, w in enumerate(vectors) for k in range(n_random)]
-    rows = []
-    for owner, kind, name, scale, vec in tqdm(injected, desc=f"concept injection {handle.name}", unit="vector", disable=not progress):
-        lp, report = measure(scale * vec)
-        for k, it in enumerate(items):
-            for w, t in tokens.items():
-                rows.append({"injected": name, "kind": kind, "owner": owner, "scale": scale, "item_id": it.item_id, "concept": w,
-                             "value": values[w], "logprob": float(lp[k, t]), "logprob_clean": float(clean_lp[k, t]),
-                             "report": report[k], "report_clean": clean_report[k]})
-    return pd.DataFrame(rows)
-
-
-def summarise_concepts(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per scale × concept: the mean shift of log P(concept's value) at the report, and the share
-    of reports equal to it, under the concept's own vector, its random controls and the other
-    concepts' vectors."""
-    out = []
-    for (scale, concept), g in rows.groupby(["scale", "concept"], sort=False):
-        shift = g["logprob"] - g["logprob_clean"]
-        hit = g["report"] == g["value"]
-        own = (g["kind"] == "concept") & (g["owner"] == concept)
-        rnd = g["kind"].str.startswith("random") & (g["owner"] == concept)
-        other = (g["kind"] == "concept") & (g["owner"] != concept)
-        out.append({"scale": scale, "concept": concept, "value": g["value"].iloc[0],
-                    "shift_own": float(shift[own].mean()), "shift_random": float(shift[rnd].mean()),
-                    "shift_random_max": float(shift[rnd].groupby(g.loc[rnd, "injected"]).mean().max()) if rnd.any() else float("nan"),
-                    "shift_other": float(shift[other].mean()) if other.any() else float("nan"),
-                    "report_rate_own": float(hit[own].mean()), "report_rate_random": float(hit[rnd].mean()),
-                    "report_rate_other": float(hit[other].mean()) if other.any() else float("nan"),
-                    "report_rate_clean": float((g.loc[own, "report_clean"] == g.loc[own, "value"]).mean())})
-    return pd.DataFrame(out)

@@ -1,4 +1,5 @@
-"""Steering: vectors from group means, equal-norm random controls, exact additions where asked."""
+"""Steering: vectors from group means, equal-norm random controls, exact additions where asked, and
+the batched per-row steered forward (Steerer) against single-prompt oracles (Steer)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,22 @@ import torch
 
 from introspect_mi.batching import left_pad
 from introspect_mi.hooks import recording
-from introspect_mi.models import load
+from introspect_mi.models import ModelHandle, load
 from introspect_mi.places import Place, PlaceKind, resid_post
-from introspect_mi.steering import Steer, random_like, steering, steering_vector
+from introspect_mi.steering import RowSteer, Steer, Steerer, random_like, steering, steering_vector
 
 IDS = [[17, 40, 5, 99, 230, 12, 8, 61, 77, 150], [33, 2, 91, 120, 64, 18]]
+CLOSE = {"rtol": 1e-4, "atol": 1e-4}
 
 
 @pytest.fixture(scope="module")
-def model(tiny_llama_dir: Path) -> torch.nn.Module:
-    return load(tiny_llama_dir).model
+def handle(tiny_llama_dir: Path) -> ModelHandle:
+    return load(tiny_llama_dir)
+
+
+@pytest.fixture(scope="module")
+def model(handle: ModelHandle) -> torch.nn.Module:
+    return handle.model
 
 
 def unit(seed: int, d: int = 64) -> torch.Tensor:
@@ -120,3 +127,48 @@ def test_a_vector_of_the_wrong_width_is_refused(model: torch.nn.Module) -> None:
     with pytest.raises(ValueError, match="d_model is 64"):
         with steering(model, Steer(resid_post(0), torch.zeros(10))):
             pass
+
+
+def prompts() -> list[list[int]]:
+    """Three prompts sharing a 12-token prefix, then differing (lengths 20, 18, 23)."""
+    shared = list(range(20, 32))
+    return [shared + [40, 41, 42, 43, 44, 45, 46, 47], shared + [50, 51, 52, 53, 54, 55], shared + list(range(60, 71))]
+
+
+@torch.no_grad()
+def test_unsteered_batch_equals_each_prompt_alone(handle: ModelHandle) -> None:
+    model = handle.model
+    steerer = Steerer(model, handle.pad_token_id, batch_size=2)
+    got = steerer.logits(prompts(), [RowSteer(None)] * 3, resid_post(1))
+    for row, ids in zip(got, prompts()):
+        torch.testing.assert_close(row, model(torch.tensor([ids])).logits[0, -1].float(), **CLOSE)
+    again = steerer.logits(prompts(), [RowSteer(None)] * 3, resid_post(1))  # kept prefix reused
+    torch.testing.assert_close(again, got, **CLOSE)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("layer", [0, 2])
+def test_per_row_steering_equals_steer_on_each_prompt_alone(handle: ModelHandle, layer: int) -> None:
+    model, place = handle.model, resid_post(layer)
+    v = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    w = -2 * v
+    steers = [RowSteer(v, frozenset({3, 4, 14})),  # inside the shared prefix too
+              RowSteer(w, frozenset(range(12, 18))),
+              RowSteer(v, None)]  # every token
+    got = Steerer(model, handle.pad_token_id, batch_size=4).logits(prompts(), steers, place)
+    for row, ids, s in zip(got, prompts(), steers):
+        with steering(model, Steer(place, s.vector, 1.0, None if s.positions is None else tuple(s.positions))):
+            want = model(torch.tensor([ids])).logits[0, -1].float()
+        torch.testing.assert_close(row, want, **CLOSE)
+    # different vectors after an unsteered shared prefix: one batch, per-row vectors
+    late = [RowSteer(v, frozenset({12, 15})), RowSteer(w, frozenset({13})), RowSteer(None)]
+    got = Steerer(model, handle.pad_token_id).logits(prompts(), late, place)
+    for row, ids, s in zip(got, prompts(), late):
+        with steering(model, [] if s.vector is None else [Steer(place, s.vector, 1.0, tuple(s.positions))]):
+            torch.testing.assert_close(row, model(torch.tensor([ids])).logits[0, -1].float(), **CLOSE)
+    # rows sharing a vector and a steered shared prefix (positions 2..5 in every row)
+    same = [RowSteer(v, frozenset({2, 3, 4, 5, 13}))] * 3
+    got = Steerer(model, handle.pad_token_id).logits(prompts(), same, place)
+    for row, ids in zip(got, prompts()):
+        with steering(model, Steer(place, v, 1.0, (2, 3, 4, 5, 13))):
+            torch.testing.assert_close(row, model(torch.tensor([ids])).logits[0, -1].float(), **CLOSE)

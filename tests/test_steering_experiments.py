@@ -1,6 +1,5 @@
-"""Steering and concept-injection experiments D–E: position sets, the batched steered forward
-against single-prompt oracles (steering.Steer), cross-fitted vectors from a store, equal-norm
-controls, the summaries and the pattern read from them."""
+"""Steering experiment D: position sets, cross-fitted vectors from a store, equal-norm controls, the
+dose sweep, the summaries, the paired tests and the pattern read from them."""
 
 from __future__ import annotations
 
@@ -13,27 +12,19 @@ import torch
 
 from introspect_mi.actstore import ActivationStore, StoreWriter, tensor_key
 from introspect_mi.models import ModelHandle, load
+from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm, sign_flip_p
 from introspect_mi.places import resid_post
-from introspect_mi.steering import Steer, steering
+from introspect_mi.steering import Steerer
 from introspect_mi.steering_experiments import (
-    POSITION_SETS, RowSteer, Steerer, SteeringSetup, assign_folds, balanced, concept_vectors, layer_at, position_set,
-    random_controls, run_concepts, run_steering, site_norm, steer_values, steering_pattern, store_steering_vectors, summarise_concepts,
-    summarise_steering,
+    POSITION_SETS, SteeringSetup, assign_folds, balanced, layer_at, paired_effect, position_set, random_controls, run_steering, site_norm,
+    steer_values, steering_pattern, store_steering_vectors, summarise_steering, sweep_tests,
 )
 from tests.test_patching_experiments import item
-
-CLOSE = {"rtol": 1e-4, "atol": 1e-4}
 
 
 @pytest.fixture(scope="module")
 def handle(tiny_llama_dir: Path) -> ModelHandle:
     return load(tiny_llama_dir)
-
-
-def prompts() -> list[list[int]]:
-    """Three prompts sharing a 12-token prefix, then differing (lengths 20, 18, 23)."""
-    shared = list(range(20, 32))
-    return [shared + [40, 41, 42, 43, 44, 45, 46, 47], shared + [50, 51, 52, 53, 54, 55], shared + list(range(60, 71))]
 
 
 def test_position_sets() -> None:
@@ -44,45 +35,6 @@ def test_position_sets() -> None:
     with pytest.raises(ValueError, match="unknown position set"):
         position_set("question", 10, [3])
     assert (layer_at(0.0, 30), layer_at(0.5, 30), layer_at(1.0, 30)) == (0, 14, 29)
-
-
-@torch.no_grad()
-def test_unsteered_batch_equals_each_prompt_alone(handle: ModelHandle) -> None:
-    model = handle.model
-    steerer = Steerer(model, handle.pad_token_id, batch_size=2)
-    got = steerer.logits(prompts(), [RowSteer(None)] * 3, resid_post(1))
-    for row, ids in zip(got, prompts()):
-        torch.testing.assert_close(row, model(torch.tensor([ids])).logits[0, -1].float(), **CLOSE)
-    again = steerer.logits(prompts(), [RowSteer(None)] * 3, resid_post(1))  # kept prefix reused
-    torch.testing.assert_close(again, got, **CLOSE)
-
-
-@torch.no_grad()
-@pytest.mark.parametrize("layer", [0, 2])
-def test_per_row_steering_equals_steer_on_each_prompt_alone(handle: ModelHandle, layer: int) -> None:
-    model, place = handle.model, resid_post(layer)
-    v = torch.randn(64, generator=torch.Generator().manual_seed(0))
-    w = -2 * v
-    steers = [RowSteer(v, frozenset({3, 4, 14})),  # inside the shared prefix too
-              RowSteer(w, frozenset(range(12, 18))),
-              RowSteer(v, None)]  # every token
-    got = Steerer(model, handle.pad_token_id, batch_size=4).logits(prompts(), steers, place)
-    for row, ids, s in zip(got, prompts(), steers):
-        with steering(model, Steer(place, s.vector, 1.0, None if s.positions is None else tuple(s.positions))):
-            want = model(torch.tensor([ids])).logits[0, -1].float()
-        torch.testing.assert_close(row, want, **CLOSE)
-    # different vectors after an unsteered shared prefix: one batch, per-row vectors
-    late = [RowSteer(v, frozenset({12, 15})), RowSteer(w, frozenset({13})), RowSteer(None)]
-    got = Steerer(model, handle.pad_token_id).logits(prompts(), late, place)
-    for row, ids, s in zip(got, prompts(), late):
-        with steering(model, [] if s.vector is None else [Steer(place, s.vector, 1.0, tuple(s.positions))]):
-            torch.testing.assert_close(row, model(torch.tensor([ids])).logits[0, -1].float(), **CLOSE)
-    # rows sharing a vector and a steered shared prefix (positions 2..5 in every row)
-    same = [RowSteer(v, frozenset({2, 3, 4, 5, 13}))] * 3
-    got = Steerer(model, handle.pad_token_id).logits(prompts(), same, place)
-    for row, ids in zip(got, prompts()):
-        with steering(model, Steer(place, v, 1.0, (2, 3, 4, 5, 13))):
-            torch.testing.assert_close(row, model(torch.tensor([ids])).logits[0, -1].float(), **CLOSE)
 
 
 def test_values_folds_and_balanced_items() -> None:
@@ -180,13 +132,19 @@ def test_run_steering_on_a_tiny_model(handle: ModelHandle) -> None:
     items = [item(f"i{k}", "xy"[k % 2]) for k in range(4)]
     vectors = {0: torch.ones(64), 1: -torch.ones(64)}
     setup = SteeringSetup("first_character", 1, ("x", "y"), vectors, assign_folds(items, ("x", "y")))
-    sweep, rows, scale = run_steering(handle, Steerer(handle.model, handle.pad_token_id), items, setup, [1.0, 4.0], n_random=1,
-                                      max_scale=4.0, progress=False)
+    sweep, sweep_items, rows, scale = run_steering(handle, Steerer(handle.model, handle.pad_token_id), items, setup, [1.0, 4.0],
+                                                   n_random=1, max_scale=4.0, progress=False)
     assert scale in (1.0, 4.0)
     assert len(sweep) == 4 and set(sweep["vector"]) == {"steer", "random"} and set(sweep["position_set"]) == {"P"}
     assert {"dose", "object_to_target", "hyp_to_target", "object_changed", "hyp_changed"} <= set(sweep.columns)
     assert len(rows) == 2 * len(POSITION_SETS) * len(items) and set(rows["vector"]) == {"steer", "random-0"}
     assert (rows["toward"] == np.where(rows["value"] == "x", "y", "x")).all()
+    # the per-item sweep is what the sweep's shares were computed from
+    assert len(sweep_items) == 2 * 2 * 2 * len(items)  # scales × vectors × kinds × items
+    for r in sweep.itertuples():
+        g = sweep_items[(sweep_items["scale"] == r.scale) & (sweep_items["vector"] == r.vector) & (sweep_items["kind"] == "object")]
+        assert r.object_to_target == pytest.approx((g["after"] == g["toward"]).mean() - (g["before"] == g["toward"]).mean())
+        assert r.object_changed == pytest.approx(np.mean([a != b for a, b in zip(g["after"], g["before"])]))  # None == None: unchanged
 
 
 def test_sweep_doubles_the_scale_until_a_random_push_changes_the_answers(handle: ModelHandle) -> None:
@@ -197,27 +155,54 @@ def test_sweep_doubles_the_scale_until_a_random_push_changes_the_answers(handle:
     vectors = {0: torch.full((64,), 1e-9), 1: torch.full((64,), -1e-9)}
     setup = SteeringSetup("first_character", 1, ("x", "y"), vectors, assign_folds(items, ("x", "y")), residual_norm=1.0)
     steerer = Steerer(handle.model, handle.pad_token_id)
-    sweep, _, scale = run_steering(handle, steerer, items, setup, [1.0], n_random=1, max_scale=16.0, progress=False)
+    sweep, sweep_items, _, scale = run_steering(handle, steerer, items, setup, [1.0], n_random=1, max_scale=16.0, progress=False)
     assert sorted(sweep["scale"].unique()) == [1.0, 2.0, 4.0, 8.0, 16.0] and scale == 16.0
     assert (sweep["object_changed"] == 0).all() and (sweep["hyp_changed"] == 0).all()
     np.testing.assert_allclose(sweep["dose"], sweep["scale"] * 8e-9, rtol=1e-5)  # ‖1e-9 × ones(64)‖ = 8e-9
-    sweep, _, _ = run_steering(handle, steerer, items, setup, [1.0, 2.0], n_random=1, dose_until=0.0, progress=False)
+    tests = sweep_tests(sweep_items)  # nothing moved: every gain is exactly 0 and no test is significant
+    assert len(tests) == 2 * 5 and (tests["gain_mean"] == 0).all() and (tests["gain_p"] == 1.0).all()
+    sweep, _, _, _ = run_steering(handle, steerer, items, setup, [1.0, 2.0], n_random=1, dose_until=0.0, progress=False)
     assert sorted(sweep["scale"].unique()) == [1.0, 2.0]
 
 
-def test_concept_vectors_subtract_the_baseline_mean(handle: ModelHandle) -> None:
-    words = ["cat", "dog", "fox"]
-    vectors = concept_vectors(handle, words, words, layer=1)  # baseline = the words: the vectors sum to zero
-    torch.testing.assert_close(sum(vectors.values()), torch.zeros(64), atol=1e-4, rtol=0)
-    assert all(v.norm() > 0 for v in vectors.values())
+def test_paired_effect_mean_ci_and_one_sided_p() -> None:
+    d = np.array([1.0, 0.0, 1.0, 1.0, -1.0, 1.0, 1.0, 1.0, np.nan])
+    got = paired_effect(d, seed=3)
+    assert got["n"] == 8 and got["mean"] == pytest.approx(5 / 8)
+    assert got["ci_low"] <= got["mean"] <= got["ci_high"]
+    assert got["p"] == sign_flip_p(d[:-1], seed=3)
+    assert paired_effect(-d, seed=3)["p"] > 0.9  # the test is one-sided: a negative effect is not evidence
+    assert np.isnan(paired_effect([np.nan])["p"]) and paired_effect([np.nan])["n"] == 0
 
 
-def test_zero_injection_changes_nothing(handle: ModelHandle) -> None:
-    items = [item(f"i{k}", "x", prop="first_character") for k in range(3)]
-    vectors = {"cat": torch.randn(64), "dog": torch.randn(64)}
-    rows = run_concepts(handle, Steerer(handle.model, handle.pad_token_id), items, vectors, 1, [0.0], n_random=1, progress=False)
-    assert len(rows) == (2 + 2) * len(items) * 2  # (2 concepts + 1 random each) × items × scored concepts
-    np.testing.assert_allclose(rows["logprob"], rows["logprob_clean"], atol=1e-4)
-    s = summarise_concepts(rows)
-    assert set(s["concept"]) == {"cat", "dog"} and set(s["value"]) == {"c", "d"}
-    assert np.allclose(s[["shift_own", "shift_random", "shift_other"]].to_numpy(), 0.0, atol=1e-4)
+def sweep_item_rows(moved_by_steer: dict[float, int], n: int = 12) -> pd.DataFrame:
+    """At each scale the steering vector moves the first k object answers to the pushed value "y",
+    the random vector moves none; self-predictions never move."""
+    rows = []
+    for scale, k in moved_by_steer.items():
+        for vec in ("steer", "random"):
+            for kind in ("object", "hypothetical"):
+                for i in range(n):
+                    after = "y" if (vec == "steer" and kind == "object" and i < k) else "x"
+                    rows.append({"scale": scale, "vector": vec, "kind": kind, "item_id": f"i{i}", "toward": "y", "before": "x", "after": after})
+    return pd.DataFrame(rows)
+
+
+def test_sweep_tests_gain_by_hand_and_holm_over_the_scales() -> None:
+    tests = sweep_tests(sweep_item_rows({4.0: 0, 8.0: 6, 16.0: 12}), seed=1)
+    obj = tests[tests["kind"] == "object"].set_index("scale")
+    assert obj["gain_mean"].tolist() == [0.0, 0.5, 1.0] and (obj["n"] == 12).all()
+    assert (obj["status"] == CONFIRMATORY).all()
+    np.testing.assert_allclose(obj["p_holm"], holm(obj["gain_p"].to_numpy()))  # the family: the object rows, nothing else
+    assert obj.loc[16.0, "gain_p"] < 0.001 and obj.loc[4.0, "gain_p"] == 1.0
+    hyp = tests[tests["kind"] == "hypothetical"]
+    assert (hyp["status"] == EXPLORATORY).all() and hyp["p_holm"].isna().all() and (hyp["gain_mean"] == 0).all()
+
+
+def test_summarise_steering_paired_gain_over_the_random_mean() -> None:
+    rows = steering_rows()
+    extra = rows[rows["vector"] == "random-0"].assign(vector="random-1", object_after="y")  # a second random vector moves everything
+    (row,) = summarise_steering(pd.concat([rows, extra])).to_dict("records")
+    # per item: steer hit − mean(random-0 hit, random-1 hit) = [1 − 0.5, 1 − 0.5, 0 − 0.5, 0 − 0.5]
+    assert row["object_gain_mean"] == pytest.approx(0.0) and row["hyp_gain_mean"] == pytest.approx(0.25)
+    assert row["status"] == EXPLORATORY and row["object_gain_ci_low"] <= 0.0 <= row["object_gain_ci_high"]
