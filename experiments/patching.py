@@ -46,7 +46,9 @@ from introspect_mi.errors import UserError
 from introspect_mi.logit_lens import first_token
 from introspect_mi.models import ModelHandle
 from introspect_mi.nnsight_engine import NnsightEngine
-from introspect_mi.patching_experiments import ItemPrompts, flow_summary, pearson, run_pairs, select_pairs, tokenise
+from introspect_mi.patching_experiments import run_pairs
+from introspect_mi.patching_pairs import ItemPrompts, pairable, select_pairs, tokenise
+from introspect_mi.patching_summary import CONFIRMATORY_FAMILY, attribution_agreement, contrast_layers, contrast_tests, layer_summary
 from introspect_mi.places import resid_post
 from introspect_mi.properties import get_property
 from introspect_mi.concepts import CONCEPT_FAMILY, CONCEPT_POSITIONS, concept_vectors, run_concepts, summarise_concepts
@@ -77,15 +79,18 @@ class PatchingConfig(StudyChoice):
     properties: tuple[str, ...] = ("first_character", "second_character", "among_a_or_c", "among_b_or_d", "ethical_stance")
     """Properties to draw patching pairs from (those that apply to each task)."""
     pairs_per_group: int = 5
-    """Patching pairs per task × property."""
+    """Patching pairs per task × property (token-aligned, no item twice in a group)."""
     pair_candidates: int = 30
-    """Items per task × property whose clean hypothetical runs are compared to pick the pairs with the largest metric gap."""
+    """Items per task × property whose clean hypothetical runs are screened (one forward, before any patching) to pick the pairs
+    with the largest clean metric gap; pairs whose gap is below min_gap are not patched."""
     layer_stride: int = 1
-    """Patch every k-th layer in A, B and C (the last layer always; attribution covers every layer)."""
+    """Patch every k-th layer in B, C and their controls (the last layer always; attribution covers every layer)."""
+    group_layer_stride: int = 1
+    """Patch every k-th layer in A's position groups (the last layer always)."""
     min_gap: float = 0.5
-    """Smallest clean source-minus-target logit difference that is normalised (smaller: raw change only)."""
+    """Smallest clean source-minus-target logit difference that is normalised (smaller: raw change only); pairs are chosen above it."""
     exact_pairs: int = 2
-    """Pairs whose attribution grid is checked cell by cell with exact patching."""
+    """Pairs (spread over the task × property groups) whose attribution grid is checked cell by cell with exact patching."""
     exact_cells: int = 200
     """Single cells checked per such pair (spread over layers × tokens after the first differing token)."""
     steer_task: str = "mcq_general"
@@ -174,19 +179,27 @@ def patching_layers(n_layers: int, stride: int) -> list[int]:
 
 def patch_stage(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemPrompts], groups: set[tuple[str, str]],
                 c: PatchingConfig, nnsight: NnsightEngine | None = None) -> tuple[dict[str, pd.DataFrame], dict]:
-    """A, B and C on the selected pairs (through `nnsight`'s traces when given)."""
-    grouped = [it for it in items if (it.task, it.property) in groups]
+    """A, B and C on pairs chosen by a screening forward of their clean hypothetical runs (through
+    `nnsight`'s traces when given): per-layer medians, the confirmatory B − control contrast, attribution checks."""
+    grouped = pairable([it for it in items if (it.task, it.property) in groups])
     logits_of = (lambda seqs: steerer.logits(seqs, [RowSteer(None)] * len(seqs), resid_post(0))) if nnsight is None else nnsight.final_logits
-    pairs = select_pairs(grouped, lambda v: first_token(handle, v), c.pairs_per_group, candidate_logits(logits_of, grouped, c.pair_candidates))
+    screened = candidate_logits(logits_of, grouped, c.pair_candidates)
+    pairs = select_pairs(grouped, lambda v: first_token(handle, v), c.pairs_per_group, screened, min_gap=c.min_gap)
     if not pairs:
-        raise UserError(f"no pair of items has differing values in {sorted(groups)}", "choose other --tasks / --properties")
+        raise UserError(f"no token-aligned pair of items has differing values and a clean gap ≥ {c.min_gap:g} in {sorted(groups)}",
+                        "choose other --tasks / --properties, more --pair-candidates or a smaller --min-gap")
     layers = patching_layers(handle.n_layers, c.layer_stride)
-    t = run_pairs(handle, pairs, layers, min_gap=c.min_gap, exact_pairs=c.exact_pairs, exact_cells=c.exact_cells, batch_size=c.batch_size,
-                  nnsight=nnsight)
-    a = t.cells[t.cells["experiment"] == "A"]
-    metrics = {"pairs": len(pairs), "normalisable_pairs": int(t.pairs["normalisable"].sum()), "layers_patched": layers,
-               "flow": flow_summary(t.cells).to_dict("records"), "attribution_r_group_cells": pearson(a["delta"], a["attribution"]),
-               "attribution_r_single_cells": pearson(t.exact["exact"], t.exact["attribution"]) if len(t.exact) else None}
+    group_layers = patching_layers(handle.n_layers, c.group_layer_stride)
+    t = run_pairs(handle, pairs, layers, group_layers=group_layers, min_gap=c.min_gap, exact_pairs=c.exact_pairs, exact_cells=c.exact_cells,
+                  batch_size=c.batch_size, nnsight=nnsight)
+    per_pair, agreement = attribution_agreement(t.cells, t.exact)
+    metrics = {"pairs": len(pairs), "normalisable_pairs": int(t.pairs["normalisable"].sum()),
+               "pairs_per_group": {f"{task}/{prop}": int(n) for (task, prop), n in t.pairs.groupby(["task", "property"]).size().items()},
+               "screened_prompts": len(screened), "layers_patched": layers, "group_layers_patched": group_layers,
+               "confirmatory_family": CONFIRMATORY_FAMILY, "contrast_layers": contrast_layers(handle.n_layers, layers),
+               "layer_summary": layer_summary(t.cells).to_dict("records"), "contrasts": contrast_tests(t.cells, handle.n_layers, c.seed).to_dict("records"),
+               "attribution": {**agreement, "per_pair": per_pair.to_dict("records")},
+               "cost": {**t.cost, "screened_prompts": len(screened)}}
     return {"pairs": t.pairs, "cells": t.cells, "grid": t.grid, "exact": t.exact}, metrics
 
 

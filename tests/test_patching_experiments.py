@@ -1,90 +1,27 @@
-"""Patching experiments A–C: pair selection, position groups, the normalised metric and its
-identities on a tiny model (patching a run with itself changes nothing; the final token at the
-last layer carries the whole next-token distribution)."""
+"""Patching experiments A–C on token-aligned pairs: group cells, the normalised metric and its
+identities on a tiny model (patching a run with itself changes nothing; patching every token from
+the first difference gives the source; the final token at the last layer carries the whole
+next-token distribution), the layer grids, the pairs checked against exact patching, the cost."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from introspect_mi.models import ModelHandle, load
 from introspect_mi.nnsight_engine import NnsightEngine
-from introspect_mi.patching import clean_run
-from introspect_mi.patching_experiments import (
-    GROUPS, ItemPrompts, Pair, compose, first_difference, flow_summary, group_cells, group_of, normalise, pearson,
-    position_groups, run_pairs, select_pairs, tokenise,
-)
-from introspect_mi.prompts import RenderedPrompt
+from introspect_mi.patching import Cell, Patch, clean_run, logit_diff, patch
+from introspect_mi.patching_experiments import PairLayout, Runs, group_cells, normalise, run_pairs
+from introspect_mi.patching_pairs import GROUPS, Pair, position_groups
+from introspect_mi.places import resid_post
+from tests.test_patching_pairs import TOKENS, item
 from tests.tolerance import BATCHED
-
-TOKENS = {"a": 11, "b": 12, "c": 13, "d": 14, "e": 11}  # "e" shares "a"'s first token
-
-
-def item(item_id: str, value: str | None, n_hyp: int = 20, task: str = "t", prop: str = "p", predicted: str | None = None,
-         p_words: tuple[int, ...] = (40, 41, 42, 43)) -> ItemPrompts:
-    """Object prompt [1, 2, 3, P, 5, 6]; hypothetical prompt [7, 8, 9, P, question..., 99] of `n_hyp` tokens."""
-    p = list(p_words)
-    obj = [1, 2, 3, *p, 5, 6]
-    question = list(range(60, 60 + n_hyp - 4 - len(p)))
-    hyp = [7, 8, 9, *p, *question, 99]
-    return ItemPrompts(item_id, task, prop, value, None, predicted, tuple(obj), tuple(range(3, 3 + len(p))), tuple(hyp),
-                       tuple(range(3, 3 + len(p))), tuple((3 + i, 3 + i) for i in range(len(p))))
-
-
-def first(value: str) -> int | None:
-    return TOKENS.get(value)
-
-
-# ---------------------------------------------------------------------------- pairs
-
-
-def test_pairs_have_differing_values_and_tokens_and_never_reuse_an_item() -> None:
-    items = [item("i0", "a"), item("i1", "a"), item("i2", "b"), item("i3", "e"), item("i4", None), item("i5", "zz"), item("i6", "c")]
-    pairs = select_pairs(items, first, per_group=5)
-    assert pairs
-    for p in pairs:
-        assert p.source.value != p.target.value
-        assert p.source_token != p.target_token == first(p.target.value)
-        assert {"i4", "i5"}.isdisjoint({p.source.item_id, p.target.item_id})  # no value / no token
-        assert {p.source.value, p.target.value} != {"a", "e"}  # same first token
-    used = [i for p in pairs for i in (p.source.item_id, p.target.item_id)]
-    assert len(used) == len(set(used))
-
-
-def test_pairs_per_group_and_groups_in_first_seen_order() -> None:
-    items = [item(f"x{i}", "abcd"[i], task="x") for i in range(4)] + [item(f"y{i}", "ab"[i % 2], task="y") for i in range(4)]
-    pairs = select_pairs(items, first, per_group=1)
-    assert [p.source.task for p in pairs] == ["x", "y"]
-    assert len(select_pairs(items, first, per_group=2)) == 4
-
-
-def test_equal_length_prompts_are_preferred_then_the_larger_clean_gap() -> None:
-    items = [item("i0", "a", n_hyp=20), item("i1", "b", n_hyp=21), item("i2", "c", n_hyp=20), item("i3", "d", n_hyp=20)]
-    (pair,) = select_pairs(items, first, 1)
-    assert (pair.source.item_id, pair.target.item_id) == ("i0", "i2")  # i1's prompt is one token longer
-    logits = {(i.item_id, i.property): torch.zeros(20) for i in items}
-    logits[("i3", "p")][TOKENS["d"]] = 5.0  # i3's run prefers its own value: the largest gap is with i3
-    (pair,) = select_pairs(items, first, 1, logits)
-    assert (pair.source.item_id, pair.target.item_id) == ("i0", "i3")
-    del logits[("i3", "p")]
-    assert all("i3" not in (p.source.item_id, p.target.item_id) for p in select_pairs(items, first, 2, logits))
 
 
 # ---------------------------------------------------------------------------- groups, alignment, metric
-
-
-def test_position_groups_partition_the_tokens_from_p_on() -> None:
-    groups = position_groups(12, [3, 4, 5])
-    assert groups == {"P": [3, 4, 5], "question": [6, 7, 8, 9, 10], "final": [11]}
-    assert tuple(groups) == GROUPS
-    assert [group_of(t, groups) for t in (0, 3, 7, 11)] == ["context", "P", "question", "final"]
-    with pytest.raises(ValueError, match="before the final token"):
-        position_groups(6, [4, 5])
 
 
 def test_group_cells_keep_aligned_tokens_from_the_start() -> None:
@@ -96,30 +33,12 @@ def test_group_cells_keep_aligned_tokens_from_the_start() -> None:
     assert "P" not in group_cells(0, groups, {9: 9}, start=0)
 
 
-def test_compose_chains_alignments() -> None:
-    assert compose([(0, 10), (1, 11), (2, 12)], [(10, 20), (12, 22)]) == [(0, 20), (2, 22)]
-    assert first_difference([1, 2, 3], [1, 2, 4, 5]) == 2 and first_difference([1, 2], [1, 2, 3]) == 2
-
-
 def test_normalise_maps_clean_target_to_0_and_clean_source_to_1() -> None:
     assert normalise(-1.0, -1.0, 3.0, 0.5) == 0.0
     assert normalise(3.0, -1.0, 3.0, 0.5) == 1.0
     assert normalise(1.0, -1.0, 3.0, 0.5) == 0.5
     assert normalise(2.0, 3.0, -1.0, 0.5) == 0.25  # a negative gap normalises the same way
     assert math.isnan(normalise(1.0, 0.0, 0.3, 0.5)) and math.isnan(normalise(1.0, 0.3, 0.3, 0.0))
-
-
-def test_flow_summary_finds_the_peak_and_the_first_layer_at_half() -> None:
-    cells = pd.DataFrame({"experiment": "A", "group": "final", "layer": [0, 0, 1, 1, 2, 2], "normalised": [0.0, 0.2, 0.6, 0.4, 1.0, np.nan],
-                          "delta": [0.0, 0.1, 0.3, 0.2, 0.5, 0.4]})
-    (row,) = flow_summary(cells).to_dict("records")
-    assert row["peak_layer"] == 2 and row["peak_normalised"] == 1.0 and row["first_layer_at_0.5"] == 1 and row["pairs"] == 2
-    assert row["mean_delta_at_peak"] == pytest.approx(0.45)
-
-
-def test_pearson_ignores_non_finite_pairs() -> None:
-    assert pearson([1, 2, 3, np.nan], [2, 4, 6, 1]) == pytest.approx(1.0)
-    assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
 
 
 # ---------------------------------------------------------------------------- on a tiny model
@@ -130,44 +49,75 @@ def handle(tiny_llama_dir: Path) -> ModelHandle:
     return load(tiny_llama_dir)
 
 
-def test_tokenise_aligns_identical_p_tokens(handle: ModelHandle) -> None:
-    p = "cat dog fox owl bee"
-    obj = RenderedPrompt(f"Q: {p}\nA:", (3, 3 + len(p)))
-    hyp = RenderedPrompt(f'Previously "{p}" what is the second character?', (12, 12 + len(p)))
-    it = tokenise(handle, "i", "animals", "second_character", obj, hyp, "a", None, "b")
-    assert it.alignment and all(it.object_ids[o] == it.hyp_ids[h] for o, h in it.alignment)
-    assert {o for o, _ in it.alignment} <= set(it.object_p_tokens) and {h for _, h in it.alignment} <= set(it.hyp_p_tokens)
-
-
 def test_run_pairs_identities(handle: ModelHandle) -> None:
     a = item("a", "a", n_hyp=22, p_words=(40, 41, 42, 43, 44))
     b = item("b", "b", n_hyp=22, p_words=(40, 41, 50, 51, 52))
-    layers = [0, 2]
+    layers, group_layers = [0, 2], [1]
     tables = run_pairs(handle, [Pair(a, b, TOKENS["a"], TOKENS["b"]), Pair(a, a, TOKENS["a"], TOKENS["b"])], layers,
-                       min_gap=0.0, exact_cells=5, progress=False)
+                       group_layers=group_layers, min_gap=0.0, exact_pairs=1, exact_cells=5, progress=False)
     pairs = tables.pairs.set_index("pair")
-    model, last = handle.model, handle.n_layers - 1
+    model = handle.model
     metric = lambda run: float(run.logits[TOKENS["a"]] - run.logits[TOKENS["b"]])  # noqa: E731
     hyp_a, obj_a = clean_run(model, a.hyp_ids), clean_run(model, a.object_ids)
     cross, itself = pairs.index
     assert pairs.loc[cross, "clean_source"] == pytest.approx(metric(hyp_a), abs=1e-5)
-    assert pairs.loc[cross, "first_difference"] == 5 and pairs.loc[cross, "p_tokens_aligned"] == 5
+    assert pairs.loc[cross, "first_difference"] == 5 and pairs.loc[cross, "p_tokens"] == 5 and pairs.loc[cross, "b_tokens_aligned"] == 5
     cells = tables.cells
-    # 2 layers × (3 A groups + B + B-control + C + C-control)
-    assert len(cells[cells["pair"] == cross]) == len(layers) * 7
-    # patching a run with itself changes nothing: every A cell is the clean target (normalised 0)
+    mine = cells[cells["pair"] == cross]
+    # A's three groups at the group layers only; B, B-control, C, C-control at the layers
+    assert sorted(mine.loc[mine["experiment"] == "A", "layer"].unique()) == group_layers and (mine["experiment"] == "A").sum() == 3
+    assert len(mine) == 3 + len(layers) * 4 and sorted(mine.loc[mine["experiment"] == "B", "layer"]) == layers
+    # patching a run with itself changes nothing: every A cell is the clean target
     same = cells[(cells["pair"] == itself) & (cells["experiment"] == "A")]
     assert set(same["group"]) <= set(GROUPS) and (same["delta"] == 0).all()
-    # the hypothetical final token at the last layer is the whole prediction: A → clean source (1), C → the object run's
-    final = cells[(cells["pair"] == cross) & (cells["layer"] == last)].set_index("experiment")
-    assert final.loc["A"].set_index("group").loc["final", "normalised"] == pytest.approx(1.0, abs=1e-4)
-    assert final.loc["C", "value"] == pytest.approx(metric(obj_a), abs=1e-4)
+    # C at the last layer is the object run's final state: its logits
+    last = cells[(cells["pair"] == cross) & (cells["layer"] == 2)].set_index("experiment")
+    assert last.loc["C", "value"] == pytest.approx(metric(obj_a), abs=1e-4)
     # the A P-group cell starts at the first differing token and has an attribution estimate
-    p_cell = cells[(cells["pair"] == cross) & (cells["experiment"] == "A") & (cells["group"] == "P")]
+    p_cell = mine[(mine["experiment"] == "A") & (mine["group"] == "P")]
     assert (p_cell["n_positions"] == 3).all() and p_cell["attribution"].notna().all()
-    assert len(tables.exact) == 5 and set(tables.exact["pair"]) == {cross}
+    # exact_pairs=1 of two pairs: the first; its cells from the first differing token on
+    assert len(tables.exact) == 5 and set(tables.exact["pair"]) == {cross} and tables.exact["position"].min() >= 5
     grid = tables.grid[tables.grid["pair"] == cross]
     assert grid["position"].min() == 3 and grid["layer"].nunique() == handle.n_layers
+    # cost: every row of cells and exact counted once, as a forward or as answered from the clean run
+    cost = tables.cost
+    assert cost["patched_cells"] + cost["cells_answered_clean"] == len(cells) + len(tables.exact)
+    assert cost["cells_answered_clean"] >= len(same) and cost["attribution_passes"] == 2 and cost["exact_cells"] == 5
+    assert cost["clean_runs"] == 4 + 2  # the cross pair: 2 hypothetical + 2 object runs; the self pair: one of each
+
+
+def test_group_cells_of_a_pair_cover_every_differing_token_and_give_the_source(handle: ModelHandle) -> None:
+    """The oracle for alignment: the A groups of a token-aligned pair, patched together at any layer,
+    overwrite every token from the first difference on, so the target becomes the source exactly."""
+    a = item("a", "a", n_hyp=24, p_words=(40, 41, 42, 43, 44))
+    b = item("b", "b", n_hyp=24, p_words=(45, 41, 50, 51, 52))
+    pair = Pair(a, b, TOKENS["a"], TOKENS["b"])
+    runs = Runs(lambda ids: clean_run(handle.model, ids))
+    layout = PairLayout.of(pair, runs)
+    metric = logit_diff(TOKENS["a"], TOKENS["b"])
+    source = float(metric(layout.hyp_a.logits[None], [layout.hyp_a])[0])
+    for layer in range(handle.n_layers):
+        cells = group_cells(layer, layout.groups, layout.identity, layout.start)
+        union = sorted(t for c in cells.values() for t in c.positions)
+        assert union == list(range(layout.start, len(layout.hyp_b)))
+        whole = Cell(resid_post(layer), tuple(union))
+        got = patch(handle.model, [Patch(layout.hyp_b, layout.hyp_a, whole)], metric)
+        torch.testing.assert_close(got, torch.tensor([source]), **BATCHED)
+
+
+def test_a_pair_not_aligned_token_for_token_is_refused(handle: ModelHandle) -> None:
+    a, b = item("a", "a", n_hyp=22), item("b", "b", n_hyp=23)
+    with pytest.raises(ValueError, match="not aligned token for token"):
+        run_pairs(handle, [Pair(a, b, TOKENS["a"], TOKENS["b"])], [0], progress=False)
+
+
+def test_exact_pairs_are_spread_over_the_list(handle: ModelHandle) -> None:
+    items = [item(k, v, n_hyp=14, p_words=(40 + i, 41, 42)) for i, (k, v) in enumerate(zip("wxyz", "abcd"))]
+    pairs = [Pair(items[i], items[i + 1], TOKENS["abcd"[i]], TOKENS["abcd"[i + 1]]) for i in range(3)]
+    tables = run_pairs(handle, pairs, [1], exact_pairs=2, exact_cells=3, progress=False)
+    assert list(tables.exact["pair"].unique()) == [pairs[0].id, pairs[2].id]
+    assert tables.pairs["exact_checked"].tolist() == [True, False, True]
 
 
 def test_run_pairs_nnsight_engine_equals_raw_hooks(handle: ModelHandle) -> None:

@@ -22,7 +22,7 @@ GROUP_COLOURS = {"context": "#dddddd", "P": "#9ecae1", "question": "#fdd0a2", "f
 
 
 def group_heatmap(cells: pd.DataFrame, subject: str) -> go.Figure:
-    """Mean normalised effect (0 = clean target, 1 = clean source) per layer × (experiment,
+    """Median normalised effect (0 = clean target, 1 = clean source) per layer × (experiment,
     position group) for one subject, over pairs whose clean runs differ enough to normalise."""
     require_columns(cells, ["subject", "experiment", "group", "layer", "normalised", "delta"], "group_heatmap")
     own = cells[cells["subject"] == subject]
@@ -37,14 +37,47 @@ def group_heatmap(cells: pd.DataFrame, subject: str) -> go.Figure:
                 continue
             rows = g.get_group(layer)
             n = int(rows["normalised"].notna().sum())
-            z[i, j] = rows["normalised"].mean() if n else np.nan
-            hover[i, j] = f"{n} normalisable pair(s) of {len(rows)}<br>mean raw change {rows['delta'].mean():+.3f}"
+            z[i, j] = rows["normalised"].median() if n else np.nan
+            hover[i, j] = f"{n} normalisable pair(s) of {len(rows)}<br>median raw change {rows['delta'].median():+.3f}"
     fig = go.Figure(go.Heatmap(
         z=z, x=[COLUMN_LABELS[c] for c in columns], y=layers, customdata=hover, zmid=0.0, colorscale="RdBu_r",
-        colorbar={"title": "normalised"}, hovertemplate="%{x}<br>layer %{y}<br>normalised %{z:.2f}<br>%{customdata}<extra></extra>",
+        colorbar={"title": "median"}, hovertemplate="%{x}<br>layer %{y}<br>median normalised %{z:.2f}<br>%{customdata}<extra></extra>",
     ))
-    fig.update_layout(template=TEMPLATE, title=f"{subject}: patching effect per layer and position group (1 = source's prediction)",
+    fig.update_layout(template=TEMPLATE, title=f"{subject}: median patching effect per layer and position group (1 = source's prediction)",
                       xaxis={"title": "experiment and patched position group", "type": "category"}, yaxis={"title": "layer (resid_post)"})
+    return fig
+
+
+def pair_curves(cells: pd.DataFrame, subject: str) -> go.Figure:
+    """One panel per (experiment, position group), and one for B − B-control: each pair's
+    normalised effect over layers (thin lines), the median over pairs (thick) and the band between
+    the quartiles; no peak is picked."""
+    require_columns(cells, ["subject", "pair", "experiment", "group", "layer", "normalised"], "pair_curves")
+    own = cells[cells["subject"] == subject]
+    panels = [(c, own[(own["experiment"] == c[0]) & (own["group"] == c[1])]) for c in COLUMNS]
+    panels = [(COLUMN_LABELS[c].replace("<br>", " "), g.pivot_table(index="layer", columns="pair", values="normalised", dropna=False))
+              for c, g in panels if len(g)]
+    b = own[own["experiment"].isin(["B", "B-control"])].pivot_table(index=["layer", "pair"], columns="experiment", values="normalised", dropna=False)
+    if {"B", "B-control"} <= set(b.columns):
+        panels.append(("B − B-control", (b["B"] - b["B-control"]).unstack("pair")))
+    cols = 4
+    fig = make_subplots(rows=-(-len(panels) // cols), cols=cols, subplot_titles=[name for name, _ in panels], shared_yaxes=True)
+    for k, (name, wide) in enumerate(panels):
+        row, col = k // cols + 1, k % cols + 1
+        layers = list(wide.index)
+        for pair in wide.columns:
+            fig.add_trace(go.Scatter(x=layers, y=wide[pair], mode="lines", line={"color": "#bbbbbb", "width": 1}, showlegend=False,
+                                     hovertemplate=f"{pair}<br>layer %{{x}}<br>normalised %{{y:.2f}}<extra></extra>"), row=row, col=col)
+        q = wide.quantile([0.25, 0.5, 0.75], axis=1).T
+        fig.add_trace(go.Scatter(x=layers + layers[::-1], y=list(q[0.75]) + list(q[0.25])[::-1], fill="toself", line={"width": 0},
+                                 fillcolor="rgba(31, 119, 180, 0.25)", name="quartiles", showlegend=k == 0, legendgroup="q",
+                                 hoverinfo="skip"), row=row, col=col)
+        fig.add_trace(go.Scatter(x=layers, y=q[0.5], mode="lines+markers", line={"color": color(0), "width": 3}, name="median over pairs",
+                                 showlegend=k == 0, legendgroup="m", customdata=wide.notna().sum(axis=1),
+                                 hovertemplate="layer %{x}<br>median %{y:.2f} (%{customdata} pairs)<extra></extra>"), row=row, col=col)
+    fig.update_layout(template=TEMPLATE, height=300 * (-(-len(panels) // cols)),
+                      title=f"{subject}: each pair's normalised effect per layer (grey), median and quartiles (1 = source's prediction)")
+    fig.update_xaxes(title_text="layer (resid_post)")
     return fig
 
 

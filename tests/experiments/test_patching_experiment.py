@@ -19,7 +19,7 @@ from introspect_mi.tasks import get_task
 from tests.experiments.conftest import TinyStudy
 
 TINY_ARGS = ("--tasks", "animals", "myopic_reward", "--properties", "first_character", "ethical_stance", "--pair-candidates", "4",
-             "--exact-cells", "4", "--steer-task", "animals", "--steer-property", "first_character", "--steer-items", "4",
+             "--min-gap", "0", "--group-layer-stride", "2", "--exact-cells", "4", "--steer-task", "animals", "--steer-property", "first_character", "--steer-items", "4",
              "--steer-scales", "1", "4", "--n-random", "1", "--concepts", "cat", "dog", "--baseline-words", "fox", "owl",
              "--concept-items", "2")
 
@@ -89,6 +89,11 @@ def test_patching_end_to_end_on_the_tiny_study(two_value_study: TinyStudy) -> No
     assert set(metrics["subjects"]) == {"untrained", "self"}
     for m in metrics["subjects"].values():
         assert m["patching"]["pairs"] >= 1 and m["steering"]["pattern"] in ("P-state", "question shortcut", "none", "mixed")
+        p = m["patching"]
+        assert p["contrasts"] and {r["status"] for r in p["contrasts"]} == {"confirmatory", "exploratory"}
+        assert all(r["layer"] in p["contrast_layers"] for r in p["contrasts"]) and p["cost"]["pairs"] == p["pairs"]
+        assert {r["experiment"] for r in p["layer_summary"]} == {"A", "B", "B-control", "C", "C-control"}
+        assert all(len(r["values"]) == p["pairs"] for r in p["layer_summary"]) and len(p["attribution"]["per_pair"]) == p["pairs"]
         s = m["steering"]
         scales = sorted({r["scale"] for r in s["sweep"]})
         assert scales[:2] == [1.0, 4.0] and s["scale"] in scales and len(s["sentences"]) == 3
@@ -115,4 +120,4 @@ def test_patching_end_to_end_on_the_tiny_study(two_value_study: TinyStudy) -> No
     # a stage's bad input names the subject it failed on (several run in one command)
     bad = tiny_study.run("patching", "--capture", "mech-patch", "--subjects", "self", *TINY_ARGS, "--tasks", "animals",
                          "--properties", "ethical_stance", "--name", "patching-bad")
-    assert bad.returncode == 2 and "error: self: no pair of items" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "error: self: no token-aligned pair of items" in bad.stderr and "Traceback" not in bad.stderr

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from introspect_mi.viz.patching import (
-    COLUMN_LABELS, attribution_heatmap, attribution_scatter, concept_bars, group_heatmap, steering_bars, steering_sweep_figure,
+    COLUMN_LABELS, attribution_heatmap, attribution_scatter, concept_bars, group_heatmap, pair_curves, steering_bars, steering_sweep_figure,
 )
 
 
@@ -23,7 +23,7 @@ def cells() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_group_heatmap_shows_the_mean_normalised_effect_per_layer_and_column() -> None:
+def test_group_heatmap_shows_the_median_normalised_effect_per_layer_and_column() -> None:
     fig = group_heatmap(cells(), "untrained")
     heat = fig.data[0]
     assert list(heat.x) == [COLUMN_LABELS[("A", "P")], COLUMN_LABELS[("A", "final")], COLUMN_LABELS[("C", "final")]]
@@ -32,6 +32,20 @@ def test_group_heatmap_shows_the_mean_normalised_effect_per_layer_and_column() -
     assert "2 normalisable pair(s) of 2" in heat.customdata[0][0]
     own = group_heatmap(cells(), "self").data[0]  # only p1 normalisable
     np.testing.assert_allclose(np.array(own.z, dtype=float)[0], [0.1] * 3)
+
+
+def test_pair_curves_show_every_pair_the_median_and_the_b_minus_control_panel() -> None:
+    c = cells()
+    b = c[c["experiment"] == "C"].assign(experiment="B", group="P")
+    control = b.assign(experiment="B-control", normalised=b["normalised"] - 0.5)
+    fig = pair_curves(pd.concat([c, b, control]), "untrained")
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[-1] == "B − B-control" and COLUMN_LABELS[("A", "P")].replace("<br>", " ") in titles
+    medians = [t for t in fig.data if t.name == "median over pairs"]
+    assert len(medians) == len(titles) == 6  # A P, A final, B, B-control, C, B − B-control
+    np.testing.assert_allclose(np.array(medians[0].y, dtype=float), [0.2, 1.2])  # pairs at 0.1 / 0.3 and 1.1 / 1.3
+    np.testing.assert_allclose(np.array(medians[-1].y, dtype=float), [0.5, 0.5])
+    assert sum(t.name is None and t.mode == "lines" for t in fig.data) == 2 * len(titles)  # one grey line per pair and panel
 
 
 def test_attribution_heatmap_labels_tokens_and_shades_groups() -> None:
