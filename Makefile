@@ -28,7 +28,7 @@ models: setup
 
 # The main job: the behavioural study, then the mechanistic experiments on its models and items.
 # `make behavioral` and `make mech` run the two halves (mech reads the finished study).
-MECH := capture probing patching sae_features
+MECH := capture probing patching sae_features verdict
 
 study: models
 	$(PY) -m experiments.behavioral --preset quick

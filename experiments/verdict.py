@@ -1,0 +1,356 @@
+"""One verdict table: does self-prediction read an internal state, re-simulate P, or read the input? (issue 15)
+
+    python -m experiments.verdict --preset quick
+
+For each line of evidence the study produced (the behavioural primary endpoint, the logit lens,
+probes at P and at the question's final token, transfer, answer identity before property, M1's
+vs M2's activations, patching A/B/C, steering, concept injection, SAE ablation) the table states
+what each account predicts, what was measured (n, estimate, interval, control), whether the
+result is confirmatory (a family declared in code, Holm-adjusted) or exploratory, and which
+account it supports — or that it cannot tell them apart. The accounts:
+
+- *reads an internal state*: the hypothetical prompt's answer is read from a state that encodes
+  the model's own behaviour on P (computed at P's tokens), beyond what P's text gives;
+- *re-simulates P*: the model recomputes its object-level answer inside the hypothetical run and
+  derives the property from it (the answer itself surfaces before its property);
+- *reads the input*: the answer follows from P's text as any model reading it would see it
+  (another model trained on the same labels, or a classifier on P's tokens, does as well).
+
+Reads saved results only (the study's metrics.json and the mechanistic run's reports), never a
+model, so it runs in seconds after `make mech`. Output: runs/<capture>/verdict/{verdict.json,
+verdict.md, report.html}; the README's verdict table is verdict.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.common import config_main
+from experiments.mech import StudyChoice, open_capture, open_study
+from introspect_mi.errors import UserError
+from introspect_mi.store import RunDir
+
+CONFIRMATORY, EXPLORATORY, CONTEXT = "confirmatory", "exploratory", "behavioural context"
+ALPHA = 0.05
+UNDECIDED = "cannot decide"
+
+
+@dataclass(frozen=True)
+class VerdictConfig(StudyChoice):
+    capture: str = ""
+    """The mechanistic run (capture) whose probing, patching and SAE results are read (empty: mech-<study>)."""
+    name: str = "verdict"
+    """Output folder inside the capture run."""
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of evidence: the three accounts' predictions, the measurement, what it supports."""
+
+    evidence: str
+    family: str
+    state: str
+    """What "reads an internal state" predicts."""
+    resimulation: str
+    """What "re-simulates P" predicts."""
+    input: str
+    """What "reads the input" predicts."""
+    measured: str
+    supports: str
+    source: str
+    """The results file the measurement was read from."""
+
+
+@dataclass(frozen=True)
+class Results:
+    """The saved results a verdict reads (None where that experiment has not run)."""
+
+    study: Mapping[str, Any] | None
+    probing: Mapping[str, Any] | None
+    patching: Mapping[str, Any] | None
+    sae: Mapping[str, Any] | None
+    lens: Mapping[str, list[dict[str, Any]]]
+    """subject → its logit-lens summary rows (one per layer)."""
+    sources: Mapping[str, str]
+    """Each file read → the sha256 of its bytes (the verdict says which results it was made from)."""
+
+
+def read_results(study: Path, capture: Path) -> Results:
+    sources: dict[str, str] = {}
+
+    def text(path: Path) -> str | None:
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+        sources[str(path)] = hashlib.sha256(data).hexdigest()
+        return data.decode("utf-8")
+
+    def metrics(path: Path) -> Any:
+        raw = text(path)
+        return None if raw is None else json.loads(raw)
+
+    lens = {summary.parent.name: [json.loads(line) for line in (text(summary) or "").splitlines() if line.strip()]
+            for summary in sorted(capture.glob("*/logit_lens_summary.jsonl"))}
+    return Results(metrics(study / "metrics.json"), metrics(capture / "probing" / "metrics.json"),
+                   metrics(capture / "patching" / "metrics.json"), metrics(capture / "sae" / "metrics.json"), lens, sources)
+
+
+# --- formatting ------------------------------------------------------------------------------------
+
+
+def _num(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def pct(x: Any) -> str:
+    return "–" if math.isnan(_num(x)) else f"{100 * float(x):.0f}%"
+
+
+def pts(x: Any) -> str:
+    return "–" if math.isnan(_num(x)) else f"{100 * float(x):+.1f}"
+
+
+def pval(x: Any) -> str:
+    return "–" if math.isnan(_num(x)) else (f"{float(x):.2g}" if float(x) >= 0.001 else "<0.001")
+
+
+def missing(evidence: str, family: str, predictions: tuple[str, str, str], why: str, source: str) -> Line:
+    return Line(evidence, family, *predictions, f"not measured: {why}", "—", source)
+
+
+# --- the lines of evidence -------------------------------------------------------------------------
+
+BEHAVIOUR = ("self > cross", "self > cross", "self = cross (= a predictor that reads only P)")
+
+
+def behaviour_line(r: Results) -> Line:
+    """The behavioural primary endpoint: self − cross on the same pairs (the study's declared test)."""
+    name, source = "Behaviour: self − cross prediction accuracy (primary endpoint)", "study metrics.json primary_endpoint"
+    if not r.study or "primary_endpoint" not in r.study:
+        return missing(name, CONTEXT, BEHAVIOUR, "no finished behavioural study", source)
+    p = r.study["primary_endpoint"]["primary"]
+    measured = (f"{pts(p['diff'])} points [{pts(p['diff_ci_low'])}, {pts(p['diff_ci_high'])}], p = {pval(p['p_value'])}, "
+                f"{p['n_pairs']} pairs of {p['n_items']} items; detectable at 80% power: {pts(p['mdd'])}")
+    if p["diff_ci_low"] > 0:
+        supports = "state or re-simulation (privileged access)"
+    elif p["diff_ci_high"] < 0:
+        supports = "not privileged access: cross predicts M1 better than M1 does"
+    else:
+        supports = f"no privileged access shown (differences beyond ±{pts(p['mdd']).lstrip('+')} points excluded at 80% power): consistent with reading the input"
+    return Line(name, CONTEXT, *BEHAVIOUR, measured, supports, source)
+
+
+LENS = ("the property surfaces without the object answer surfacing first",
+        "the object answer's first token surfaces (rank ≤ 100) before its property",
+        "as for a state: the lens cannot tell a read state from the input")
+
+
+def first_layer(rows: Sequence[Mapping[str, Any]], key: str, rank: float = 100) -> int | None:
+    return next((int(row["layer"]) for row in rows if row[key] <= rank), None)
+
+
+def lens_line(r: Results) -> Line:
+    """Logit lens at the hypothetical final token: does the object answer appear before the property?"""
+    name, source = "Logit lens at the question's final token", "<subject>/logit_lens_summary.jsonl"
+    if not r.lens:
+        return missing(name, EXPLORATORY, LENS, "no logit-lens summary in the capture", source)
+    parts, early = [], []
+    for subject, rows in r.lens.items():
+        answer, prop = first_layer(rows, "answer_median_rank"), first_layer(rows, "property_median_rank")
+        parts.append(f"{subject}: answer rank ≤ 100 from {'layer ' + str(answer) if answer is not None else 'no layer'}, "
+                     f"property from {'layer ' + str(prop) if prop is not None else 'no layer'} (n = {rows[0]['n']} prompts)")
+        early.append(answer is not None and (prop is None or answer < prop))
+    supports = ("re-simulation" if all(early) else "mixed across subjects" if any(early)
+                else "not re-simulation (a weak instrument on small models: the lens reads only the last layers well)")
+    return Line(name, EXPLORATORY, *LENS, "; ".join(parts), supports, source)
+
+
+PROBES = ("the object property decodable at P's tokens of the hypothetical run (where the state sits), beyond the input-only probe",
+          "decodable at the question's final token, after P has been re-read, not at P",
+          "no more than the input-only probe (E) decodes from P's tokens")
+
+
+def _curves(r: Results, **where: Any) -> list[Mapping[str, Any]]:
+    best = (r.probing or {}).get("best", [])
+    return [c for c in best if all(c.get(k) == v for k, v in where.items())]
+
+
+def _significant(c: Mapping[str, Any]) -> bool:
+    return not math.isnan(_num(c.get("p_holm"))) and c["p_holm"] < ALPHA
+
+
+def _curve_text(c: Mapping[str, Any]) -> str:
+    return (f"{c['subject']} {c['property']} {c['test_run'].split('@')[1]}: {pct(c['nested_acc'])} [{pct(c['nested_lo'])}–{pct(c['nested_hi'])}] "
+            f"vs per-task bar {pct(c['task_majority'])}, Holm p = {pval(c['p_holm'])}, n = {c['n_test']}")
+
+
+def probes_line(r: Results) -> Line:
+    """B (hypothetical run) at P's aligned last token vs the final token, confirmatory family, against E."""
+    name, source = "Probes: object property at P vs at the question's final token (B)", "probing metrics.json best"
+    curves = _curves(r, experiment="B", split="items", family=CONFIRMATORY)
+    if not curves:
+        return missing(name, CONFIRMATORY, PROBES, "no probing results (B)", source)
+    at_p = [c for c in curves if c["test_run"].endswith("p_last") and _significant(c)]
+    at_final = [c for c in curves if c["test_run"].endswith("final") and _significant(c)]
+    shown = at_p + at_final or sorted(curves, key=lambda c: _num(c["p_holm"]))[:2]
+    measured = f"{len(curves)} curves; " + ("significant: " if at_p + at_final else "none significant; smallest p: ") + "; ".join(map(_curve_text, shown))
+    if at_p:
+        supports = "a state at P to be read (state); check against E and M1 vs M2"
+    elif at_final:
+        supports = ("decodable only at the question's final token: re-simulation, or the trained output itself "
+                    "(a final-token probe of a model trained to say the property decodes the output) — cannot tell these apart")
+    else:
+        supports = UNDECIDED + " (nothing decodable beyond the per-task bar)"
+    return Line(name, CONFIRMATORY, *PROBES, measured, supports, source)
+
+
+IDENTITY = ("no earlier onset of the answer's identity than of its property",
+            "the answer's identity decodable at an earlier layer than its property",
+            "neither decodable beyond the input")
+
+
+def identity_line(r: Results) -> Line:
+    """D: onset layer of the object answer's identity vs its property at the final token."""
+    name, source = "Probes: answer identity before property (D)", "probing metrics.json onsets"
+    onsets = (r.probing or {}).get("onsets", [])
+    if not onsets:
+        return missing(name, EXPLORATORY, IDENTITY, "too few items per answer for D", source)
+
+    def layer(x: Any) -> str:
+        return "never" if math.isnan(_num(x)) else f"L{int(x)}"
+
+    parts = [f"{o['subject']} {o['property']}: identity {layer(o['identity_onset'])}, property {layer(o['property_onset'])}" for o in onsets]
+    earlier = [o for o in onsets if not math.isnan(_num(o["identity_onset"])) and
+               (math.isnan(_num(o["property_onset"])) or o["identity_onset"] < o["property_onset"])]
+    supports = (f"re-simulation in {len(earlier)} of {len(onsets)} (exploratory; few items per answer)" if earlier
+                else "no re-simulation signature (exploratory; few items per answer)")
+    return Line(name, EXPLORATORY, *IDENTITY, "; ".join(parts), supports, source)
+
+
+TRANSFER = ("A's probe (object run) reads the hypothetical run at P: the same state",
+            "transfers too (the re-simulated state is the same computation)",
+            "transfers only as far as the input does")
+
+
+def transfer_line(r: Results) -> Line:
+    """C: A's probe scored on the hypothetical run."""
+    name, source = "Probes: transfer from the object run to the hypothetical run (C)", "probing metrics.json best"
+    curves = _curves(r, experiment="C", split="items")
+    if not curves:
+        return missing(name, EXPLORATORY, TRANSFER, "no transfer curves", source)
+    above = [c for c in curves if c["nested_lo"] > c["task_majority"]]
+    measured = f"{len(curves)} curves, {len(above)} with the CI above the per-task bar" + (": " + "; ".join(map(_curve_text, above)) if above else "")
+    supports = "state or re-simulation (a shared representation)" if above else UNDECIDED + " (no transfer above the bar)"
+    return Line(name, EXPLORATORY, *TRANSFER, measured, supports, source)
+
+
+M1_VS_M2 = ("M1's activations decode its behaviour better than cross-trained M2's on the same prompts",
+            "M1's better too (only M1 can re-run M1)",
+            "M1's = M2's (both read the same input)")
+
+
+def m1_vs_m2_line(r: Results) -> Line:
+    """The mechanistic analogue of cross-prediction: B on M1's vs cross-trained M2's activations, paired by item."""
+    name, source = "Probes: M1's vs cross-trained M2's activations, same prompts and labels", "probing metrics.json m1_vs_m2"
+    rows = (r.probing or {}).get("m1_vs_m2") or []
+    if not rows:
+        return missing(name, CONFIRMATORY, M1_VS_M2, "no cross store (capture --subjects cross)", source)
+    parts = [f"{x['property']} {x['run'].split('@')[1]}: self {pct(x['self_acc'])} vs M2 {pct(x['cross_acc'])}, "
+             f"{pts(x['diff'])} [{pts(x['diff_lo'])}, {pts(x['diff_hi'])}], Holm p = {pval(x['p_holm'])}, n = {x['n_items']}" for x in rows]
+    wins = [x for x in rows if x["diff"] > 0 and x["p_holm"] < ALPHA]
+    losses = [x for x in rows if x["diff"] < 0 and x["p_holm"] < ALPHA]
+    if wins and not losses:
+        supports = "state or re-simulation: M1's own state carries more than the input gives M2"
+    elif losses and not wins:
+        supports = "reads the input (M2's state carries M1's behaviour at least as well)"
+    else:
+        supports = UNDECIDED + f" (no Holm-significant difference in {len(rows)} comparisons)" if not wins else "mixed"
+    return Line(name, CONFIRMATORY, *M1_VS_M2, "; ".join(parts), supports, source)
+
+
+STEERING = ("steering the object behaviour at P moves the self-prediction with it",
+            "the self-prediction follows only when P's processing in the hypothetical run is steered",
+            "the self-prediction does not follow a changed behaviour")
+
+
+def steering_line(r: Results) -> Line:
+    """D: steering the object answer, against equal-norm random vectors, at doses that move behaviour."""
+    name, source = "Steering the object answer (D)", "patching metrics.json subjects.*.steering"
+    subjects = {k: v["steering"] for k, v in ((r.patching or {}).get("subjects") or {}).items() if v.get("steering")}
+    if not subjects:
+        return missing(name, EXPLORATORY, STEERING, "no steering results", source)
+    parts, patterns = [], []
+    for label, s in subjects.items():
+        p_row = next((x for x in s.get("summary", []) if x["position_set"] == "P"), None)
+        moved = "" if p_row is None else (f", object answers toward the pushed value {pts(p_row['object_to_target'])} "
+                                          f"vs random ≤ {pts(p_row['random_object_to_target_max'])} points")
+        parts.append(f"{label}: {s['items']} items, scale {s['scale']:g} (dose {s.get('dose', float('nan')):.2f} of the residual norm){moved}; pattern {s['pattern']}")
+        patterns.append(s["pattern"])
+    supports = (UNDECIDED + ": the steering vector moved the object answer no more than random vectors, so there is no changed behaviour to follow"
+                if set(patterns) == {"none"} else "see the patching report: " + ", ".join(sorted(set(patterns))))
+    return Line(name, EXPLORATORY, *STEERING, "; ".join(parts), supports, source)
+
+
+LINES: tuple[Callable[[Results], Line], ...] = (behaviour_line, lens_line, probes_line, identity_line, transfer_line, m1_vs_m2_line, steering_line)
+"""Every line of the table, in the order shown."""
+
+
+def verdict(r: Results) -> list[Line]:
+    return [line(r) for line in LINES]
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+HEADER = ("Evidence", "Family", "Reads a state predicts", "Re-simulates P predicts", "Reads the input predicts", "Measured", "Supports")
+
+
+def markdown(lines: Sequence[Line]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    rows = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    rows += ["| " + " | ".join(cell(x) for x in (l.evidence, l.family, l.state, l.resimulation, l.input, l.measured, l.supports)) + " |" for l in lines]
+    return "\n".join(rows) + "\n"
+
+
+def write_verdict(run: RunDir, lines: Sequence[Line], sources: Mapping[str, str]) -> None:
+    import pandas as pd
+
+    from introspect_mi.viz import Section, Table, write_report
+
+    run.write_json("verdict.json", {"accounts": ["reads an internal state", "re-simulates P", "reads the input"], "alpha": ALPHA,
+                                    "lines": [asdict(l) for l in lines], "sources": dict(sources)})
+    run.write_text("verdict.md", markdown(lines))
+    frame = pd.DataFrame([asdict(l) for l in lines]).rename(columns=dict(zip(
+        ("evidence", "family", "state", "resimulation", "input", "measured", "supports"), HEADER)))
+    write_report(run.path("report.html"), "Verdict: reads an internal state, re-simulates P, or reads the input?",
+                 [Section("Verdict table", tables=[Table(frame, "One line per line of evidence", [])], text=__doc__ or "")])
+
+
+def main_verdict(config: VerdictConfig, preset: str) -> list[Line]:
+    view = open_study(preset, config)
+    capture = open_capture(config.capture or f"mech-{view.name}", preset)
+    results = read_results(view.run.folder, capture.folder)
+    if not any((results.probing, results.patching, results.sae)):
+        raise UserError(f"no mechanistic results in {capture.folder}", "run make mech (or the probing, patching and sae_features experiments) first")
+    lines = verdict(results)
+    run = RunDir.create(capture.folder, config.name, {"verdict": {"capture": capture.folder.name, "study": view.name}}, seed=0)
+    write_verdict(run, lines, results.sources)
+    print(markdown(lines))
+    print(f"report: {run.path('report.html')}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return config_main(argv, prog="python -m experiments.verdict", doc=__doc__, config=VerdictConfig, section="verdict", run=main_verdict)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
