@@ -102,8 +102,8 @@ def run_concepts(handle: ModelHandle, steerer: Steerer, items: Sequence[ItemProm
     def measure(vector: torch.Tensor | None, where: str) -> dict[str, object]:
         steers = [RowSteer(vector, None if vector is None else position_set(where, len(it.hyp_ids), it.hyp_p_tokens)) for it in items]
         logits = steerer.logits(seqs, steers, place)
-        return {"logprob": logits[:, cols].log_softmax(-1), "valid_mass": logits.log_softmax(-1)[:, cols].logsumexp(-1),
-                "logprob_full": logits.log_softmax(-1)[:, cols],
+        full = logits.log_softmax(-1)[:, cols]
+        return {"logprob": logits[:, cols].log_softmax(-1), "valid_mass": full.logsumexp(-1), "logprob_full": full,
                 "report": read_answers(handle, logits, prop.name, "hypothetical", [None] * len(seqs))}
 
     clean = measure(None, "all")
