@@ -8,19 +8,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from introspect_mi.patching_experiments import EXPERIMENTS, GROUPS
+from introspect_mi.patching_experiments import EXPERIMENTS
+from introspect_mi.patching_pairs import GROUPS
 from introspect_mi.concepts import CONFIRMATORY_POSITIONS
 from introspect_mi.multiplicity import CONFIRMATORY
 from introspect_mi.steering_experiments import POSITION_SETS
+from introspect_mi.patching_summary import LEVEL
 from introspect_mi.store import RunDir
 from introspect_mi.viz import Section, Table, write_report as write_html
 from introspect_mi.viz.patching import (
-    attribution_heatmap, attribution_scatter, concept_bars, group_heatmap, steering_bars, steering_sweep_figure,
+    attribution_heatmap, attribution_scatter, concept_bars, group_heatmap, pair_curves, steering_bars, steering_sweep_figure,
 )
 
 GROUP_NAMES = {"P": "P's tokens", "question": "the question's tokens", "final": "the final token"}
-CLEAR = 0.25
-"""How far (normalised) B or C must beat its control to be called item-specific in the text."""
 ALPHA = 0.05
 """Level at which a (Holm-adjusted, when confirmatory) paired test is called significant in the text."""
 C_CAVEAT = ("C at the last layers: the final token's last resid_post is what the final norm and unembedding read, so patching it "
@@ -32,46 +32,44 @@ def _f(x: object, fmt: str = ".2f") -> str:
     return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, fmt)
 
 
-def _layer(x: object) -> str:
-    """A layer number (JSON and tables turn them into floats)."""
-    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else str(int(x))
+def _median_iqr(rows: list[dict], experiment: str, group: str, layer: int) -> str:
+    hit = [r for r in rows if (r["experiment"], r["group"], r["layer"]) == (experiment, group, layer)]
+    return f"{_f(hit[0]['median'])} [IQR {_f(hit[0]['q25'])}–{_f(hit[0]['q75'])}, n {hit[0]['n']}]" if hit else "–"
 
 
-def flow_sentences(flow: list[dict]) -> list[str]:
-    """One line per experiment × group: peak normalised effect, its layer, first layer at 0.5."""
+def contrast_lines(contrasts: list[dict], name: str) -> list[str]:
+    """One line per declared layer of a contrast: median [bootstrap CI] over pairs, mean, sign-flip p (and Holm p)."""
     out = []
-    for r in flow:
-        where = EXPERIMENTS[r["experiment"]] + (f", {GROUP_NAMES[r['group']]}" if r["experiment"] == "A" else "")
-        out.append(f"{where}: peak {_f(r['peak_normalised'])} at layer {_layer(r['peak_layer'])}, first layer ≥ 0.5: "
-                   f"{_layer(r['first_layer_at_0.5'])} ({r['pairs']} normalisable pair(s)).")
+    for r in (r for r in contrasts if r["contrast"] == name):
+        holm = f", Holm p {_f(r['p_holm'], '.3f')}" if r["status"] == CONFIRMATORY else ""
+        out.append(f"  layer {r['layer']}: median {_f(r['median'])} [95% CI {_f(r['ci_low'])}, {_f(r['ci_high'])}], mean {_f(r['mean'])}, "
+                   f"n {r['n']} pairs, one-sided sign-flip p {_f(r['p'], '.4f')}{holm}")
     return out
 
 
-def _peak(flow: list[dict], experiment: str, group: str) -> float:
-    hit = [r["peak_normalised"] for r in flow if r["experiment"] == experiment and r["group"] == group]
-    return float(hit[0]) if hit and hit[0] is not None else float("nan")
-
-
 def patching_text(label: str, m: dict) -> str:
-    """What A, B and C show for one subject, with numbers."""
+    """What A, B and C show for one subject: per-layer medians, the confirmatory B − control family, C − control."""
     p = m["patching"]
-    flow, layers = p["flow"], p["layers_patched"]
-    lines = [f"{label} ({m['model']['model']}{' + adapter' if m['model']['adapters'] else ''}): {p['pairs']} pair(s), "
-             f"{p['normalisable_pairs']} with a clean gap large enough to normalise; {len(layers)} layers patched "
-             f"({', '.join(map(str, layers[:3]))}, …, {layers[-1]})."]
-    lines += flow_sentences(flow)
-    b, bc, c, cc = (_peak(flow, e, g) for e, g in (("B", "P"), ("B-control", "P"), ("C", "final"), ("C-control", "final")))
-    lines.append(f"B vs its control (peak normalised): {_f(b)} vs {_f(bc)} — "
-                 + ("P_a's object-level P states carry P_a's property into the other hypothetical run beyond what object-level context does by itself."
-                    if _beats(b, bc) else f"no P-specific transfer beyond the control (difference below {CLEAR})."))
-    lines.append(f"C vs its control: {_f(c)} vs {_f(cc)} — "
-                 + ("the object run's final-token state carries the source item's property." if _beats(c, cc)
-                    else f"no item-specific transfer beyond the control (difference below {CLEAR})."))
+    rows, contrasts = p["layer_summary"], p["contrasts"]
+    groups = ", ".join(f"{g} {n}" for g, n in p["pairs_per_group"].items())
+    lines = [f"{label} ({m['model']['model']}{' + adapter' if m['model']['adapters'] else ''}): {p['pairs']} token-aligned pairs "
+             f"({groups}), {p['normalisable_pairs']} normalisable, chosen by the clean gap of {p['screened_prompts']} screened prompts. "
+             f"B and C patched at layers {', '.join(map(str, p['layers_patched']))}; A's groups at {', '.join(map(str, p['group_layers_patched']))}."]
+    b = [r for r in contrasts if r["contrast"] == "B − B-control"]
+    hits = [r["layer"] for r in b if r["p_holm"] is not None and r["p_holm"] < LEVEL]
+    lines.append(f"CONFIRMATORY — {p['confirmatory_family']} (layers {', '.join(map(str, p['contrast_layers']))}; H1: B > control): "
+                 + (f"B exceeds its control at layer(s) {', '.join(map(str, hits))} (Holm p < {LEVEL:g}): P_a's object-level P states carry "
+                    "P_a's property into the other hypothetical run beyond what object-level context does by itself."
+                    if hits else f"at no declared layer does B exceed its control at Holm p < {LEVEL:g}."))
+    lines += contrast_lines(contrasts, "B − B-control")
+    lines.append("Exploratory — C − C-control (same layers, not adjusted):")
+    lines += contrast_lines(contrasts, "C − C-control")
+    last = p["layers_patched"][-1]
+    mid = p["group_layers_patched"][len(p["group_layers_patched"]) // 2]
+    lines.append(f"Exploratory — A, median normalised effect [IQR] at layers 0 / {mid} / {last}: "
+                 + "; ".join(f"{GROUP_NAMES[g]} " + " / ".join(_median_iqr(rows, "A", g, layer) for layer in (0, mid, last)) for g in GROUPS)
+                 + ". At layer 0, patching P's differing tokens is swapping the input tokens.")
     return "\n".join(lines)
-
-
-def _beats(effect: float, control: float) -> bool:
-    return bool(np.isfinite(effect) and np.isfinite(control) and effect - control >= CLEAR)
 
 
 def steering_text(label: str, m: dict, sweep: pd.DataFrame) -> str:
@@ -164,20 +162,31 @@ def write_report(run: RunDir) -> Path:
                 "Metric: logit difference between the source item's and the target item's property-value first tokens at the "
                 "hypothetical prompt's final token, normalised so that 0 = clean target run and 1 = clean source run (pairs whose clean "
                 "runs differ by less than min_gap keep only the raw change).")
-    pair_cols = ["subject", "pair", "source_value", "target_value", "clean_source", "clean_target", "gap", "normalisable", "target_tokens",
-                 "p_tokens", "p_tokens_aligned", "b_tokens_aligned"]
-    flow = pd.DataFrame([{"subject": s, **r} for s, m in metrics["subjects"].items() for r in m["patching"]["flow"]])
+    pair_cols = ["subject", "pair", "source_value", "target_value", "clean_source", "clean_target", "gap", "normalisable", "tokens",
+                 "first_difference", "p_tokens", "b_tokens_aligned", "exact_checked"]
+    layer_rows = pd.DataFrame([{"subject": s, **{k: v for k, v in r.items() if k != "values"}}
+                               for s, m in metrics["subjects"].items() for r in m["patching"]["layer_summary"]])
+    contrast_rows = pd.DataFrame([{"subject": s, **{k: v for k, v in r.items() if k != "values"}}
+                                  for s, m in metrics["subjects"].items() for r in m["patching"]["contrasts"]])
     sections = [
         Section("Overview", text=overview, tables=[Table(t["pairs"][pair_cols], caption="Pairs (source > target)")]),
         Section("A, B, C: where does the property decision flow?",
-                figures=[group_heatmap(t["cells"], s) for s in subjects],
-                tables=[Table(flow, caption="Per experiment × group: peak of the mean normalised effect over layers")],
+                figures=[f for s in subjects for f in (pair_curves(t["cells"], s), group_heatmap(t["cells"], s))],
+                tables=[Table(contrast_rows, caption="B − B-control (confirmatory: Holm within each subject) and C − C-control (exploratory), "
+                                                     "normalised, per pair, at the declared layers: median with a bootstrap CI over pairs, "
+                                                     "one-sided paired sign-flip p"),
+                        Table(layer_rows, caption="Every experiment × group × layer (exploratory): median and quartiles of the normalised "
+                                                  "effect over pairs; each pair's value is in metrics.json and the figure")],
                 text="\n\n".join([*(patching_text(s, m) for s, m in metrics["subjects"].items()), C_CAVEAT])),
     ]
-    r_text = "\n".join(f"{s}: Pearson r (attribution vs exact) {_f(m['patching']['attribution_r_group_cells'], '.3f')} over the A group "
-                       f"cells, {_f(m['patching']['attribution_r_single_cells'], '.3f')} over single cells." for s, m in metrics["subjects"].items())
+    r_text = "\n".join(f"{s}: Pearson r (attribution vs exact), pooled / median over pairs: {_f(a['r_group_cells_pooled'], '.3f')} / "
+                       f"{_f(a['r_group_cells_median'], '.3f')} over the A group cells of {a['pairs_group_cells']} pairs, "
+                       f"{_f(a['r_single_cells_pooled'], '.3f')} / {_f(a['r_single_cells_median'], '.3f')} over the single cells of "
+                       f"{a['pairs_single_cells']} pairs." for s, m in metrics["subjects"].items() if (a := m["patching"]["attribution"]))
+    r_pairs = pd.DataFrame([{"subject": s, **r} for s, m in metrics["subjects"].items() for r in m["patching"]["attribution"]["per_pair"]])
     grids = [attribution_heatmap(t["grid"], s, p) for s in subjects if (p := _representative(t["pairs"], s))]
     sections.append(Section("Attribution patching over every layer × token", figures=[*grids, attribution_scatter(t["cells"], t["exact"])],
+                            tables=[Table(r_pairs, caption="Attribution vs exact patching per pair (Pearson r)")],
                             text=r_text + "\n\nGroup cells: the attribution estimate of a multi-position cell is the sum of its tokens' estimates."))
     summary = t["steering_summary"]
     steer_cols = ["subject", "label", "n", "object_to_target", "random_object_to_target_mean", "random_object_to_target_max", "hyp_to_target",
