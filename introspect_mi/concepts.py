@@ -37,7 +37,7 @@ from introspect_mi.hooks import recording
 from introspect_mi.logit_lens import first_token
 from introspect_mi.models import ModelHandle
 from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm
-from introspect_mi.patching_experiments import ItemPrompts
+from introspect_mi.patching_pairs import ItemPrompts
 from introspect_mi.places import resid_post
 from introspect_mi.prompt_format import Message
 from introspect_mi.properties import Property, get_property

@@ -42,7 +42,7 @@ from introspect_mi.actstore import ActivationStore
 from introspect_mi.metrics import bootstrap_ci
 from introspect_mi.models import ModelHandle
 from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm, sign_flip_p
-from introspect_mi.patching_experiments import ItemPrompts
+from introspect_mi.patching_pairs import ItemPrompts
 from introspect_mi.places import resid_post
 from introspect_mi.properties import get_property
 from introspect_mi.steering import RowSteer, Steerer, random_like, steering_vector

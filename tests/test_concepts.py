@@ -19,7 +19,7 @@ from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm
 from introspect_mi.places import resid_post
 from introspect_mi.properties import get_property
 from introspect_mi.steering import Steer, Steerer, steering
-from tests.test_patching_experiments import item
+from tests.test_patching_pairs import item
 
 
 @pytest.fixture(scope="module")

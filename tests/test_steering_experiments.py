@@ -19,7 +19,7 @@ from introspect_mi.steering_experiments import (
     POSITION_SETS, SteeringSetup, assign_folds, balanced, layer_at, paired_effect, position_set, random_controls, run_steering, site_norm,
     steer_values, steering_pattern, store_steering_vectors, summarise_steering, sweep_tests,
 )
-from tests.test_patching_experiments import item
+from tests.test_patching_pairs import item
 
 
 @pytest.fixture(scope="module")
