@@ -167,6 +167,7 @@ def candidate_logits(logits_of: Callable[[list[tuple[int, ...]]], torch.Tensor],
             chosen.append(it)
     if not chosen:
         return {}
+    chosen.sort(key=lambda it: it.hyp_ids)  # neighbours share their prompt's prefix, which a batch then computes once
     logits = logits_of([it.hyp_ids for it in chosen])
     return {(it.item_id, it.property): row for it, row in zip(chosen, logits)}
 
