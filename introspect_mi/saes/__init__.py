@@ -3,8 +3,13 @@
 Modules: `train` (TopK SAEs with sae-lens's `SAETrainer` on a stream of activation vectors),
 `load` (sae-lens folders from local disk, mapped onto `Place`s), `splice` (running the model with
 an SAE edit at one place), `metrics` (explained variance, L0, dead latents, spliced next-token
-loss), `analysis` (feature overlap between runs, gradient × activation attribution, ablation with
-a seeded random control, differential features).
+loss), `analysis` (feature overlap between runs, gradient × activation attribution to the latents
+and the error term, ablation, differential features), `shared_prefix` (attribution and ablation
+computing each prompt's unedited prefix once), `answers` (logit difference of the correct value
+against the other valid values, compliance), `controls` (top attributed latents out of fold, random
+latents matched on activation frequency and magnitude), `ablation_effects` (per-prompt effects,
+top-k vs matched random per item), `store_encoding` (stored vectors through SAEs: fit, overlap with
+a same-token control, differential latents).
 
 Format on disk
 --------------
@@ -56,7 +61,6 @@ from introspect_mi.saes.analysis import (
     compare_features,
     differential_features,
     encode,
-    random_active_features,
 )
 from introspect_mi.saes.load import LoadedSAE, load_sae, place_of_hook
 from introspect_mi.saes.metrics import ReconstructionMetrics, SplicedLoss, reconstruction_metrics, spliced_loss
@@ -65,5 +69,5 @@ from introspect_mi.saes.train import SAETrainConfig, sae_dir, train_sae
 __all__ = [
     "Attribution", "FeatureOverlap", "LoadedSAE", "ReconstructionMetrics", "SAETrainConfig", "SplicedLoss",
     "ablated_final_logits", "answer_logit", "attribute", "compare_features", "differential_features", "encode",
-    "load_sae", "place_of_hook", "random_active_features", "reconstruction_metrics", "sae_dir", "spliced_loss", "train_sae",
+    "load_sae", "place_of_hook", "reconstruction_metrics", "sae_dir", "spliced_loss", "train_sae",
 ]

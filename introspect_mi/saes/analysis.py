@@ -1,4 +1,4 @@
-"""SAE feature analyses: activations, overlap between runs, attribution, ablation and its control.
+"""SAE feature analyses: activations, overlap between runs, attribution (latents and error term), ablation.
 
 Vectors come from the activation store (already picked at positions: P's tokens, the final
 token...) or from a forward pass. Positions given to the model-running functions are token
@@ -8,16 +8,15 @@ indices of each sequence's own, unpadded, token list, as the store's records hol
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
 from introspect_mi.places import Place
-from introspect_mi.saes.splice import ablation_edit, batched, editing, error_kept_edit, positions_mask, row_positions
+from introspect_mi.saes.splice import SpliceLeaves, ablation_edit, batched, editing, error_kept_edit, positions_mask, row_positions
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -107,19 +106,36 @@ def differential_features(acts_a: torch.Tensor, acts_b: torch.Tensor, top: int |
 
 @dataclass(frozen=True)
 class Attribution:
-    """Per sequence: the attributed positions and, at each, every latent's activation and attribution."""
+    """Per sequence: the attributed positions and, at each, every latent's activation and attribution.
+
+    The SAE error term e = x − decode(encode(x)) stays in the forward pass; `error_attr` is its
+    gradient × activation (e · ∂metric/∂x), the part of the attribution no latent carries, and
+    `error_sq` / `norm_sq` say how large e is beside x (empty lists where not measured).
+    """
 
     positions: list[list[int]]  # sorted token indices
     acts: list[torch.Tensor]  # [n_positions, d_sae]
     attr: list[torch.Tensor]  # [n_positions, d_sae]: activation × ∂metric/∂activation
     metric: torch.Tensor  # [n_sequences]: the metric (the splice leaves the forward pass unchanged)
+    error_attr: list[torch.Tensor] = field(default_factory=list)  # [n_positions]: e · ∂metric/∂x
+    error_sq: list[torch.Tensor] = field(default_factory=list)  # [n_positions]: ‖e‖²
+    norm_sq: list[torch.Tensor] = field(default_factory=list)  # [n_positions]: ‖x‖²
+
+
+def leaf_parts(leaf: SpliceLeaves, grads: Sequence[torch.Tensor | None], counts: Sequence[int]) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Per row of a batch (`counts` masked positions each): acts, attr, error_attr, error_sq,
+    norm_sq, from one forward's splice leaves and their gradients (None: the metric ignores them)."""
+    f, e = leaf.latents.detach(), leaf.error.detach()
+    grad_f, grad_e = (torch.zeros_like(t) if g is None else g for t, g in zip((f, e), grads))
+    parts = (f, f * grad_f, (e * grad_e).sum(-1), e.pow(2).sum(-1), leaf.norm_sq)
+    return zip(*(p.float().cpu().split(list(counts)) for p in parts))
 
 
 def attribute(
     handle: ModelHandle, sae: SAE, place: Place, sequences: Sequence[Sequence[int]], positions: Sequence[Sequence[int]],
     metric: Metric, batch_size: int = 8,
 ) -> Attribution:
-    """Gradient × activation attribution of `metric` to the SAE's latents at `positions`.
+    """Gradient × activation attribution of `metric` to the SAE's latents (and its error term) at `positions`.
 
     At those positions the SAE is spliced in with its error term kept (`splice.error_kept_edit`):
     the forward pass is exactly unchanged and the gradient reaches the latents. Sum `attr` over P's positions vs the question's to compare where the answer comes from.
@@ -129,21 +145,22 @@ def attribute(
     out = Attribution([], [], [], torch.empty(len(sequences)))
     for rows, batch in batched(handle, sequences, batch_size):
         mask = positions_mask(batch, [positions[i] for i in rows])
-        leaf: list[torch.Tensor] = []
-        with torch.enable_grad(), editing(handle.model, place, error_kept_edit(sae, mask, leaf)):
+        leaves: list[SpliceLeaves] = []
+        with torch.enable_grad(), editing(handle.model, place, error_kept_edit(sae, mask, leaves)):
             values = metric(handle.model(**batch.model_inputs()).logits, rows)
-            (grad,) = torch.autograd.grad(values.sum(), leaf, allow_unused=True)
-        f = leaf[0].detach()
-        grad = torch.zeros_like(f) if grad is None else grad
-        counts = mask.sum(1).tolist()
+            grads = torch.autograd.grad(values.sum(), [leaves[0].latents, leaves[0].error], allow_unused=True)
         out.metric[list(rows)] = values.detach().float().cpu()
-        out.acts.extend(f.float().cpu().split(counts))
-        out.attr.extend((f * grad).float().cpu().split(counts))
-        out.positions.extend(row_positions(positions[i], n) for i, n in zip(rows, batch.lengths))
+        for i, n, (acts, attr, error_attr, error_sq, norm_sq) in zip(rows, batch.lengths, leaf_parts(leaves[0], grads, mask.sum(1).tolist())):
+            out.acts.append(acts)
+            out.attr.append(attr)
+            out.error_attr.append(error_attr)
+            out.error_sq.append(error_sq)
+            out.norm_sq.append(norm_sq)
+            out.positions.append(row_positions(positions[i], n))
     return out
 
 
-# --- ablation and its random control ---------------------------------------------------------
+# --- ablation ---------------------------------------------------------
 
 
 @torch.no_grad()
@@ -163,27 +180,3 @@ def ablated_final_logits(
         with editing(handle.model, place, ablation_edit(sae, features, mask)):
             logits.append(handle.model(**batch.model_inputs()).logits[:, -1].float().cpu())
     return torch.cat(logits)
-
-
-def random_active_features(
-    acts: torch.Tensor, k: int, n_draws: int, seed: int, exclude: Sequence[int] | torch.Tensor = (),
-) -> list[torch.Tensor]:
-    """`n_draws` distinct sets of `k` latents, each drawn uniformly from those active in `acts`
-    [n, d_sae] (nonzero somewhere) minus `exclude`: the control for ablating k chosen latents.
-    The same seed gives the same draws; each set is sorted."""
-    active = (acts != 0).any(0)
-    active[torch.as_tensor(exclude, dtype=torch.long)] = False
-    pool = active.nonzero().flatten()
-    if len(pool) < k:
-        raise ValueError(f"only {len(pool)} active latents to draw {k} from")
-    if math.comb(len(pool), k) < n_draws:
-        raise ValueError(f"{len(pool)} active latents give fewer than {n_draws} distinct sets of {k}")
-    gen = torch.Generator().manual_seed(seed)
-    draws: list[torch.Tensor] = []
-    seen: set[tuple[int, ...]] = set()
-    while len(draws) < n_draws:
-        pick = pool[torch.randperm(len(pool), generator=gen)[:k]].sort().values
-        if tuple(pick.tolist()) not in seen:
-            seen.add(tuple(pick.tolist()))
-            draws.append(pick)
-    return draws

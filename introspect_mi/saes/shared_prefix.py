@@ -29,8 +29,8 @@ import torch
 
 from introspect_mi.batching import Batch, left_pad
 from introspect_mi.places import Place
-from introspect_mi.saes.analysis import Attribution, Metric
-from introspect_mi.saes.splice import ablation_edit, editing, error_kept_edit, positions_mask, row_positions
+from introspect_mi.saes.analysis import Attribution, Metric, leaf_parts
+from introspect_mi.saes.splice import SpliceLeaves, ablation_edit, editing, error_kept_edit, positions_mask, row_positions
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -122,25 +122,25 @@ def attribute_places(
 
     Same result as `analysis.attribute` once per place; `metric` sees the last position's logits only.
     """
-    out = {place: Attribution([[] for _ in sequences], [torch.empty(0)] * len(sequences), [torch.empty(0)] * len(sequences),
-                              torch.empty(len(sequences))) for place in saes}
+    n = len(sequences)
+    out = {place: Attribution([[] for _ in sequences], *([torch.empty(0)] * n for _ in range(2)), torch.empty(n),
+                              *([torch.empty(0)] * n for _ in range(3))) for place in saes}
     for chunk in _chunks(handle, sequences, positions, batch_size):
         mask, prefix = chunk.mask(), _prefix_cache(handle, chunk)
-        leaves: dict[Place, list[torch.Tensor]] = {place: [] for place in saes}
+        leaves: dict[Place, list[SpliceLeaves]] = {place: [] for place in saes}
         with torch.enable_grad(), ExitStack() as stack:
             for place, sae in saes.items():
                 stack.enter_context(editing(handle.model, place, error_kept_edit(sae, mask, leaves[place])))
             values = metric(_last_logits(handle, chunk, prefix), chunk.rows)
-            grads = torch.autograd.grad(values.sum(), [leaves[p][0] for p in saes], allow_unused=True)
+            grads = torch.autograd.grad(values.sum(), [t for p in saes for t in (leaves[p][0].latents, leaves[p][0].error)], allow_unused=True)
         counts = mask.sum(1).tolist()
-        for (place, leaf), grad in zip(leaves.items(), grads):
-            f = leaf[0].detach()
-            grad = torch.zeros_like(f) if grad is None else grad
+        for j, place in enumerate(saes):
             result = out[place]
             result.metric[chunk.rows] = values.detach().float().cpu()
-            parts = zip(chunk.rows, f.float().cpu().split(counts), (f * grad).float().cpu().split(counts), chunk.positions, chunk.splits)
-            for row, acts, attr, pos, split in parts:
+            parts = leaf_parts(leaves[place][0], grads[2 * j : 2 * j + 2], counts)
+            for row, (acts, attr, error_attr, error_sq, norm_sq), pos, split in zip(chunk.rows, parts, chunk.positions, chunk.splits):
                 result.acts[row], result.attr[row], result.positions[row] = acts, attr, [p + split for p in pos]
+                result.error_attr[row], result.error_sq[row], result.norm_sq[row] = error_attr, error_sq, norm_sq
     return out
 
 

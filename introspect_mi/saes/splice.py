@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -94,18 +95,31 @@ def reconstruction_edit(sae: SAE, mask: torch.Tensor) -> Edit:
     return masked_edit(mask, lambda v: sae.decode(sae.encode(v.to(sae.device))))
 
 
-def error_kept_edit(sae: SAE, mask: torch.Tensor, latents: list[torch.Tensor]) -> Edit:
-    """Splice the SAE in with its error term kept: same values, gradients through the latents.
+@dataclass(frozen=True)
+class SpliceLeaves:
+    """What one forward of `error_kept_edit` spliced in at its masked positions [n_masked, ...]."""
 
-    At the masked positions x becomes x + decode(f) − decode(f).detach(), with f = encode(x) a
-    leaf that requires grad, appended to `latents` (one tensor [n_masked, d_sae] per forward).
+    latents: torch.Tensor  # [n, d_sae]: f = encode(x), a leaf that requires grad
+    error: torch.Tensor  # [n, d_in]: e = x − decode(f), a leaf that requires grad (its gradient is the residual's)
+    norm_sq: torch.Tensor  # [n]: ‖x‖², for the error's relative size
+
+
+def error_kept_edit(sae: SAE, mask: torch.Tensor, leaves: list[SpliceLeaves]) -> Edit:
+    """Splice the SAE in with its error term kept: same values, gradients through the latents and the error.
+
+    At the masked positions x becomes x + (decode(f) − decode(f).detach()) + (e − e.detach()), with
+    f = encode(x) and e = x − decode(f) leaves that require grad (one `SpliceLeaves` appended to
+    `leaves` per forward). Both added terms are exactly 0; e's gradient is x's, so e · ∂m/∂e is the
+    share of a gradient × activation attribution that the SAE does not explain.
     """
 
     def replace(v: torch.Tensor) -> torch.Tensor:
-        f = sae.encode(v.to(sae.device)).detach().requires_grad_(True)
-        latents.append(f)
+        x = v.to(sae.device)
+        f = sae.encode(x).detach().requires_grad_(True)
         recon = sae.decode(f)
-        return v + (recon - recon.detach()).to(v.device, v.dtype)
+        e = (x - recon).detach().requires_grad_(True)
+        leaves.append(SpliceLeaves(f, e, x.detach().float().pow(2).sum(-1)))
+        return v + (recon - recon.detach() + e - e.detach()).to(v.device, v.dtype)
 
     return masked_edit(mask, replace)
 

@@ -38,24 +38,26 @@ def _layer_axis(fig: go.Figure, layers: Sequence[float]) -> None:
 
 def overlap_figure(overlap: pd.DataFrame) -> go.Figure:
     """Mean Jaccard overlap of active latents, object vs hypothetical run, per layer: at P's last
-    token and at the final token, for the same item and for another item (control)."""
-    require_columns(overlap, ["subject", "layer", "position", "pairing", "jaccard", "pearson", "n"], "overlap_figure")
+    token and at the final token, for the same item and for other items with the same token there
+    (control), on the same records."""
+    require_columns(overlap, ["subject", "layer", "position", "n", "jaccard_same", "jaccard_other", "diff_ci_low", "diff_ci_high"],
+                    "overlap_figure")
     subjects = _subjects(overlap)
     fig = _panels(subjects)
-    keys = list(dict.fromkeys(zip(overlap["position"], overlap["pairing"])))
+    positions = list(dict.fromkeys(overlap["position"]))
     for col, subject in enumerate(subjects, 1):
         part = overlap[overlap["subject"] == subject]
-        for i, (position, pairing) in enumerate(keys):
-            rows = part[(part["position"] == position) & (part["pairing"] == pairing)].sort_values("layer")
-            control = pairing != "same item"
-            fig.add_trace(go.Bar(
-                x=_labels(rows["layer"]), y=rows["jaccard"], name=f"{position}, {pairing}",
-                legendgroup=f"{position}{pairing}", showlegend=col == 1,
-                marker={"color": color(["p_last", "final"].index(position) if position in ("p_last", "final") else i),
-                        "pattern": {"shape": "/" if control else ""}, "opacity": 0.55 if control else 1.0},
-                customdata=np.stack([rows["pearson"], rows["n"]], axis=-1),
-                hovertemplate="%{x}<br>Jaccard %{y:.3f}<br>activation correlation %{customdata[0]:.3f}<br>n %{customdata[1]}<extra></extra>",
-            ), row=1, col=col)
+        for i, position in enumerate(positions):
+            rows = part[part["position"] == position].sort_values("layer")
+            for pairing, control in (("same item", False), ("other item, same token", True)):
+                fig.add_trace(go.Bar(
+                    x=_labels(rows["layer"]), y=rows["jaccard_other" if control else "jaccard_same"], name=f"{position}, {pairing}",
+                    legendgroup=f"{position}{pairing}", showlegend=col == 1,
+                    marker={"color": color(i), "pattern": {"shape": "/" if control else ""}, "opacity": 0.55 if control else 1.0},
+                    customdata=np.stack([rows["diff_ci_low"], rows["diff_ci_high"], rows["n"]], axis=-1),
+                    hovertemplate="%{x}<br>Jaccard %{y:.3f}<br>same − other 95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+                                  "<br>n %{customdata[2]}<extra></extra>",
+                ), row=1, col=col)
     fig.update_layout(template=TEMPLATE, barmode="group", title="Active-latent overlap: object-level run vs hypothetical run")
     fig.update_yaxes(title_text="mean Jaccard of active latents", range=[0, 1], row=1, col=1)
     _layer_axis(fig, overlap["layer"].unique())
@@ -86,35 +88,30 @@ def attribution_split_figure(summary: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def ablation_figure(ablation: pd.DataFrame) -> go.Figure:
-    """Change in self-prediction accuracy and in the correct token's logit when the top-k
-    attributed latents are ablated (large markers) vs k random active latents (one small marker
-    per draw, their mean as a dash)."""
-    require_columns(ablation, ["subject", "layer", "condition", "draw", "d_accuracy", "d_logit"], "ablation_figure")
-    subjects = _subjects(ablation)
-    fig = _panels(subjects, rows=2, row_titles=["Δ accuracy", "Δ correct logit"])
+def ablation_figure(effects: pd.DataFrame, measures: Sequence[str] = ("logit_difference", "compliance")) -> go.Figure:
+    """Per layer, the mean change from clean when the top-k attributed latents are ablated
+    (diamonds) vs matched random latents (dashes), one row per measure; hover: top − random per
+    item with its CI, p and family."""
+    require_columns(effects, ["subject", "layer", "measure", "top_k", "matched_random", "top_minus_random", "ci_low", "ci_high",
+                              "p_value", "family"], "ablation_figure")
+    subjects = _subjects(effects)
+    fig = _panels(subjects, rows=len(measures), row_titles=[f"Δ {m}" for m in measures])
     for col, subject in enumerate(subjects, 1):
-        part = ablation[(ablation["subject"] == subject) & (ablation["condition"] != "clean")].sort_values(["layer", "draw"])
-        for row, metric in enumerate(("d_accuracy", "d_logit"), 1):
-            for condition, style in (("top-k", {"size": 13, "color": color(3), "symbol": "diamond"}),
-                                     ("random", {"size": 7, "color": BASELINE_COLOR, "opacity": 0.5})):
-                rows = part[part["condition"] == condition]
+        for row, measure in enumerate(measures, 1):
+            part = effects[(effects["subject"] == subject) & (effects["measure"] == measure)].sort_values("layer")
+            extra = np.stack([part["top_minus_random"], part["ci_low"], part["ci_high"], part["p_value"], part["family"]], axis=-1)
+            for column, name, style in (("top_k", "top-k attributed", {"size": 13, "color": color(3), "symbol": "diamond"}),
+                                        ("matched_random", "matched random (mean over draws)",
+                                         {"symbol": "line-ew-open", "size": 22, "color": BASELINE_COLOR, "line": {"width": 2}})):
                 fig.add_trace(go.Scatter(
-                    x=_labels(rows["layer"]), y=rows[metric], mode="markers", marker=style,
-                    name="top-k attributed" if condition == "top-k" else "k random active (each draw)",
-                    legendgroup=condition, showlegend=col == 1 and row == 1,
-                    hovertemplate=f"%{{x}} · {condition}<br>{metric} %{{y:.3f}}<extra></extra>",
+                    x=_labels(part["layer"]), y=part[column], mode="markers", marker=style, name=name, legendgroup=column,
+                    showlegend=col == 1 and row == 1, customdata=extra,
+                    hovertemplate=f"%{{x}} · {name}<br>Δ {measure} %{{y:.3f}}<br>top − random %{{customdata[0]:.3f}} "
+                                  "[%{customdata[1]:.3f}, %{customdata[2]:.3f}]<br>p %{customdata[3]:.3f} (%{customdata[4]})<extra></extra>",
                 ), row=row, col=col)
-            means = part[part["condition"] == "random"].groupby("layer")[metric].mean()
-            fig.add_trace(go.Scatter(
-                x=_labels(means.index), y=means.values, mode="markers", name="random: mean over draws",
-                marker={"symbol": "line-ew-open", "size": 22, "color": BASELINE_COLOR, "line": {"width": 2}},
-                legendgroup="random-mean", showlegend=col == 1 and row == 1,
-                hovertemplate="%{x} · random mean<br>%{y:.3f}<extra></extra>",
-            ), row=row, col=col)
-    fig.update_layout(template=TEMPLATE, title="Ablating SAE latents at P's and the question's tokens", height=640)
+    fig.update_layout(template=TEMPLATE, title="Ablating SAE latents at P's and the question's tokens", height=320 * len(measures))
     fig.add_hline(y=0, line={"color": "#999", "width": 1})
-    _layer_axis(fig, ablation["layer"].unique())
+    _layer_axis(fig, effects["layer"].unique())
     return fig
 
 

@@ -15,127 +15,68 @@ import pytest
 import torch
 
 from experiments import sae_features as sf
-from experiments.behavioral_config import StudyConfig
 from introspect_mi import evaluation as ev
-from introspect_mi.alignment import Alignment
 from introspect_mi.errors import UserError
-from introspect_mi.models import load
+from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm
 from introspect_mi.saes.analysis import Attribution
+from introspect_mi.saes.controls import top_attributed
 from introspect_mi.store import RunDir
 from tests.test_models import make_adapter
 
 STUDY = "study-tiny"
+ANSWERS = ("dog cat owl", "emu ant bee", "fox yak gnu")
 
 
 # --- pieces ------------------------------------------------------------------------------------
 
 
-def records_table() -> pd.DataFrame:
-    """12 hypothetical records over two tasks (every third without a correct value) and their objects."""
-    rows = [{"record": i, "kind": "object", "task": "t", "item_id": f"o{i}", "object_value": None, "correct": None} for i in range(2)]
-    for i in range(12):
-        rows.append({"record": 2 + i, "kind": "hypothetical", "task": ["animals", "words"][i % 2], "item_id": f"i{i}",
-                     "object_value": None if i % 3 == 2 else "a", "correct": i % 3 == 0})
-    return pd.DataFrame(rows)
+def effect_items(top_shift: dict[tuple[str, int], float]) -> pd.DataFrame:
+    """Per-prompt ablation rows: 10 items, clean logit difference 1, top-k lowers it by `top_shift[subject, layer]`, random draws by 0."""
+    rows = []
+    for (subject, layer), shift in top_shift.items():
+        for record in range(10):
+            base = {"subject": subject, "record": record, "item_id": f"i{record}", "compliance": 1.0, "accuracy": 1.0, "logit": 1.0}
+            rows.append({**base, "layer": None, "condition": "clean", "draw": None, "logit_difference": 1.0})
+            rows.append({**base, "layer": layer, "condition": "top-k", "draw": None, "logit_difference": 1.0 - shift * (1 + record % 3)})
+            for d in range(2):
+                rows.append({**base, "layer": layer, "condition": "matched random", "draw": d, "logit_difference": 1.0})
+    table = pd.DataFrame(rows)
+    for m in ("logit_difference", "compliance", "accuracy", "logit"):
+        table[f"d_{m}"] = table[m] - 1.0
+    return table
 
 
-def test_chosen_records_have_a_value_spread_over_tasks_and_half_correct() -> None:
-    chosen = sf.choose_records(records_table(), 6, seed=0)
-    assert len(chosen) == 6 and chosen["object_value"].notna().all() and (chosen["kind"] == "hypothetical").all()
-    assert chosen["correct"].sum() == 3  # half of 6 from the 4 correct records with a value
-    assert set(chosen["task"]) == {"animals", "words"}
-    assert chosen["record"].is_monotonic_increasing
-    assert sf.choose_records(records_table(), 6, seed=0).equals(chosen)
-    assert len(sf.choose_records(records_table(), 100, seed=0)) == 8  # all there are
+def test_only_the_logit_difference_is_confirmatory_and_holm_adjusted_within_its_family() -> None:
+    shifts = {("untrained", 8): 1.0, ("untrained", 16): 0.0, ("self", 8): 0.5}
+    config = sf.SAEFeaturesConfig(n_boot=200, sign_flips=1000)
+    table = sf.ablation_effects(effect_items(shifts), config)
+    confirmatory = table[table["family"] == CONFIRMATORY]
+    assert (confirmatory["measure"] == "logit_difference").all() and len(confirmatory) == len(shifts)
+    assert table.loc[table["family"] == EXPLORATORY, "p_holm"].isna().all()
+    assert np.allclose(confirmatory["p_holm"], holm(confirmatory["p_value"].to_numpy()))
+    assert (confirmatory["p_holm"] >= confirmatory["p_value"]).all()
 
 
-def test_folds_split_in_halves_by_seed() -> None:
-    fold = sf.folds(9, seed=3)
-    assert sorted(np.bincount(fold)) == [4, 5]
-    assert (sf.folds(9, seed=3) == fold).all() and not all((sf.folds(9, seed=s) == fold).all() for s in range(4, 9))
-
-
-def test_ablation_table_by_hand() -> None:
-    logits = {"clean": torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]]), "L1 top-k": torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 1.0]])}
-    info = {"clean": {"layer": None, "condition": "clean", "draw": None, "features": ""},
-            "L1 top-k": {"layer": 1, "condition": "top-k", "draw": None, "features": "3 4"}}
-    table = sf.ablation_table("untrained", logits, info, targets=[0, 2]).set_index("condition")
-    assert table.loc["clean", "accuracy"] == 1.0 and table.loc["top-k", "accuracy"] == 0.0
-    assert table.loc["top-k", "d_accuracy"] == -1.0
-    assert table.loc["clean", "logit"] == pytest.approx(2.5) and table.loc["top-k", "d_logit"] == pytest.approx(0.5 - 2.5)
-    lp = torch.log_softmax(logits["clean"], -1)
-    assert table.loc["clean", "logprob"] == pytest.approx(float((lp[0, 0] + lp[1, 2]) / 2))
-
-
-def test_attribution_tables_sum_p_and_question_tokens_by_hand() -> None:
-    records = pd.DataFrame({"record": [5, 6], "item_id": ["a", "b"], "task": ["t", "t"], "property": ["p", "q"]})
-    prompts = sf.Prompts(records, [], [[2, 3, 4], [1, 2]], [{2, 3}, {1}], [0, 0])
-    attr = [torch.tensor([[1.0, 0.0], [-2.0, 0.5], [0.0, 3.0]]), torch.tensor([[0.25, 0.0], [0.0, -1.0]])]
-    acts = [torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])]
-    a = Attribution([[2, 3, 4], [1, 2]], acts, attr, torch.tensor([1.5, -0.5]))
-    items, features = sf.attribution_tables("untrained", prompts, {7: a})
-    first, second = items.iloc[0], items.iloc[1]
-    assert (first["attr_p"], first["attr_q"], first["abs_p"], first["abs_q"], first["n_p"], first["n_q"]) == (-0.5, 3.0, 3.5, 3.0, 2, 1)
-    assert (second["attr_p"], second["attr_q"], second["n_p"]) == (0.25, -1.0, 1)
-    assert features["feature"].tolist() == [1, 0] and features["rank"].tolist() == [1, 2]  # ranked by total attribution
-    top = features.iloc[0]
-    assert (top["total"], top["at_p"], top["at_q"], top["items_active"]) == (2.5, 0.5, 2.0, 1)
-    summary = sf.attribution_summary(items)
-    assert summary.loc[0, "share_p"] == pytest.approx((3.5 + 0.25) / (3.5 + 0.25 + 3.0 + 1.0))
-    assert summary.loc[0, "abs_q_per_token"] == pytest.approx(4.0 / 2)
-
-
-def store_acts() -> sf.StoreActs:
-    """Two items, one hypothetical record each (item b's p_last is not an aligned token)."""
-    def alignment(last_h: int, aligned: bool) -> dict:
-        pairs = [(3, last_h)] if aligned else []
-        return Alignment(pairs, [], [], 3, last_h).to_dict()
-
-    def meta(position: str) -> pd.DataFrame:
-        return pd.DataFrame({
-            "kind": ["object", "object", "hypothetical", "hypothetical"], "item_id": ["a", "b", "a", "b"], "property": [None, None, "p", "p"],
-            "positions": [{"p_last": [3]}, {"p_last": [3]}, {"p_last": [9]}, {"p_last": [9]}],
-            "alignment": [None, None, alignment(9, True), alignment(9, False)]})
-
-    acts = {(1, "p_last"): torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
-            (1, "final"): torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])}
-    return sf.StoreActs(acts, {"p_last": meta("p_last"), "final": meta("final")})
-
-
-def test_overlap_pairs_aligned_p_last_and_finals_with_a_control_by_hand() -> None:
-    table = sf.overlap_table("untrained", store_acts(), [1]).set_index(["position", "pairing"])
-    assert table.loc[("p_last", "same item"), "n"] == 1  # item b's p_last is not the same token: left out
-    assert table.loc[("p_last", "same item"), "jaccard"] == pytest.approx(1 / 2)
-    assert table.loc[("p_last", "other item"), "jaccard"] == 0.0  # a's hypothetical vs b's object
-    assert table.loc[("final", "same item"), "n"] == 2
-    assert table.loc[("final", "same item"), "jaccard"] == pytest.approx((1 + 1 / 2) / 2)
-    assert table.loc[("final", "other item"), "jaccard"] == pytest.approx((0 + 1 / 2) / 2)
-
-
-def test_own_prompt_differential_pairs_the_same_item_and_property() -> None:
-    a = store_acts()
-    b = sf.StoreActs({k: v.flip(0) for k, v in a.acts.items()}, {k: m.iloc[::-1].reset_index(drop=True) for k, m in a.meta.items()})
-    same = sf.differential_table(*sf.own_prompt_acts(a, b), "own prompts")
-    assert same["n"].iloc[0] == 2 and np.allclose(same["diff"], 0.0) and (same["inputs"] == "own prompts").all()
-    b.acts[1, "final"][0, 2] = 4.0  # item b's hypothetical (row 0 after the flip) gains latent 2
-    changed = sf.differential_table(*sf.own_prompt_acts(a, b), "own prompts")
-    assert changed.iloc[0]["feature"] == 2 and changed.iloc[0]["diff"] == pytest.approx(2.0) and changed.iloc[0]["rank"] == 1
-
-
-def test_training_sequences_use_only_the_training_tasks_train_split(tiny_llama_dir) -> None:
-    handle = load(tiny_llama_dir)
-    study = StudyConfig(train_tasks=("colours", "countries"), held_out_tasks=("animals",), properties=("first_character", "first_word"))
-    config = sf.SAEFeaturesConfig(train_items=3, hypotheticals_per_item=2)
-    seqs = sf.training_sequences(handle, SimpleNamespace(config=study), config)
-    texts = [handle.tokenizer.decode(s) for s in seqs]
-    assert len(seqs) == 2 * 3 * (1 + 2)
-    assert "colors" in texts[0] and "countries" in texts[3]  # tasks alternate: colours item, its 2 hypotheticals, countries item
-    assert sum("Previously, you were asked" in t for t in texts) == 12
-    train = {i.text for i, _ in ev.load_task_items(study.train_tasks, "train", 3, study.seed)}
-    val = {i.text for i, _ in ev.load_task_items(study.train_tasks, "val", 3, study.seed)}
-    assert all(any(t in text for t in train) for text in texts) and not any(t in text for t in val for text in texts)
-    with pytest.raises(Exception, match="overlap"):
-        sf.training_sequences(handle, SimpleNamespace(config=StudyConfig(train_tasks=("animals",), held_out_tasks=("animals",))), config)
+def test_ablation_conditions_ablate_each_fold_with_the_other_folds_top_k_and_its_matched_partners() -> None:
+    gen = torch.Generator().manual_seed(0)
+    acts = [torch.rand(3, 40, generator=gen) * (torch.rand(3, 40, generator=gen) < 0.4) for _ in range(6)]
+    attr = [a * torch.randn(3, 40, generator=gen) for a in acts]
+    attrs = {5: Attribution([[0, 1, 2]] * 6, acts, attr, torch.zeros(6))}
+    sae = SimpleNamespace(sae="the sae")
+    fold = np.array([0, 1, 0, 1, 0, 1])
+    config = sf.SAEFeaturesConfig(ablate_k=3, random_draws=2, match_bins=2)
+    conditions, info, matching = sf.ablation_conditions({5: sae}, attrs, fold, config)
+    assert list(conditions) == ["clean", "L5 top-k", "L5 matched random 0", "L5 matched random 1"] and conditions["clean"] == []
+    top = conditions["L5 top-k"]
+    for f in (0, 1):
+        assert top[f].rows == frozenset(np.flatnonzero(fold == f).tolist())
+        assert top[f].features.tolist() == top_attributed(attr, np.flatnonzero(fold == 1 - f), 3).tolist()  # chosen out of fold
+        for d in range(2):
+            partners = conditions[f"L5 matched random {d}"][f]
+            assert partners.rows == top[f].rows and len(partners.features) == 3
+            assert not set(partners.features.tolist()) & set(top[0].features.tolist() + top[1].features.tolist())
+    assert info["L5 matched random 1"]["draw"] == 1 and info["L5 top-k"]["condition"] == "top-k"
+    assert 0 <= matching["L5"]["exact_share"] <= 1
 
 
 # --- the experiment on a tiny model ----------------------------------------------------------------
@@ -151,8 +92,9 @@ def make_study(runs: Path, checkpoints: Path, model: Path) -> None:
     for slug in (0, 1):
         rows = []
         for i, p in enumerate(pairs):
-            value = p.prop.extract("dog cat owl", p.item.target)
-            rows.append({"item_id": p.item.item_id, "task": p.spec.name, "property": p.prop.name, "object_answer": "dog cat owl",
+            answer = ANSWERS[i // len(config["properties"]) % len(ANSWERS)]  # per item: properties with several values
+            value = p.prop.extract(answer, p.item.target)
+            rows.append({"item_id": p.item.item_id, "task": p.spec.name, "property": p.prop.name, "object_answer": answer,
                          "object_value": value, "hypothetical_answer": value if i % 2 else "z", "hypothetical_value": value if i % 2 else "z",
                          "correct": bool(i % 2)})
         run.write_table(f"rows_{slug}", pd.DataFrame(rows))
@@ -188,8 +130,18 @@ def test_the_experiment_writes_report_pages_tables_and_metrics(experiment) -> No
     ablation = pd.read_json(out / "ablation.jsonl", lines=True)
     assert len(ablation) == 2 * (1 + 2 * (1 + TINY.random_draws))  # per subject: clean, per layer top-k and the draws
     assert (ablation["n"] == TINY.analysis_items).all()
+    effects = metrics["ablation_effects"]
+    assert len(effects) == 2 * 2 * 3  # subjects × layers × measures
+    assert {e["family"] for k, e in effects.items() if k.endswith("logit_difference")} == {"confirmatory"}
+    assert {e["family"] for k, e in effects.items() if not k.endswith("logit_difference")} == {"exploratory"}
+    assert all(e["n_items"] >= 1 and e["ci_low"] <= e["top_minus_random"] <= e["ci_high"] for e in effects.values())
+    for key, a in metrics["attribution"].items():
+        assert 0 < a["error_share"] < 1 and a["relative_error"] > 0 and a["family"] == "exploratory"
+    assert {"untrained L0 final", "self L2 final"} <= set(metrics["overlap"])  # P's last tokens here: no other item ends in the same one
+    assert all(o["n"] > 0 and o["family"] == "exploratory" for o in metrics["overlap"].values())
+    assert metrics["families"]["confirmatory"].startswith("top-k")
     for subject in ("untrained", "self"):
-        assert metrics["checks"][subject]["max_abs_clean_logit_vs_attribution_logit"] < 1e-3
+        assert metrics["checks"][subject]["max_abs_clean_vs_attribution_logit_difference"] < 1e-3
         assert metrics["checks"][subject]["max_relative_diff_live_vs_stored_final"] < 1e-4  # float32 stores here
     differential = pd.read_json(out / "differential.jsonl", lines=True)
     assert set(differential["inputs"]) == {"own prompts", "same prompts"}
@@ -210,7 +162,7 @@ def test_a_rerun_reuses_the_saes_and_gives_the_same_numbers_and_leaves_no_stale_
     assert not stale.exists() and len(list(pages.glob("*.html"))) == second["pages"]
     assert not list(pages.parent.glob(".features.*"))  # no staging folder left behind
     assert all(m["reused"] for m in second["saes"].values())
-    for key in ("overlap_jaccard", "attribution", "ablation", "differential_top"):
+    for key in ("overlap", "attribution", "ablation", "ablation_effects", "differential_top"):
         assert second[key] == first[key]
     assert second["timing"]["SAEs (activations, training or reuse, spliced loss)"]["wall_s"] < \
         first["timing"]["SAEs (activations, training or reuse, spliced loss)"]["wall_s"]

@@ -1,4 +1,4 @@
-"""Feature analyses: overlap, differential features, attribution (vs finite differences), ablation and its control."""
+"""Feature analyses: overlap, differential features, attribution (vs finite differences; the error term vs the residual's gradient), ablation."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from introspect_mi.saes.analysis import (
     compare_features,
     differential_features,
     encode,
-    random_active_features,
 )
-from tests.saes.builders import random_topk
+from tests.saes.builders import perfect_sae, random_topk
 
 LAYER = 1
 PLACE = Place(PlaceKind.RESID_POST, LAYER)
@@ -124,6 +123,38 @@ def test_attribution_matches_finite_differences(tiny64, token_lists) -> None:
         assert attr[feature].item() == pytest.approx(numeric, rel=1e-3, abs=1e-6)
 
 
+def test_latents_bias_and_error_attribution_add_up_to_the_residuals_gradient_times_activation(tiny, sae, token_lists) -> None:
+    """Σ latent attribution + error attribution + b_dec · g == x · g, with g = ∂metric/∂x from a plain hook (no SAE)."""
+    seq, pos, answer = token_lists[3], [2, 5, 9], 21
+    got = attribute(tiny, sae, PLACE, [seq], [pos], answer_logit([answer]))
+    leaf = []
+
+    def grab(mod, args, out):
+        x = out[0] if isinstance(out, tuple) else out
+        x = x.detach().requires_grad_(True)
+        leaf.append(x)
+        return (x, *out[1:]) if isinstance(out, tuple) else x
+
+    h = tiny.model.model.layers[LAYER].register_forward_hook(grab)
+    try:
+        value = tiny.model(input_ids=torch.tensor([seq])).logits[0, -1, answer]
+        (g,) = torch.autograd.grad(value, leaf)
+    finally:
+        h.remove()
+    x, g = leaf[0][0, pos].detach().double(), g[0, pos].double()
+    total = got.attr[0].double().sum(1) + got.error_attr[0].double() + g @ sae.b_dec.detach().double()
+    torch.testing.assert_close(total, (x * g).sum(1), rtol=1e-3, atol=1e-4)
+    assert got.error_attr[0].abs().sum() > 1e-3  # a random SAE misses a lot: the error term carries attribution
+    torch.testing.assert_close(got.norm_sq[0].double(), x.pow(2).sum(1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.error_sq[0].double(), (x - sae.decode(got.acts[0]).detach().double()).pow(2).sum(1), rtol=1e-4, atol=1e-4)
+
+
+def test_a_perfect_sae_leaves_nothing_to_the_error_term(tiny, token_lists) -> None:
+    got = attribute(tiny, perfect_sae(64), PLACE, token_lists[:2], [[0, 3], [1, -1]], answer_logit([3, 4]))
+    assert all(e.abs().max() < 1e-4 for e in got.error_attr) and all(s.max() < 1e-8 for s in got.error_sq)
+    assert all(a.abs().sum() > 0 for a in got.attr)
+
+
 def test_attribution_does_not_depend_on_batching(tiny, sae, token_lists) -> None:
     metric = answer_logit([1, 2, 3, 4])
     positions = [[1], [0, 3], [-2, 4], [5]]
@@ -169,28 +200,3 @@ def test_ablation_only_at_the_given_positions(tiny, sae, token_lists) -> None:
 
     got = ablated_final_logits(tiny, sae, PLACE, token_lists, features, positions=[[-1]] * 4)
     torch.testing.assert_close(got, hooked_final_logits(tiny, token_lists, change_last), rtol=1e-4, atol=1e-4)
-
-
-# --- the random control ----------------------------------------------------------------------
-
-
-def test_random_control_is_seeded_distinct_and_active_only() -> None:
-    acts = torch.zeros(5, 100)
-    active = [3, 7, 11, 20, 21, 40, 55, 60, 61, 99]
-    acts[torch.arange(10) % 5, active] = 1.0
-    draws = random_active_features(acts, k=3, n_draws=6, seed=0, exclude=[99])
-    again = random_active_features(acts, k=3, n_draws=6, seed=0, exclude=[99])
-    assert [d.tolist() for d in again] == [d.tolist() for d in draws]
-    assert len({tuple(d.tolist()) for d in draws}) == 6  # every draw differs
-    assert all(set(d.tolist()) <= set(active) - {99} and len(d) == 3 for d in draws)
-    other = random_active_features(acts, k=3, n_draws=6, seed=1, exclude=[99])
-    assert [d.tolist() for d in other] != [d.tolist() for d in draws]
-
-
-def test_random_control_refuses_impossible_draws() -> None:
-    acts = torch.zeros(2, 10)
-    acts[0, [1, 2, 3]] = 1.0
-    with pytest.raises(ValueError, match="only 3 active latents"):
-        random_active_features(acts, k=4, n_draws=1, seed=0)
-    with pytest.raises(ValueError, match="fewer than 5 distinct sets"):
-        random_active_features(acts, k=2, n_draws=5, seed=0)

@@ -55,6 +55,10 @@ def test_attribution_equals_attribute_at_each_place(tiny, saes, prompts, batch_s
             torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
         for mine, theirs in zip(got[place].attr, ref.attr):
             torch.testing.assert_close(mine, theirs, rtol=1e-3, atol=1e-5)
+        for field in ("error_attr", "error_sq", "norm_sq"):
+            assert len(getattr(got[place], field)) == len(sequences)
+            for mine, theirs in zip(getattr(got[place], field), getattr(ref, field)):
+                torch.testing.assert_close(mine, theirs, rtol=1e-3, atol=1e-4)
         assert any(a.abs().sum() > 0 for a in got[place].attr)  # the comparison is not between zeros
 
 

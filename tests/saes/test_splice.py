@@ -8,7 +8,7 @@ import torch
 from introspect_mi.batching import left_pad
 from introspect_mi.hooks import recording
 from introspect_mi.places import Place, PlaceKind
-from introspect_mi.saes.splice import editing, error_kept_edit, masked_edit, positions_mask, reconstruction_edit
+from introspect_mi.saes.splice import SpliceLeaves, editing, error_kept_edit, masked_edit, positions_mask, reconstruction_edit
 from tests.saes.builders import random_topk
 
 PLACES = [Place(PlaceKind.RESID_PRE, 1), Place(PlaceKind.RESID_POST, 1), Place(PlaceKind.ATTN_OUT, 1),
@@ -40,11 +40,20 @@ def test_edit_sees_the_recorded_activation_and_its_output_is_used(tiny, batch, p
 def test_splicing_with_the_error_term_kept_is_an_exact_identity(tiny, batch) -> None:
     sae = random_topk(64, 128, k=8)
     place = Place(PlaceKind.RESID_POST, 1)
-    latents: list[torch.Tensor] = []
-    with editing(tiny.model, place, error_kept_edit(sae, positions_mask(batch), latents)):
+    leaves: list[SpliceLeaves] = []
+    with recording(tiny.model, [place]) as rec:
+        clean = logits(tiny, batch)
+    with editing(tiny.model, place, error_kept_edit(sae, positions_mask(batch), leaves)):
         got = logits(tiny, batch)
-    assert torch.equal(got, logits(tiny, batch))
-    assert latents[0].shape == (sum(batch.lengths), 128) and latents[0].requires_grad
+    assert torch.equal(got, clean)
+    (leaf,) = leaves
+    n = sum(batch.lengths)
+    assert leaf.latents.shape == (n, 128) and leaf.latents.requires_grad and leaf.error.shape == (n, 64) and leaf.error.requires_grad
+    x = rec[place][positions_mask(batch)]
+    with torch.no_grad():  # latents + error rebuild the activation; the error is what the SAE misses
+        torch.testing.assert_close(sae.decode(leaf.latents) + leaf.error, x, rtol=1e-5, atol=1e-5)
+        assert leaf.error.norm() > 1e-2 * x.norm()
+    torch.testing.assert_close(leaf.norm_sq, x.pow(2).sum(-1))
     with editing(tiny.model, place, reconstruction_edit(sae, positions_mask(batch))):  # without the error term it differs
         assert not torch.allclose(logits(tiny, batch), got, atol=1e-3)
 

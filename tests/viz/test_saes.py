@@ -21,27 +21,29 @@ def overlap_table() -> pd.DataFrame:
     for subject in ("untrained", "self"):
         for layer in (8, 16):
             for position in ("p_last", "final"):
-                for pairing, j in (("same item", 0.8), ("other item", 0.3)):
-                    rows.append({"subject": subject, "layer": layer, "position": position, "pairing": pairing, "n": 10,
-                                 "jaccard": j + layer / 100, "pearson": 0.5})
+                rows.append({"subject": subject, "layer": layer, "position": position, "n": 10, "jaccard_same": 0.8 + layer / 100,
+                             "jaccard_other": 0.3 + layer / 100, "diff_ci_low": 0.4, "diff_ci_high": 0.6})
     return pd.DataFrame(rows)
 
 
-def ablation_table() -> pd.DataFrame:
-    rows = [{"subject": "untrained", "layer": None, "condition": "clean", "draw": None, "d_accuracy": 0.0, "d_logit": 0.0}]
+def effects_table() -> pd.DataFrame:
+    rows = []
     for layer in (8, 16):
-        rows.append({"subject": "untrained", "layer": layer, "condition": "top-k", "draw": None, "d_accuracy": -0.25, "d_logit": -1.0})
-        for d, value in enumerate((0.0, -0.125, 0.125)):
-            rows.append({"subject": "untrained", "layer": layer, "condition": "random", "draw": d, "d_accuracy": value, "d_logit": value * 2})
+        for measure, top, rnd in (("logit_difference", -1.0, -0.1), ("compliance", -0.25, 0.0), ("accuracy", -0.5, 0.0)):
+            rows.append({"subject": "untrained", "layer": layer, "measure": measure, "top_k": top, "matched_random": rnd,
+                         "top_minus_random": top - rnd, "ci_low": top - rnd - 0.1, "ci_high": top - rnd + 0.1, "p_value": 0.01,
+                         "family": "confirmatory" if measure == "logit_difference" else "exploratory"})
     return pd.DataFrame(rows)
 
 
 def test_overlap_figure_has_one_bar_trace_per_subject_position_and_pairing() -> None:
     fig = overlap_figure(overlap_table())
     assert len(fig.data) == 2 * 2 * 2
-    first = fig.data[0]
+    first, control = fig.data[0], fig.data[1]
     assert first.name == "p_last, same item" and list(first.x) == ["L8", "L16"]
     np.testing.assert_allclose(first.y, [0.88, 0.96])
+    assert control.name == "p_last, other item, same token"
+    np.testing.assert_allclose(control.y, [0.38, 0.46])
     assert sum(t.showlegend for t in fig.data) == 4  # legend entries once, not per panel
 
 
@@ -56,16 +58,17 @@ def test_attribution_split_figure_bars_are_the_p_and_question_means() -> None:
         attribution_split_figure(summary.drop(columns=["abs_q"]))
 
 
-def test_ablation_figure_marks_each_draw_and_their_mean() -> None:
-    fig = ablation_figure(ablation_table())
-    by_name = {}
+def test_ablation_figure_shows_top_k_and_matched_random_per_measure() -> None:
+    fig = ablation_figure(effects_table())
+    by_name: dict[str, list] = {}
     for t in fig.data:
         by_name.setdefault(t.name, []).append(t)
-    top = by_name["top-k attributed"][0]
-    assert list(top.y) == [-0.25, -0.25]
-    assert len(by_name["k random active (each draw)"][0].y) == 6  # 3 draws × 2 layers, the clean row left out
-    np.testing.assert_allclose(by_name["random: mean over draws"][0].y, [0.0, 0.0])
-    np.testing.assert_allclose(by_name["random: mean over draws"][1].y, [0.0, 0.0])  # Δ logit panel
+    top, rnd = by_name["top-k attributed"], by_name["matched random (mean over draws)"]
+    assert len(top) == len(rnd) == 2  # logit difference and compliance rows; accuracy is not drawn
+    assert list(top[0].y) == [-1.0, -1.0] and list(top[1].y) == [-0.25, -0.25]
+    np.testing.assert_allclose(rnd[0].y, [-0.1, -0.1])
+    with pytest.raises(ValueError, match="missing columns"):
+        ablation_figure(effects_table().drop(columns=["matched_random"]))
 
 
 def test_differential_figure_shows_the_top_latents_per_layer() -> None:
