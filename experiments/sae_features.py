@@ -55,8 +55,8 @@ from experiments.sae_training import log, place_of, train_saes
 from introspect_mi import config as cfg
 from introspect_mi.actstore import ActivationStore
 from introspect_mi.errors import UserError
-from introspect_mi.hooks import recording
 from introspect_mi.batching import left_pad
+from introspect_mi.hooks import recording
 from introspect_mi.models import ModelHandle
 from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm
 from introspect_mi.saes import LoadedSAE, encode
@@ -107,6 +107,8 @@ class SAEFeaturesConfig(StudyChoice):
     """Vectors per SAE optimizer step."""
     lr: float = 3e-3
     """SAE learning rate."""
+    overlap_partners: int = 8
+    """Other items (same token at the compared position, seeded draw) each hypothetical run's overlap is averaged over: the control."""
     analysis_items: int = 16
     """Hypothetical prompts per subject for attribution and ablation (spread over tasks, half of them ones the study scored correct; only prompts whose property has another valid value)."""
     ablate_k: int = 10
@@ -171,7 +173,8 @@ def analyse_subject(handle: ModelHandle, label: str, store: ActivationStore, sae
     """Overlap, attribution and ablation for one subject (`handle`: its model)."""
     layers = list(saes)
     sacts = encode_store(store, saes)
-    tables = {"store_fit": pd.DataFrame(store_fit(label, store, saes)), "overlap_items": overlap_rows(label, sacts, layers)}
+    tables = {"store_fit": pd.DataFrame(store_fit(label, store, saes)),
+              "overlap_items": overlap_rows(label, sacts, layers, config.overlap_partners, config.seed)}
     clock.lap(f"{label}: encode store, overlap")
     candidates = scorable(handle, store.records)
     if candidates.empty:

@@ -81,10 +81,11 @@ def _token(meta: pd.DataFrame, row: int) -> str:
     return meta["tokens"].iloc[row][meta["token_index"].iloc[row]]
 
 
-def overlap_pairs(meta: pd.DataFrame, position: str) -> tuple[list[int], list[int], list[list[int]]]:
-    """(hypothetical rows, their own item's object row, the object rows of other items ending in
-    the same token at `position`): every hypothetical record whose own pair is comparable (p_last:
-    aligned) and that has at least one same-token partner."""
+def overlap_pairs(meta: pd.DataFrame, position: str, max_partners: int, seed: int) -> tuple[list[int], list[int], list[list[int]]]:
+    """(hypothetical rows, their own item's object row, the object rows of other items with the
+    same token at `position`: all of them, or a seeded draw of `max_partners`): every hypothetical
+    record whose own pair is comparable (p_last: aligned) and that has at least one same-token partner."""
+    rng = np.random.default_rng([seed, 7])
     kinds, items = meta["kind"].to_numpy(), meta["item_id"].to_numpy()
     obj_row = {items[i]: i for i in range(len(meta)) if kinds[i] == "object"}
     by_token: dict[str, list[int]] = {}
@@ -96,6 +97,8 @@ def overlap_pairs(meta: pd.DataFrame, position: str) -> tuple[list[int], list[in
         if position == "p_last" and not aligned_p_last(meta.iloc[i], meta.iloc[o]):
             continue
         partners = [j for j in by_token.get(_token(meta, i), []) if items[j] != items[i]]
+        if len(partners) > max_partners:
+            partners = sorted(rng.choice(partners, max_partners, replace=False).tolist())
         if partners:
             hyp.append(int(i))
             own.append(o)
@@ -103,14 +106,15 @@ def overlap_pairs(meta: pd.DataFrame, position: str) -> tuple[list[int], list[in
     return hyp, own, others
 
 
-def overlap_rows(subject: str, sacts: StoreActs, layers: Sequence[int]) -> pd.DataFrame:
+def overlap_rows(subject: str, sacts: StoreActs, layers: Sequence[int], max_partners: int = 8, seed: int = 0) -> pd.DataFrame:
     """One row per hypothetical record × layer × position with a same-token partner: Jaccard and
     correlation of its latents with its own item's object-level run ("same item") and, averaged
-    over its partners, with other items' object-level runs at the same token ("other item")."""
+    over its partners (up to `max_partners`: at the final token every item is one), with other
+    items' object-level runs at the same token ("other item")."""
     frames = []
     for position in STORE_POSITIONS:
         meta = sacts.meta[position]
-        hyp, own, others = overlap_pairs(meta, position)
+        hyp, own, others = overlap_pairs(meta, position, max_partners, seed)
         if not hyp:
             continue
         flat_h = [h for h, o in zip(hyp, others) for _ in o]

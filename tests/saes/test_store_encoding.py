@@ -32,8 +32,11 @@ def store_acts() -> StoreActs:
 
 def test_the_control_partner_ends_in_the_same_token_and_belongs_to_another_item() -> None:
     sacts = store_acts()
-    assert overlap_pairs(sacts.meta["p_last"], "p_last") == ([3], [0], [[1]])  # b: not aligned; c: no other item ends in 'y'
-    assert overlap_pairs(sacts.meta["final"], "final") == ([3, 4, 5], [0, 1, 2], [[1, 2], [0, 2], [0, 1]])
+    assert overlap_pairs(sacts.meta["p_last"], "p_last", 8, 0) == ([3], [0], [[1]])  # b: not aligned; c: no other item ends in 'y'
+    assert overlap_pairs(sacts.meta["final"], "final", 8, 0) == ([3, 4, 5], [0, 1, 2], [[1, 2], [0, 2], [0, 1]])
+    hyp, own, capped = overlap_pairs(sacts.meta["final"], "final", 1, 0)  # at most one partner each, still another item
+    assert hyp == [3, 4, 5] and all(len(c) == 1 and c[0] != o for c, o in zip(capped, own))
+    assert overlap_pairs(sacts.meta["final"], "final", 1, 0) == (hyp, own, capped)
 
 
 def test_overlap_rows_and_summary_by_hand() -> None:
