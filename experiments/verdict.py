@@ -275,6 +275,77 @@ def m1_vs_m2_line(r: Results) -> Line:
     return Line(name, CONFIRMATORY, *M1_VS_M2, "; ".join(parts), supports, source)
 
 
+def _subjects(r: Results, stage: str) -> dict[str, Mapping[str, Any]]:
+    """subject → its `stage` metrics in the patching run (patching, steering, concepts), where run."""
+    subjects = (r.patching or {}).get("subjects") or {}
+    return {k: v[stage] for k, v in subjects.items() if isinstance(v.get(stage), Mapping) and "skipped" not in v[stage]}
+
+
+def _ci(x: Mapping[str, Any], mean: str = "median") -> str:
+    return f"{x[mean]:+.2f} [{x['ci_low']:+.2f}, {x['ci_high']:+.2f}]"
+
+
+PATCH_A = ("P's tokens decide the report into the middle and late layers; the question's tokens carry little",
+           "the question's or final token carries the decision from the middle layers (the answer is recomputed there)",
+           "P's tokens decide it only in the early layers (the input), nothing later adds to it")
+
+
+def patching_a_line(r: Results) -> Line:
+    """A: hypothetical → hypothetical patching per position group; medians over pairs at the middle layer."""
+    name, source = "Patching A: which tokens' states decide the self-prediction", "patching metrics.json subjects.*.patching.layer_summary"
+    subjects = _subjects(r, "patching")
+    if not subjects:
+        return missing(name, EXPLORATORY, PATCH_A, "no patching results", source)
+    parts, verdicts = [], []
+    for label, m in subjects.items():
+        rows = [x for x in m.get("layer_summary", []) if x["experiment"] == "A"]
+        layers = sorted({x["layer"] for x in rows})
+        if not layers:
+            continue
+        middle = min(layers, key=lambda layer: abs(layer - (max(layers) + 1) / 2))
+        at = {x["group"]: x for x in rows if x["layer"] == middle}
+        parts.append(f"{label}, layer {middle}: " + ", ".join(f"{g} median {at[g]['median']:+.2f} (IQR {at[g]['q25']:+.2f}..{at[g]['q75']:+.2f}, n = {at[g]['n']})"
+                                                          for g in ("P", "question", "final") if g in at))
+        p, q = at.get("P", {}).get("median", float("nan")), at.get("question", {}).get("median", float("nan"))
+        verdicts.append("P" if p >= 0.5 and not q >= 0.5 else "question" if q >= 0.5 else "none")
+    if not parts:
+        return missing(name, EXPLORATORY, PATCH_A, "no A cells", source)
+    supports = ("P's token states, not the question's, carry the decision at mid-depth: a state at P or the input read there "
+                "(A cannot tell a state computed from P from P itself)" if set(verdicts) == {"P"}
+                else "the question's tokens carry it: re-simulation at the question" if set(verdicts) == {"question"}
+                else UNDECIDED + " (" + ", ".join(verdicts) + ")")
+    return Line(name, EXPLORATORY, *PATCH_A, "; ".join(parts), supports, source)
+
+
+PATCH_B = ("B − control > 0 at middle and late layers: P's state as computed when asked is what the report uses",
+           "B − control > 0 too: the re-simulation starts from P's states (B alone cannot tell the two apart)",
+           "B − control > 0 at early layers only, where P's states are still the input")
+
+
+def patching_b_line(r: Results) -> Line:
+    """B − B-control at the declared middle and late layers: the confirmatory patching family."""
+    name, source = "Patching B − control: P's object-level states written into the hypothetical run", "patching metrics.json subjects.*.patching.contrasts"
+    subjects = _subjects(r, "patching")
+    rows = {label: [x for x in m.get("contrasts", []) if x["contrast"] == "B − B-control"] for label, m in subjects.items()}
+    rows = {k: v for k, v in rows.items() if v}
+    if not rows:
+        return missing(name, CONFIRMATORY, PATCH_B, "no B − control contrast", source)
+    parts, significant = [], {}
+    for label, tests in rows.items():
+        hits = [x for x in tests if x["median"] > 0 and not math.isnan(_num(x["p_holm"])) and x["p_holm"] < ALPHA]
+        significant[label] = hits
+        last = tests[-1]
+        parts.append(f"{label}: {len(hits)} of {len(tests)} layers (L{tests[0]['layer']}–L{last['layer']}) Holm p < {ALPHA}; "
+                     f"at L{last['layer']} median {_ci(last)}, n = {last['n']} pairs")
+    if all(significant.values()):
+        supports = "state or re-simulation (P's object-level state carries the item's property into the report); against a report that ignores P's states"
+    elif any(significant.values()):
+        supports = "in " + ", ".join(k for k, v in significant.items() if v) + " only: state or re-simulation there; " + UNDECIDED + " in the others"
+    else:
+        supports = UNDECIDED + " (no layer survives Holm)"
+    return Line(name, CONFIRMATORY, *PATCH_B, "; ".join(parts), supports, source)
+
+
 STEERING = ("steering the object behaviour at P moves the self-prediction with it",
             "the self-prediction follows only when P's processing in the hypothetical run is steered",
             "the self-prediction does not follow a changed behaviour")
@@ -283,22 +354,76 @@ STEERING = ("steering the object behaviour at P moves the self-prediction with i
 def steering_line(r: Results) -> Line:
     """D: steering the object answer, against equal-norm random vectors, at doses that move behaviour."""
     name, source = "Steering the object answer (D)", "patching metrics.json subjects.*.steering"
-    subjects = {k: v["steering"] for k, v in ((r.patching or {}).get("subjects") or {}).items() if v.get("steering")}
+    subjects = _subjects(r, "steering")
     if not subjects:
-        return missing(name, EXPLORATORY, STEERING, "no steering results", source)
-    parts, patterns = [], []
+        return missing(name, CONFIRMATORY, STEERING, "no steering results", source)
+    parts, moved = [], []
     for label, s in subjects.items():
-        p_row = next((x for x in s.get("summary", []) if x["position_set"] == "P"), None)
-        moved = "" if p_row is None else (f", object answers toward the pushed value {pts(p_row['object_to_target'])} "
-                                          f"vs random ≤ {pts(p_row['random_object_to_target_max'])} points")
-        parts.append(f"{label}: {s['items']} items, scale {s['scale']:g} (dose {s.get('dose', float('nan')):.2f} of the residual norm){moved}; pattern {s['pattern']}")
-        patterns.append(s["pattern"])
-    supports = (UNDECIDED + ": the steering vector moved the object answer no more than random vectors, so there is no changed behaviour to follow"
-                if set(patterns) == {"none"} else "see the patching report: " + ", ".join(sorted(set(patterns))))
-    return Line(name, EXPLORATORY, *STEERING, "; ".join(parts), supports, source)
+        tests = [x for x in s.get("sweep_tests", []) if x["kind"] == "object"]
+        wins = [x for x in tests if not math.isnan(_num(x.get("p_holm"))) and x["p_holm"] < ALPHA and x["gain_mean"] > 0]
+        moved += wins
+        best = max(tests, key=lambda x: _num(x["gain_mean"]), default=None)
+        gain = "" if best is None else (f"; largest steer − random gain {pts(best['gain_mean'])} points [{pts(best['gain_ci_low'])}, "
+                                        f"{pts(best['gain_ci_high'])}] at scale {best['scale']:g}")
+        parts.append(f"{label}: {s['items']} items, chosen scale {s['scale']:g} (dose {s.get('dose', float('nan')):.2f} of the residual norm), "
+                     f"{len(wins)} of {len(tests)} scales Holm p < {ALPHA}{gain}; pattern {s['pattern']}")
+    supports = ("see the patching report: the object answer moved beyond random" if moved else
+                UNDECIDED + ": the steering vector moved the object answer no more than equal-norm random vectors, so there is no changed behaviour to follow")
+    return Line(name, CONFIRMATORY, *STEERING, "; ".join(parts), supports, source)
 
 
-LINES: tuple[Callable[[Results], Line], ...] = (behaviour_line, lens_line, probes_line, identity_line, transfer_line, m1_vs_m2_line, steering_line)
+CONCEPTS = ("a concept injected after P (question and final tokens only) shifts the report toward it",
+            "only injection that also hits P's tokens shifts it (P's processing re-run with the concept)",
+            "neither shifts it beyond random vectors")
+
+
+def concepts_line(r: Results) -> Line:
+    """E: concept injection after P (confirmatory family) vs at every token (priming, exploratory)."""
+    name, source = "Concept injection (E): after P vs every token", "patching metrics.json subjects.*.concepts.summary"
+    subjects = _subjects(r, "concepts")
+    if not subjects:
+        return missing(name, CONFIRMATORY, CONCEPTS, "no concept-injection results", source)
+    parts, after, every = [], [], []
+    for label, c in subjects.items():
+        rows = c.get("summary", [])
+        a = [x for x in rows if x["positions"] == "after_P" and not math.isnan(_num(x.get("p_holm"))) and x["p_holm"] < ALPHA and x["vs_random_mean"] > 0]
+        e = [x for x in rows if x["positions"] == "all" and _num(x.get("vs_random_p")) < ALPHA and x["vs_random_mean"] > 0]
+        after += a
+        every += e
+        n_after = sum(x["positions"] == "after_P" for x in rows)
+        parts.append(f"{label}: after P {len(a)} of {n_after} concept × scale cells Holm p < {ALPHA}; every token {len(e)} of "
+                     f"{len(rows) - n_after} with unadjusted p < {ALPHA} (n = {rows[0]['n'] if rows else 0} items; chance: clean report rate "
+                     f"{pct(_num(rows[0]['clean_report_rate'])) if rows else '–'})")
+    supports = ("state (the report reads the current state, not P)" if after else
+                "priming or re-simulation (only injection at P moved it; exploratory)" if every else
+                UNDECIDED + ": no shift beyond random vectors in either variant")
+    return Line(name, CONFIRMATORY, *CONCEPTS, "; ".join(parts), supports, source)
+
+
+SAE = ("features active at P's tokens carry the attribution, and ablating the top ones moves the answer beyond matched random features",
+       "features at the question's tokens carry it (the answer recomputed there)",
+       "no small set of features beyond the input's own; ablation no worse than matched random")
+
+
+def sae_line(r: Results) -> Line:
+    """SAE ablation (confirmatory: top-k − matched random change in logit difference) with attribution shares and the error term."""
+    name, source = "SAE features: attribution at P vs the question, top-k ablation vs matched random", "sae metrics.json ablation_effects, attribution"
+    effects = {k: v for k, v in ((r.sae or {}).get("ablation_effects") or {}).items() if k.endswith("logit_difference")}
+    if not effects:
+        return missing(name, CONFIRMATORY, SAE, "no SAE ablation results", source)
+    parts = [f"{k.removesuffix(' logit_difference')}: top − matched random {_ci(e, 'top_minus_random')} logit difference, "
+             f"Holm p = {pval(e.get('p_holm'))}, n = {e['n_items']} items" for k, e in effects.items()]
+    attribution = (r.sae or {}).get("attribution") or {}
+    parts += [f"{k}: {pct(a['share_p'])} of the latents' attribution at P's tokens, error term {pct(a['error_share'])}" for k, a in attribution.items()]
+    hits = [k for k, e in effects.items() if e.get("p_holm") is not None and not math.isnan(_num(e["p_holm"])) and e["p_holm"] < ALPHA and e["top_minus_random"] < 0]
+    supports = (f"a few features matter beyond matched random at {', '.join(k.removesuffix(' logit_difference') for k in hits)}: "
+                "they locate the answer, and where they sit (P or the question, the attribution shares) says which account; "
+                "a large error-term share means the SAE misses what the model uses") if hits else UNDECIDED + " (no ablation beyond matched random survives Holm)"
+    return Line(name, CONFIRMATORY, *SAE, "; ".join(parts), supports, source)
+
+
+LINES: tuple[Callable[[Results], Line], ...] = (behaviour_line, lens_line, probes_line, identity_line, transfer_line, m1_vs_m2_line,
+                                               patching_a_line, patching_b_line, steering_line, concepts_line, sae_line)
 """Every line of the table, in the order shown."""
 
 

@@ -112,3 +112,51 @@ def test_cli_writes_the_table_from_saved_results_and_refuses_an_empty_capture(ti
     (tiny_study.runs / "mech-empty" / "config.json").write_text("{}")
     empty = tiny_study.run("verdict", "--capture", "mech-empty")
     assert empty.returncode == 2 and "no mechanistic results" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def _patching(**stages) -> dict:
+    return {"subjects": {"self": stages}}
+
+
+def test_patching_b_needs_a_holm_significant_positive_layer() -> None:
+    def test(median: float, p_holm: float, layer: int = 20) -> dict:
+        return {"contrast": "B − B-control", "layer": layer, "n": 24, "median": median, "ci_low": median - 0.1, "ci_high": median + 0.1, "p_holm": p_holm}
+
+    yes = v.patching_b_line(_results(patching=_patching(patching={"contrasts": [test(0.4, 0.01, 10), test(0.3, 0.02)]})))
+    assert yes.supports.startswith("state or re-simulation") and "2 of 2 layers (L10–L20)" in yes.measured and "n = 24 pairs" in yes.measured
+    no = v.patching_b_line(_results(patching=_patching(patching={"contrasts": [test(0.4, 0.2), test(-0.3, 0.01)]})))
+    assert no.supports.startswith(v.UNDECIDED)
+
+
+def test_concept_injection_after_p_reads_a_state_every_token_only_primes() -> None:
+    def row(positions: str, p: float, mean: float = 0.5) -> dict:
+        return {"positions": positions, "p_holm": p if positions == "after_P" else NAN, "vs_random_p": p, "vs_random_mean": mean,
+                "n": 24, "clean_report_rate": 0.05}
+
+    after = v.concepts_line(_results(patching=_patching(concepts={"summary": [row("after_P", 0.01), row("all", 0.01)]})))
+    assert after.supports.startswith("state")
+    prime = v.concepts_line(_results(patching=_patching(concepts={"summary": [row("after_P", 0.3), row("all", 0.01)]})))
+    assert prime.supports.startswith("priming")
+    against = v.concepts_line(_results(patching=_patching(concepts={"summary": [row("after_P", 0.01, -0.5), row("all", 0.3)]})))
+    assert against.supports.startswith(v.UNDECIDED)
+
+
+def test_steering_without_a_beyond_random_object_change_cannot_decide() -> None:
+    tests = [{"kind": "object", "scale": 8.0, "gain_mean": -0.1, "gain_ci_low": -0.3, "gain_ci_high": 0.1, "p_holm": 0.9},
+             {"kind": "hypothetical", "scale": 8.0, "gain_mean": 0.5, "gain_ci_low": 0.3, "gain_ci_high": 0.7, "p_holm": NAN}]
+    steering = {"items": 24, "scale": 8.0, "dose": 0.35, "pattern": "none", "sweep_tests": tests}
+    line = v.steering_line(_results(patching=_patching(steering=steering)))
+    assert line.supports.startswith(v.UNDECIDED) and "0 of 1 scales" in line.measured
+    skipped = v.steering_line(_results(patching=_patching(steering={"skipped": "one value"})))
+    assert skipped.measured.startswith("not measured")
+
+
+def test_sae_line_names_the_layers_where_top_features_beat_matched_random() -> None:
+    def effect(diff: float, p: float) -> dict:
+        return {"top_minus_random": diff, "ci_low": diff - 0.2, "ci_high": diff + 0.2, "p_holm": p, "n_items": 16}
+
+    sae = {"ablation_effects": {"self L16 logit_difference": effect(-1.2, 0.01), "self L8 logit_difference": effect(-0.1, 0.6),
+                                "self L16 compliance": effect(-0.5, None)},
+           "attribution": {"self L16": {"share_p": 0.52, "error_share": 0.3}}}
+    line = v.sae_line(_results(sae=sae))
+    assert "self L16" in line.supports and "self L8" not in line.supports and "52% of the latents' attribution" in line.measured
