@@ -24,7 +24,8 @@ STUDY = ["--train-tasks", "countries", "mcq_arithmetic", "--held-out-tasks", *TA
          "--calibration-samples", "2", "--calibration-property", "first_character", "--behaviour-change-items", "8",
          "--n-boot", "50", "--name", "llama3"]
 SUBJECTS = ("untrained", "self", "cross")
-PATCHING = ["--tasks", *TASKS, "--properties", *PROPERTIES, "--pair-candidates", "4", "--exact-cells", "4",
+# Random tiny weights give clean gaps far below the preset's 0.5: --min-gap 0 keeps pairs to patch.
+PATCHING = ["--tasks", *TASKS, "--properties", *PROPERTIES, "--pair-candidates", "4", "--min-gap", "0", "--exact-cells", "4",
             "--steer-task", "animals", "--steer-property", "first_character", "--steer-items", "4", "--steer-scales", "1", "4",
             "--n-random", "1", "--concepts", "cat", "dog", "--baseline-words", "fox", "owl", "--concept-items", "2"]
 SAE = ["--layers", "0", "1", "--train-items", "4", "--eval-prompts", "2", "--expansion", "2", "--k", "4",
