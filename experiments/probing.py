@@ -143,13 +143,14 @@ def load_vectors(store: ActivationStore, layer: int, positions: Iterable[str]) -
 
 CURVE = ("experiment", "subject", "property", "target", "split", "train_run", "test_run")
 """The columns that tell one curve (a value per layer) from another."""
-FAMILIES = {"confirmatory": "A and B on the item split: the object property before and at the self-prediction",
+FAMILIES = {"confirmatory": "A and B on the item split for M1 (untrained, self-trained): the object property before and at the self-prediction",
             "exploratory": "every other curve (transfer, identity, input only, whose behaviour, leave-one-task-out)"}
 
 
-def family(experiment: str, split: str) -> str:
-    """Declared before results are read: which claims the probing experiment is run to test."""
-    return "confirmatory" if experiment in ("A", "B") and split == "items" else "exploratory"
+def family(experiment: str, split: str, subject: str) -> str:
+    """Declared before results are read: which claims the probing experiment is run to test (M1's
+    curves; cross-trained M2's B curves are tested only against M1's, in `m1_vs_m2`'s own family)."""
+    return "confirmatory" if experiment in ("A", "B") and split == "items" and subject in M1_SUBJECTS else "exploratory"
 
 
 def rows_of(cell: Cell, layer: int | None, result: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -178,7 +179,7 @@ def curve_table(cells: Sequence[Cell], fits: Mapping[tuple[int, str], Mapping[in
     for (index, target), by_layer in fits.items():
         cell = cells[index]
         permuted = all(fit.null_acc.size for fit in by_layer.values())
-        rows.append({**rows_of(cell, None, {target: {}})[0], "family": family(cell.experiment, cell.split),
+        rows.append({**rows_of(cell, None, {target: {}})[0], "family": family(cell.experiment, cell.split, cell.subject),
                      **nested_summary(by_layer, config.n_boot, config.sign_flips, config.seed),
                      **(dict(zip(("max_acc", "max_layer", "p_max"), max_over_layers_p(by_layer))) if permuted else {})})
     table = pd.DataFrame(rows, columns=[*CURVE, "family", "layer", "layers_chosen", "n_test", "nested_acc", "nested_lo", "nested_hi",

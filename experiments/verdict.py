@@ -383,20 +383,26 @@ def concepts_line(r: Results) -> Line:
     subjects = _subjects(r, "concepts")
     if not subjects:
         return missing(name, CONFIRMATORY, CONCEPTS, "no concept-injection results", source)
-    parts, after, every = [], [], []
+    parts, after, specific, every = [], [], [], []
     for label, c in subjects.items():
         rows = c.get("summary", [])
         a = [x for x in rows if x["positions"] == "after_P" and not math.isnan(_num(x.get("p_holm"))) and x["p_holm"] < ALPHA and x["vs_random_mean"] > 0]
         e = [x for x in rows if x["positions"] == "all" and _num(x.get("vs_random_p")) < ALPHA and x["vs_random_mean"] > 0]
-        after += a
-        every += e
+        s = [x for x in a if _num(x.get("vs_other_p")) < ALPHA and x["vs_other_mean"] > 0]
+        after, specific, every = after + a, specific + s, every + e
         n_after = sum(x["positions"] == "after_P" for x in rows)
-        parts.append(f"{label}: after P {len(a)} of {n_after} concept × scale cells Holm p < {ALPHA}; every token {len(e)} of "
-                     f"{len(rows) - n_after} with unadjusted p < {ALPHA} (n = {rows[0]['n'] if rows else 0} items; chance: clean report rate "
-                     f"{pct(_num(rows[0]['clean_report_rate'])) if rows else '–'})")
-    supports = ("state (the report reads the current state, not P)" if after else
-                "priming or re-simulation (only injection at P moved it; exploratory)" if every else
-                UNDECIDED + ": no shift beyond random vectors in either variant")
+        parts.append(f"{label}: after P {len(a)} of {n_after} concept × scale cells beat random (Holm p < {ALPHA}), {len(s)} of them "
+                     f"also beat the other concepts (unadjusted); every token {len(e)} of {len(rows) - n_after} beat random (unadjusted); "
+                     f"n = {rows[0]['n'] if rows else 0} items; chance: clean report rate {pct(_num(rows[0]['clean_report_rate'])) if rows else '–'}")
+    if after and len(specific) * 2 > len(after):
+        supports = "state: the report follows a concept written after P, specific to that concept"
+    elif after:
+        supports = ("weak support for reading after P: a shift beyond random vectors that is mostly not specific to the concept "
+                    "(another concept's vector shifts it as much), so a generic direction, not the concept, is read")
+    elif every:
+        supports = "priming or re-simulation (only injection that hits P moved it; exploratory)"
+    else:
+        supports = UNDECIDED + ": no shift beyond random vectors in either variant"
     return Line(name, CONFIRMATORY, *CONCEPTS, "; ".join(parts), supports, source)
 
 

@@ -129,12 +129,14 @@ def test_patching_b_needs_a_holm_significant_positive_layer() -> None:
 
 
 def test_concept_injection_after_p_reads_a_state_every_token_only_primes() -> None:
-    def row(positions: str, p: float, mean: float = 0.5) -> dict:
+    def row(positions: str, p: float, mean: float = 0.5, other_p: float = 0.01) -> dict:
         return {"positions": positions, "p_holm": p if positions == "after_P" else NAN, "vs_random_p": p, "vs_random_mean": mean,
-                "n": 24, "clean_report_rate": 0.05}
+                "vs_other_p": other_p, "vs_other_mean": 0.3, "n": 24, "clean_report_rate": 0.05}
 
     after = v.concepts_line(_results(patching=_patching(concepts={"summary": [row("after_P", 0.01), row("all", 0.01)]})))
     assert after.supports.startswith("state")
+    generic = v.concepts_line(_results(patching=_patching(concepts={"summary": [row("after_P", 0.01, other_p=0.5), row("all", 0.01)]})))
+    assert generic.supports.startswith("weak support") and "0 of them also beat the other concepts" in generic.measured
     prime = v.concepts_line(_results(patching=_patching(concepts={"summary": [row("after_P", 0.3), row("all", 0.01)]})))
     assert prime.supports.startswith("priming")
     against = v.concepts_line(_results(patching=_patching(concepts={"summary": [row("after_P", 0.01, -0.5), row("all", 0.3)]})))
