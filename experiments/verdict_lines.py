@@ -233,9 +233,9 @@ def _ci(x: Mapping[str, Any], mean: str = "median") -> str:
     return f"{x[mean]:+.2f} [{x['ci_low']:+.2f}, {x['ci_high']:+.2f}]"
 
 
-PATCH_A = ("P's tokens decide the report into the middle and late layers; the question's tokens carry little",
+PATCH_A = ("P's tokens decide the report until the final token has read them; the question's tokens carry little",
            "the question's or final token carries the decision from the middle layers (the answer is recomputed there)",
-           "P's tokens decide it only in the early layers (the input), nothing later adds to it")
+           "as for a state: P's token states encode P's text at every layer, so A cannot tell a state read at P from P read")
 
 
 def patching_a_line(r: Results) -> Line:
@@ -258,16 +258,28 @@ def patching_a_line(r: Results) -> Line:
         verdicts.append("P" if p >= 0.5 and not q >= 0.5 else "question" if q >= 0.5 else "none")
     if not parts:
         return missing(name, EXPLORATORY, PATCH_A, "no A cells", source)
-    supports = ("P's token states, not the question's, carry the decision at mid-depth: a state at P or the input read there "
-                "(A cannot tell a state computed from P from P itself)" if set(verdicts) == {"P"}
+    supports = ("state or input, not re-simulation at the question: P's token states, not the question's, carry the decision "
+                "at mid-depth (A cannot tell a state computed from P from P itself)" if set(verdicts) == {"P"}
                 else "the question's tokens carry it: re-simulation at the question" if set(verdicts) == {"question"}
                 else UNDECIDED + " (" + ", ".join(verdicts) + ")")
     return Line(name, EXPLORATORY, *PATCH_A, "; ".join(parts), supports, source)
 
 
-PATCH_B = ("B − control > 0 at middle and late layers: P's state as computed when asked is what the report uses",
+PATCH_B = ("B − control > 0 at middle layers: P's state as computed when P is asked stands in for P as quoted",
            "B − control > 0 too: the re-simulation starts from P's states (B alone cannot tell the two apart)",
-           "B − control > 0 at early layers only, where P's states are still the input")
+           "B − control > 0 too: P's states encode P's text at every layer; B rules out only a report that ignores P's states")
+
+
+def layer_ranges(layers: Sequence[int], among: Sequence[int]) -> str:
+    """Runs of consecutive entries of `among` (in order) that are in `layers`: "L10–L26, L29"."""
+    runs: list[list[int]] = []
+    for i, layer in enumerate(among):
+        if layer in layers:
+            if runs and among.index(runs[-1][-1]) == i - 1:
+                runs[-1].append(layer)
+            else:
+                runs.append([layer])
+    return ", ".join(f"L{r[0]}" if len(r) == 1 else f"L{r[0]}–L{r[-1]}" for r in runs) or "none"
 
 
 def patching_b_line(r: Results) -> Line:
@@ -282,11 +294,15 @@ def patching_b_line(r: Results) -> Line:
     for label, tests in rows.items():
         hits = [x for x in tests if x["median"] > 0 and not math.isnan(_num(x["p_holm"])) and x["p_holm"] < ALPHA]
         significant[label] = hits
-        last = tests[-1]
-        parts.append(f"{label}: {len(hits)} of {len(tests)} layers (L{tests[0]['layer']}–L{last['layer']}) Holm p < {ALPHA}; "
-                     f"at L{last['layer']} median {_ci(last)}, n = {last['n']} pairs")
+        layers = [x["layer"] for x in tests]
+        medians = [x["median"] for x in hits]
+        span = f" (medians {min(medians):+.2f} to {max(medians):+.2f})" if hits else ""
+        rest = [x["layer"] for x in tests if x not in hits]
+        parts.append(f"{label}: Holm p < {ALPHA} at {layer_ranges([x['layer'] for x in hits], layers)}{span}"
+                     + (f", not at {layer_ranges(rest, layers)}" if rest else "") + f"; n = {tests[0]['n']} pairs")
     if all(significant.values()):
-        supports = "state or re-simulation (P's object-level state carries the item's property into the report); against a report that ignores P's states"
+        supports = ("does not discriminate: all three predict it. It shows the state computed when P is asked carries the item's "
+                    "property into the report as well as P's quoted state does (content, not context), and rules out a report that ignores P's states")
     elif any(significant.values()):
         supports = "in " + ", ".join(k for k, v in significant.items() if v) + " only: state or re-simulation there; " + UNDECIDED + " in the others"
     else:

@@ -81,9 +81,15 @@ def test_patching_b_needs_a_holm_significant_positive_layer() -> None:
         return {"contrast": "B − B-control", "layer": layer, "n": 24, "median": median, "ci_low": median - 0.1, "ci_high": median + 0.1, "p_holm": p_holm}
 
     yes = v.patching_b_line(_results(patching=_patching(patching={"contrasts": [test(0.4, 0.01, 10), test(0.3, 0.02)]})))
-    assert yes.supports.startswith("state or re-simulation") and "2 of 2 layers (L10–L20)" in yes.measured and "n = 24 pairs" in yes.measured
+    assert yes.supports.startswith("does not discriminate") and "Holm p < 0.05 at L10–L20 (medians +0.30 to +0.40); n = 24" in yes.measured
+    assert "n = 24 pairs" in yes.measured
     no = v.patching_b_line(_results(patching=_patching(patching={"contrasts": [test(0.4, 0.2), test(-0.3, 0.01)]})))
     assert no.supports.startswith(v.UNDECIDED)
+
+
+def test_layer_ranges_joins_consecutive_layers_of_the_grid() -> None:
+    assert v.layer_ranges([10, 12, 14, 20, 29], [10, 12, 14, 16, 20, 28, 29]) == "L10–L14, L20, L29"
+    assert v.layer_ranges([], [10, 12]) == "none"
 
 
 def test_concept_injection_after_p_reads_a_state_every_token_only_primes() -> None:
