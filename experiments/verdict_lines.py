@@ -301,8 +301,9 @@ def patching_b_line(r: Results) -> Line:
         parts.append(f"{label}: Holm p < {ALPHA} at {layer_ranges([x['layer'] for x in hits], layers)}{span}"
                      + (f", not at {layer_ranges(rest, layers)}" if rest else "") + f"; n = {tests[0]['n']} pairs")
     if all(significant.values()):
-        supports = ("does not discriminate: all three predict it. It shows the state computed when P is asked carries the item's "
-                    "property into the report as well as P's quoted state does (content, not context), and rules out a report that ignores P's states")
+        supports = ("does not discriminate: all three predict it. It shows that the state computed when P is asked carries the item's "
+                    "property into the report (content, not context: the control writes the item's own object-level state), and rules "
+                    "out a report that ignores P's states")
     elif any(significant.values()):
         supports = "in " + ", ".join(k for k, v in significant.items() if v) + " only: state or re-simulation there; " + UNDECIDED + " in the others"
     else:
