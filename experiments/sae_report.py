@@ -147,7 +147,7 @@ def metrics_from_tables(run: RunDir) -> dict[str, Any]:
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
     lines = [f"SAE {layer}: explained variance {m['explained_variance']:.1%}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, "
-             f"spliced loss +{m['loss_delta']:.3f} nats" for layer, m in metrics["saes"].items()]
+             f"spliced loss {m['loss_delta']:+.3f} nats" for layer, m in metrics["saes"].items()]
     for key, o in metrics["overlap"].items():
         lines.append(f"overlap {key}: Jaccard same item {o['jaccard_same']:.2f}, other item same token {o['jaccard_other']:.2f}, "
                      f"diff {o['jaccard_diff']:+.2f} [{o['ci_low']:+.2f}, {o['ci_high']:+.2f}] (n={o['n']}, {o['items']} items)")
