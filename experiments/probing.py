@@ -54,7 +54,7 @@ from probes import ProbeConfig
 from probes.crossfit import CrossFit, cross_predict, score
 from introspect_mi.multiplicity import holm
 from introspect_mi.paired import compare_paired
-from probes.nested import aligned_hits, max_over_layers_p, nested_summary
+from probes.nested import aligned_hits, max_over_layers_p, nested_summary, subset_summary
 
 EXPERIMENTS = ("A", "B", "C", "D", "E", "F")
 LABEL_SOURCE = {"untrained": "untrained", "self": "self", "cross": "self"}
@@ -147,10 +147,12 @@ FAMILIES = {"confirmatory": "A and B on the item split for M1 (untrained, self-t
             "exploratory": "every other curve (transfer, identity, input only, whose behaviour, leave-one-task-out)"}
 
 
-def family(experiment: str, split: str, subject: str) -> str:
+def family(experiment: str, split: str, subject: str, target: str = "property") -> str:
     """Declared before results are read: which claims the probing experiment is run to test (M1's
-    curves; cross-trained M2's B curves are tested only against M1's, in `m1_vs_m2`'s own family)."""
-    return "confirmatory" if experiment in ("A", "B") and split == "items" and subject in M1_SUBJECTS else "exploratory"
+    object-property curves; cross-trained M2's B curves are tested only against M1's, in
+    `m1_vs_m2`'s own family; probes of the model's own self-prediction are exploratory)."""
+    confirmatory = experiment in ("A", "B") and split == "items" and subject in M1_SUBJECTS and target == "property"
+    return "confirmatory" if confirmatory else "exploratory"
 
 
 def rows_of(cell: Cell, layer: int | None, result: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -179,11 +181,15 @@ def curve_table(cells: Sequence[Cell], fits: Mapping[tuple[int, str], Mapping[in
     for (index, target), by_layer in fits.items():
         cell = cells[index]
         permuted = all(fit.null_acc.size for fit in by_layer.values())
-        rows.append({**rows_of(cell, None, {target: {}})[0], "family": family(cell.experiment, cell.split, cell.subject),
+        wrong = cell.train.wrong if cell.test is None else None
+        on_wrong = subset_summary(by_layer, wrong, config.sign_flips, config.seed) if wrong is not None else {}
+        rows.append({**rows_of(cell, None, {target: {}})[0], "family": family(cell.experiment, cell.split, cell.subject, target),
                      **nested_summary(by_layer, config.n_boot, config.sign_flips, config.seed),
+                     **{f"wrong_{k}": v for k, v in on_wrong.items()},
                      **(dict(zip(("max_acc", "max_layer", "p_max"), max_over_layers_p(by_layer))) if permuted else {})})
     table = pd.DataFrame(rows, columns=[*CURVE, "family", "layer", "layers_chosen", "n_test", "nested_acc", "nested_lo", "nested_hi",
-                                        "task_majority", "gain", "p_value", "p_holm", "max_acc", "max_layer", "p_max", "p_max_holm"])
+                                        "task_majority", "gain", "p_value", "p_holm", "max_acc", "max_layer", "p_max", "p_max_holm",
+                                        "wrong_n", "wrong_acc", "wrong_bar", "wrong_p"])
     for name in FAMILIES:
         mine = table["family"] == name
         table.loc[mine, "p_holm"] = holm(table.loc[mine, "p_value"].to_numpy(dtype=float))
@@ -253,8 +259,8 @@ def m1_vs_m2(cells: Sequence[Cell], fits: Fits, config: ProbingConfig) -> pd.Dat
     than the state of a model that read the same input? Per property × position, both curves'
     nested hits paired by item (`compare_paired`: item bootstrap, exact two-sided sign-flip test),
     Holm-adjusted over the rows."""
-    curves = {(cells[i].subject, cells[i].property, cells[i].train.run): by_layer for (i, _), by_layer in fits.items()
-              if cells[i].experiment == "B" and cells[i].split == "items"}
+    curves = {(cells[i].subject, cells[i].property, cells[i].train.run): by_layer for (i, target), by_layer in fits.items()
+              if cells[i].experiment == "B" and cells[i].split == "items" and target == "property"}
     rows = []
     for (subject, prop, run), mine in curves.items():
         theirs = curves.get(("cross", prop, run))

@@ -5,7 +5,7 @@ word (`probes.controls.p_last_word`), an input feature, for every experiment."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,6 +45,9 @@ class Side:
     """Task per row: the per-task majority bar where tasks are pooled."""
     features: np.ndarray | None = None
     """Fixed features (E), used instead of a layer's activations."""
+    wrong: np.ndarray | None = None
+    """Per row, whether the model's own self-prediction on it was wrong (B's property sides): the
+    property probe is also scored on those rows alone, where decoding the trained output fails."""
 
     @property
     def position(self) -> str | None:
@@ -98,6 +101,15 @@ class Labels:
         r = self.records.iloc[rows]
         from_values = r["values"].map(lambda v: v.get(prop) if isinstance(v, dict) else None)
         return np.where(r["kind"] == "object", from_values, r["object_value"]).astype(object)
+
+    def prediction(self, rows: np.ndarray) -> np.ndarray:
+        """Each hypothetical row's own self-prediction (the value the model answered)."""
+        return self.records["hypothetical_value"].iloc[rows].to_numpy(dtype=object)
+
+    def wrong(self, rows: np.ndarray) -> np.ndarray:
+        """Each hypothetical row: was the model's self-prediction wrong (False where unknown)?"""
+        correct = self.records["correct"].iloc[rows] if "correct" in self.records else pd.Series([None] * len(rows))
+        return correct.map(lambda c: c is False or c == 0).to_numpy(dtype=bool)
 
     def rows(self, kind: str, prop: str) -> np.ndarray:
         """Records of `kind` that carry `prop` (object records: every item of a task the property applies to)."""
@@ -188,12 +200,22 @@ class Planner:
         return cells
 
     def hypothetical_cells(self) -> list[Cell]:
-        """B: the hypothetical run at each position."""
+        """B: the hypothetical run at each position, labelled with the object answer's property (also
+        scored on the items whose self-prediction was wrong) and, on the item split, with the
+        model's own self-prediction (what a probe of the trained output would decode)."""
         hyp = self.property_rows("hypothetical")
         if not self.usable("B", hyp, self.labels.value(hyp, self.prop)):
             return []
-        return [self.cell("B", split, self.property_side(run_name("hypothetical", p), hyp, split))
-                for split in self.labels.splits(hyp, self.config.by_task) for p in self.config.hypothetical_positions]
+        cells = [self.cell("B", split, replace(self.property_side(run_name("hypothetical", p), hyp, split), wrong=self.labels.wrong(hyp)))
+                 for split in self.labels.splits(hyp, self.config.by_task) for p in self.config.hypothetical_positions]
+        rows = self.labels.rows("hypothetical", self.prop)
+        rows = rows[pd.notna(self.labels.prediction(rows))]
+        rows = self.frequent(rows, self.labels.prediction(rows))
+        if len(rows) and len(set(self.labels.prediction(rows))) >= 2:
+            cells += [self.cell("B", "items", self.labels.side(run_name("hypothetical", p), rows, {"prediction": self.labels.prediction(rows)},
+                                                               {"prediction": self.key[rows]}, "items"))
+                      for p in self.config.hypothetical_positions]
+        return cells
 
     def identity_cells(self) -> list[Cell]:
         """D: the object answer's first token (top-k frequent) at the hypothetical final token."""

@@ -16,8 +16,8 @@ from probes.summary import onsets
 AT_LAYER = ["majority", "shuffled_acc", "control_task_acc", "control_majority", "selectivity", "control_seen", "agreement"]
 """Per-layer columns shown beside a curve's nested line, read at the layer most folds chose (no choice is made on them)."""
 SHOWN = [*CURVE, "family", "layer", "layers_chosen", "n_test", "nested_acc", "nested_lo", "nested_hi", "task_majority", "bar", "gain",
-         "p_value", "p_holm", "max_acc", "max_layer", "p_max", "p_max_holm", *AT_LAYER]
-PERCENT = ["nested_acc", "nested_lo", "nested_hi", "task_majority", "bar", "gain", "max_acc", *AT_LAYER]
+         "p_value", "p_holm", "wrong_n", "wrong_acc", "wrong_bar", "wrong_p", "max_acc", "max_layer", "p_max", "p_max_holm", *AT_LAYER]
+PERCENT = ["nested_acc", "nested_lo", "nested_hi", "task_majority", "bar", "gain", "wrong_acc", "wrong_bar", "max_acc", *AT_LAYER]
 NO_FITS = ("no probe was fitted: every cell was skipped, none had two label values on enough items (see Skipped) — "
            "probe a study with more items per task (--eval-items), or lower --min-class-items")
 
@@ -69,6 +69,9 @@ INTRO = ("Every accuracy is cross-fitted: k folds over items (every item is test
          "held-out loss in inner folds over that fold's training items only (nested: nested_acc is not inflated by the "
          "choice; layers_chosen lists every fold's pick, layer the commonest). p_value: one-sided item sign-flip test of "
          "nested accuracy against the per-task majority on the same vectors; p_holm: Holm-adjusted within its family. "
+         "B is also scored on the items whose self-prediction was wrong (wrong_n, wrong_acc against wrong_bar, wrong_p: "
+         "exploratory): a probe that only decoded the trained output would fail there; B's target prediction decodes the "
+         "model's own self-prediction instead of its object answer's property (exploratory). "
          "With permutations (--permutations P), max_acc is the best layer's accuracy (max_layer) and p_max its p-value against "
          "P within-task label permutations refitted at every layer, each taking the same maximum (p_max_holm: Holm within family). "
          + "; ".join(f"{k}: {v}" for k, v in FAMILIES.items()) + ". E's L2 strength is chosen in inner folds (nested CV). Items whose label value is rare are dropped per experiment; the Skipped "
@@ -88,8 +91,9 @@ def onset_summary(table: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     """D's comparison: per subject × property, the onset layer of the answer identity and of the
     property (B, final), each beside its curve's nested accuracy (layer chosen in inner folds)."""
     d_rows, d_curves = table[table["experiment"] == "D"], curves[curves["experiment"] == "D"]
-    b_final = ((table["experiment"] == "B") & (table["test_run"] == "hypothetical@final") & (table["split"] == "items"))
-    b_curves = curves[(curves["experiment"] == "B") & (curves["test_run"] == "hypothetical@final") & (curves["split"] == "items")]
+    b_final = ((table["experiment"] == "B") & (table["test_run"] == "hypothetical@final") & (table["split"] == "items") & (table["target"] == "property"))
+    b_curves = curves[(curves["experiment"] == "B") & (curves["test_run"] == "hypothetical@final") & (curves["split"] == "items")
+                      & (curves["target"] == "property")]
     if d_rows.empty:
         return pd.DataFrame(columns=["subject", "property", "identity_onset", "property_onset", "identity_nested_acc", "property_nested_acc"])
     by = ["subject", "property"]
@@ -128,11 +132,11 @@ def write_probing_report(run: RunDir, metrics: Mapping[str, Any]) -> None:
     best = pd.DataFrame(metrics["best"], columns=SHOWN)
     e = table[table["experiment"] == "E"]
     sections = [Section("Summary", tables=[Table(best, "Every curve at the layer chosen in inner folds (nested), with its family and Holm-adjusted p-value", PERCENT)], text=INTRO + "\n\n" + _run_text(metrics))]
-    variants = {"A": ["train_run", "split"], "B": ["test_run", "split"], "C": ["test_run", "split"], "F": ["test_run", "target"]}
+    variants = {"A": ["train_run", "split"], "B": ["test_run", "split", "target"], "C": ["test_run", "split"], "F": ["test_run", "target"]}
     for ex in ("A", "B", "C", "D", "E", "F"):
         rows = table[table["experiment"] == ex]
         if ex == "D" and not rows.empty:
-            prop = _items(table[(table["experiment"] == "B") & (table["test_run"] == "hypothetical@final")])
+            prop = _items(table[(table["experiment"] == "B") & (table["test_run"] == "hypothetical@final") & (table["target"] == "property")])
             onset = pd.DataFrame(metrics["onsets"])
             sections.append(Section(TITLES[ex], [layer_figure(pd.concat([rows, prop]), TITLES[ex], variant=["target"])],
                                     [Table(onset, "Onset layers (first layer whose CI clears the majority baseline)",

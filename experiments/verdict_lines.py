@@ -149,8 +149,15 @@ def probes_line(r: Results) -> Line:
     at_final = [c for c in curves if c["test_run"].endswith("final") and _significant(c)]
     shown = at_p + at_final or sorted(curves, key=lambda c: _num(c["p_holm"]))[:2]
     measured = f"{len(curves)} curves; " + ("significant: " if at_p + at_final else "none significant; smallest p: ") + "; ".join(map(_curve_text, shown))
+    wrong = [c for c in at_final if _num(c.get("wrong_n")) > 0]
+    measured += "".join(f"; on the {int(c['wrong_n'])} items whose self-prediction was wrong: {pct(c['wrong_acc'])} vs bar "
+                        f"{pct(c['wrong_bar'])}, p = {pval(c['wrong_p'])} (exploratory)" for c in wrong)
+    beyond_output = [c for c in wrong if _num(c["wrong_p"]) < ALPHA and c["wrong_acc"] > c["wrong_bar"]]
     if at_p:
         supports = "a state at P to be read (state); check against E and M1 vs M2"
+    elif beyond_output:
+        supports = ("at the question's final token only, and there even where the self-prediction was wrong, so not only the "
+                    "trained output: re-simulation, or a state formed at the question")
     elif at_final:
         supports = ("decodable only at the question's final token: re-simulation, or the trained output itself "
                     "(a final-token probe of a model trained to say the property decodes the output) — cannot tell these apart")

@@ -110,6 +110,21 @@ def strict_bar(fit: CrossFit) -> tuple[np.ndarray, str]:
     return (hindsight, "task mode in hindsight") if hindsight.mean() > crossfitted.mean() else (crossfitted, "training folds' task majority")
 
 
+def subset_summary(fits: Mapping[int, CrossFit], mask: np.ndarray, n_flips: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """A curve's nested predictions scored on a subset of its tested vectors (`mask`, in test
+    order), against the same per-task bar on those vectors: n, accuracy, bar and the one-sided
+    item sign-flip p (NaN without vectors). The layer choice is the curve's own, made on all items."""
+    hits, _ = nested_layers(fits)
+    first = fits[min(fits)]
+    bar, _ = strict_bar(first)
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return {"n": 0, "acc": float("nan"), "bar": float("nan"), "p": float("nan")}
+    groups = np.asarray(first.groups)[mask]
+    return {"n": int(mask.sum()), "acc": float(hits[mask].mean()), "bar": float(bar[mask].mean()),
+            "p": sign_flip_p(item_differences(hits[mask], bar[mask], groups), n_flips, seed)}
+
+
 def nested_summary(fits: Mapping[int, CrossFit], n_boot: int = 1000, n_flips: int = 2000, seed: int = 0) -> dict[str, Any]:
     """One curve (a cell's fits over layers) with its layer chosen in inner folds: the nested
     accuracy and its item-bootstrap CI, the per-task majority bar on the same vectors (`strict_bar`),

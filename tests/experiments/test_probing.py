@@ -131,9 +131,23 @@ def test_a_reads_the_object_runs_own_answer_values(results) -> None:
 
 def test_b_reads_object_value_not_the_hypothetical_answer(results) -> None:
     table, _, _, _ = results
-    b = _acc(table, experiment="B", property="second_character", split="items", test_run="hypothetical@final")
+    b = _acc(table, experiment="B", property="second_character", split="items", test_run="hypothetical@final", target="property")
     assert b[0] < 0.6 and b[1] < 0.6 and b[2] > 0.9 and b[3] > 0.9
-    assert _acc(table, experiment="B", property="second_character", split="items", test_run="hypothetical@p_last").max() < 0.6
+    assert _acc(table, experiment="B", property="second_character", split="items", test_run="hypothetical@p_last", target="property").max() < 0.6
+    # the model's own self-prediction (random in this store, planted nowhere) is B's second target: no layer decodes it
+    assert _acc(table, experiment="B", property="second_character", split="items", test_run="hypothetical@final", target="prediction").max() < 0.6
+
+
+def test_b_is_also_scored_on_the_items_whose_self_prediction_was_wrong(results) -> None:
+    """Every hypothetical record of the planted store has correct = False, so the wrong-items score is the curve's
+    own (an identity); the self-prediction target is exploratory and has no wrong-items score."""
+    _, _, _, curves = results
+    b = curves[(curves["experiment"] == "B") & (curves["split"] == "items") & (curves["property"] == "second_character")].set_index(["test_run", "target"])
+    final = b.loc[("hypothetical@final", "property")]
+    assert final["wrong_n"] == final["n_test"] and final["wrong_acc"] == pytest.approx(final["nested_acc"]) and final["wrong_p"] < 0.05
+    assert final["family"] == "confirmatory"
+    prediction = b.loc[("hypothetical@final", "prediction")]
+    assert prediction["family"] == "exploratory" and pd.isna(prediction["wrong_n"])
 
 
 def test_c_applies_a_probe_to_b_vectors(results) -> None:

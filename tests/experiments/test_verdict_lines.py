@@ -58,6 +58,11 @@ def test_probes_line_tells_a_state_at_p_from_a_final_token_only_result() -> None
     assert "only at the question's final token" in line.supports and "Holm p = 0.01" in line.measured
     at_p = {"best": [_curve("B", "hypothetical@p_last", 0.02)]}
     assert v.probes_line(_results(probing=at_p)).supports.startswith("a state at P")
+    beyond = {"best": [{**_curve("B", "hypothetical@final", 0.01), "wrong_n": 12, "wrong_acc": 0.6, "wrong_bar": 0.2, "wrong_p": 0.01}]}
+    line = v.probes_line(_results(probing=beyond))
+    assert "even where the self-prediction was wrong" in line.supports and "on the 12 items whose self-prediction was wrong: 60%" in line.measured
+    output = {"best": [{**_curve("B", "hypothetical@final", 0.01), "wrong_n": 12, "wrong_acc": 0.2, "wrong_bar": 0.3, "wrong_p": 0.8}]}
+    assert "cannot tell these apart" in v.probes_line(_results(probing=output)).supports
     nothing = {"best": [_curve("B", "hypothetical@p_last", 0.6), _curve("B", "hypothetical@final", 0.3)]}
     assert v.probes_line(_results(probing=nothing)).supports.startswith(v.UNDECIDED)
 

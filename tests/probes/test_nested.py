@@ -12,7 +12,7 @@ import torch
 from probes.config import ProbeConfig
 from probes.crossfit import CrossFit, Pool, cross_predict
 from probes.nested import (
-    item_differences, max_over_layers_p, nested_layers, nested_summary, strict_bar, task_mode_hits,
+    item_differences, max_over_layers_p, nested_layers, nested_summary, strict_bar, subset_summary, task_mode_hits,
 )
 from tests.probes.planted import planted
 
@@ -147,3 +147,23 @@ def test_the_task_mode_is_taken_within_each_task() -> None:
 def test_the_cross_fitted_constant_stays_the_bar_where_it_scores_higher() -> None:
     fit = _fit(["a", "b", "b", "b"], ["a", "b", "b", "b"], ["s"] * 4)  # hindsight mode 'b' scores 3, the constant 4
     assert strict_bar(fit)[1] == "training folds' task majority"
+
+
+def test_subset_summary_scores_the_curves_own_predictions_on_part_of_its_vectors() -> None:
+    """The subset score is the nested hits (layer chosen on all items) restricted to the mask, against the same bar;
+    the whole mask gives the curve's own accuracy; an empty mask gives n = 0 and NaN."""
+    rng = np.random.default_rng(3)
+    n = 60
+    y = rng.choice(["a", "b"], n)
+    tasks = np.repeat(["t", "u"], n // 2)
+    cfg = ProbeConfig(c_grid=(1.0,), folds=2, n_boot=1, max_iter=20, tol=1e-2)
+    fits = {layer: cross_predict(Pool(rng.normal(size=(n, 3)).astype(np.float32) + (y == "a")[:, None] * layer, {"p": y},
+                                      np.arange(n) % 3, np.arange(n).astype(str), tasks=tasks), cfg, inner=True)["p"] for layer in range(3)}
+    hits, _ = nested_layers(fits)
+    bar, _ = strict_bar(fits[0])
+    mask = np.arange(n) % 2 == 0
+    part = subset_summary(fits, mask, n_flips=99)
+    assert part["n"] == 30 and part["acc"] == pytest.approx(hits[mask].mean()) and part["bar"] == pytest.approx(bar[mask].mean())
+    assert subset_summary(fits, np.ones(n, bool), n_flips=99)["acc"] == pytest.approx(nested_summary(fits, n_boot=10, n_flips=99)["nested_acc"])
+    empty = subset_summary(fits, np.zeros(n, bool))
+    assert empty["n"] == 0 and np.isnan(empty["acc"])
