@@ -91,7 +91,7 @@ def behaviour_line(r: Results) -> Line:
     elif p["diff_ci_high"] < 0:
         supports = "not privileged access: cross predicts M1 better than M1 does"
     else:
-        supports = f"no privileged access shown (differences beyond ±{pts(p['mdd']).lstrip('+')} points excluded at 80% power): consistent with reading the input"
+        supports = f"no privileged access shown (the design detects {pts(p['mdd']).lstrip('+')} points with 80% power): consistent with reading the input"
     return Line(name, CONTEXT, *BEHAVIOUR, measured, supports, source)
 
 

@@ -180,8 +180,10 @@ def run_patching(folder: Path, ctx: dict) -> None:
     main(["--debug", "--study", "tiny", "--capture", "mech-patch", "--subjects", "untrained", "self", *PATCHING_ARGS])
 
 
-PATCHING_ARGS = (  # every experiment A–E runs, on as little as it takes (the tiny study's animals items, c vs d)
-    "--tasks", "animals", "--properties", "first_character", "--pairs-per-group", "1", "--pair-candidates", "2",
+# Every experiment A–E runs, on as little as it takes (the tiny study's animals items, c vs d); --min-gap 0:
+# random tiny weights give clean gaps far below the preset's 0.5, and patching refuses to run without a pair.
+PATCHING_ARGS = (
+    "--tasks", "animals", "--properties", "first_character", "--pairs-per-group", "1", "--pair-candidates", "2", "--min-gap", "0",
     "--exact-pairs", "1", "--exact-cells", "2", "--steer-task", "animals", "--steer-property", "first_character",
     "--steer-items", "4", "--steer-scales", "4", "--n-random", "1", "--concepts", "cat", "--baseline-words", "fox",
     "--concept-items", "1", "--concept-scales", "4",
