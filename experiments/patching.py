@@ -37,11 +37,12 @@ import pandas as pd
 import torch
 
 from experiments.common import config_main, config_parser
-from experiments.mech_engine import check_engine, engine_of, subject_handle
 from experiments.mech import SUBJECTS, StudyChoice, StudyView, Subject, capture_stores, open_capture, open_study, prompt_pairs, resolved
+from experiments.mech_engine import check_engine, engine_of, subject_handle
 from experiments.patching_report import write_report
 from introspect_mi import config as cfg
 from introspect_mi.actstore import ActivationStore
+from introspect_mi.concepts import CONCEPT_FAMILY, CONCEPT_POSITIONS, concept_vectors, run_concepts, summarise_concepts
 from introspect_mi.errors import UserError
 from introspect_mi.logit_lens import first_token
 from introspect_mi.models import ModelHandle
@@ -51,7 +52,6 @@ from introspect_mi.patching_pairs import ItemPrompts, pairable, select_pairs, to
 from introspect_mi.patching_summary import CONFIRMATORY_FAMILY, attribution_agreement, contrast_layers, contrast_tests, layer_summary
 from introspect_mi.places import resid_post
 from introspect_mi.properties import get_property
-from introspect_mi.concepts import CONCEPT_FAMILY, CONCEPT_POSITIONS, concept_vectors, run_concepts, summarise_concepts
 from introspect_mi.steering import RowSteer, Steerer
 from introspect_mi.steering_experiments import (
     SWEEP_FAMILY, SteeringSetup, assign_folds, balanced, layer_at, run_steering, site_norm, steer_values, steering_pattern,

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from introspect_mi.patching_experiments import EXPERIMENTS
-from introspect_mi.patching_pairs import GROUPS
 from introspect_mi.concepts import CONFIRMATORY_POSITIONS
 from introspect_mi.multiplicity import CONFIRMATORY
-from introspect_mi.steering_experiments import POSITION_SETS
+from introspect_mi.patching_experiments import EXPERIMENTS
+from introspect_mi.patching_pairs import GROUPS
 from introspect_mi.patching_summary import LEVEL
+from introspect_mi.steering_experiments import POSITION_SETS
 from introspect_mi.store import RunDir
 from introspect_mi.viz import Section, Table, write_report as write_html
 from introspect_mi.viz.patching import (
