@@ -131,6 +131,7 @@ def _curves(r: Results, **where: Any) -> list[Mapping[str, Any]]:
 
 
 def _significant(c: Mapping[str, Any]) -> bool:
+    """Holm-adjusted p below ALPHA (a missing or NaN p_holm never is)."""
     return not math.isnan(_num(c.get("p_holm"))) and c["p_holm"] < ALPHA
 
 
@@ -219,8 +220,8 @@ def m1_vs_m2_line(r: Results) -> Line:
         return missing(name, CONFIRMATORY, M1_VS_M2, "no cross store (capture --subjects cross)", source)
     parts = [f"{x['property']} {x['run'].split('@')[1]}: self {pct(x['self_acc'])} vs M2 {pct(x['cross_acc'])}, "
              f"{pts(x['diff'])} [{pts(x['diff_lo'])}, {pts(x['diff_hi'])}], Holm p = {pval(x['p_holm'])}, n = {x['n_items']}" for x in rows]
-    wins = [x for x in rows if x["diff"] > 0 and x["p_holm"] < ALPHA]
-    losses = [x for x in rows if x["diff"] < 0 and x["p_holm"] < ALPHA]
+    wins = [x for x in rows if x["diff"] > 0 and _significant(x)]
+    losses = [x for x in rows if x["diff"] < 0 and _significant(x)]
     if wins and not losses:
         supports = "state or re-simulation: M1's own state carries more than the input gives M2"
     elif losses and not wins:
@@ -299,7 +300,7 @@ def patching_b_line(r: Results) -> Line:
         return missing(name, CONFIRMATORY, PATCH_B, "no B − control contrast", source)
     parts, significant = [], {}
     for label, tests in rows.items():
-        hits = [x for x in tests if x["median"] > 0 and not math.isnan(_num(x["p_holm"])) and x["p_holm"] < ALPHA]
+        hits = [x for x in tests if x["median"] > 0 and _significant(x)]
         significant[label] = hits
         layers = [x["layer"] for x in tests]
         medians = [x["median"] for x in hits]
@@ -332,7 +333,7 @@ def steering_line(r: Results) -> Line:
     parts, moved = [], []
     for label, s in subjects.items():
         tests = [x for x in s.get("sweep_tests", []) if x["kind"] == "object"]
-        wins = [x for x in tests if not math.isnan(_num(x.get("p_holm"))) and x["p_holm"] < ALPHA and x["gain_mean"] > 0]
+        wins = [x for x in tests if _significant(x) and x["gain_mean"] > 0]
         moved += wins
         best = max(tests, key=lambda x: _num(x["gain_mean"]), default=None)
         gain = "" if best is None else (f"; largest steer − random gain {pts(best['gain_mean'])} points [{pts(best['gain_ci_low'])}, "
@@ -358,7 +359,7 @@ def concepts_line(r: Results) -> Line:
     parts, after, specific, every = [], [], [], []
     for label, c in subjects.items():
         rows = c.get("summary", [])
-        a = [x for x in rows if x["positions"] == "after_P" and not math.isnan(_num(x.get("p_holm"))) and x["p_holm"] < ALPHA and x["vs_random_mean"] > 0]
+        a = [x for x in rows if x["positions"] == "after_P" and _significant(x) and x["vs_random_mean"] > 0]
         e = [x for x in rows if x["positions"] == "all" and _num(x.get("vs_random_p")) < ALPHA and x["vs_random_mean"] > 0]
         s = [x for x in a if _num(x.get("vs_other_p")) < ALPHA and x["vs_other_mean"] > 0]
         after, specific, every = after + a, specific + s, every + e
@@ -393,7 +394,7 @@ def sae_line(r: Results) -> Line:
              f"Holm p = {pval(e.get('p_holm'))}, n = {e['n_items']} items" for k, e in effects.items()]
     attribution = (r.sae or {}).get("attribution") or {}
     parts += [f"{k}: {pct(a['share_p'])} of the latents' attribution at P's tokens, error term {pct(a['error_share'])}" for k, a in attribution.items()]
-    hits = [k for k, e in effects.items() if e.get("p_holm") is not None and not math.isnan(_num(e["p_holm"])) and e["p_holm"] < ALPHA and e["top_minus_random"] < 0]
+    hits = [k for k, e in effects.items() if _significant(e) and e["top_minus_random"] < 0]
     supports = (f"a few features matter beyond matched random at {', '.join(k.removesuffix(' logit_difference') for k in hits)}: "
                 "they locate the answer, and where they sit (P or the question, the attribution shares) says which account; "
                 "a large error-term share means the SAE misses what the model uses") if hits else UNDECIDED + " (no ablation beyond matched random survives Holm)"
