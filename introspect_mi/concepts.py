@@ -36,13 +36,13 @@ from introspect_mi.batching import left_pad
 from introspect_mi.hooks import recording
 from introspect_mi.logit_lens import first_token
 from introspect_mi.models import ModelHandle
-from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm
+from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm, paired_effect
 from introspect_mi.patching_pairs import ItemPrompts
 from introspect_mi.places import resid_post
 from introspect_mi.prompt_format import Message
 from introspect_mi.properties import Property, get_property
 from introspect_mi.steering import RowSteer, Steerer, random_like
-from introspect_mi.steering_experiments import POSITION_SETS, paired_effect, position_set, read_answers
+from introspect_mi.steering_experiments import POSITION_SETS, position_set, read_answers
 
 CONCEPT_TEMPLATE = "Tell me about {word}."
 CONCEPT_POSITIONS = ("after_P", "all")

@@ -3,7 +3,7 @@
 Every mechanistic experiment tests many cells (layers × positions × properties × subjects). A
 report marks each result *confirmatory* (in a family declared in code before the numbers, its
 p-value Holm-adjusted within that family) or *exploratory* (shown, never adjusted into a claim).
-`sign_flip_p` is the paired test used throughout: units (items, pairs) are exchangeable under the
+`sign_flip_p` is the paired test used throughout (`paired_effect` adds the mean and its bootstrap CI): units (items, pairs) are exchangeable under the
 null, so each unit's difference keeps or flips its sign at random. `holm` adjusts a family.
 """
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from introspect_mi.metrics import bootstrap_ci
 
 CONFIRMATORY = "confirmatory"
 EXPLORATORY = "exploratory"
@@ -31,6 +33,17 @@ def sign_flip_p(differences: Sequence[float] | np.ndarray, n_perm: int = 2000, s
     else:
         hits = np.sum(sums >= observed - 1e-12)
     return float((1 + hits) / (1 + n_perm))
+
+
+def paired_effect(differences: Sequence[float] | np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Mean of per-unit paired differences with its 95% bootstrap CI over units and the one-sided
+    sign-flip p that it is > 0 (NaN with no units)."""
+    d = np.asarray(differences, dtype=float)
+    d = d[~np.isnan(d)]
+    if not d.size:
+        return {"n": 0, "mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p": float("nan")}
+    low, high = bootstrap_ci(d, seed=seed)
+    return {"n": int(d.size), "mean": float(d.mean()), "ci_low": low, "ci_high": high, "p": sign_flip_p(d, seed=seed)}
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:

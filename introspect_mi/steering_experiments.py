@@ -39,9 +39,8 @@ import torch
 from tqdm.auto import tqdm
 
 from introspect_mi.actstore import ActivationStore
-from introspect_mi.metrics import bootstrap_ci
 from introspect_mi.models import ModelHandle
-from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm, sign_flip_p
+from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm, paired_effect
 from introspect_mi.patching_pairs import ItemPrompts
 from introspect_mi.places import resid_post
 from introspect_mi.properties import get_property
@@ -66,17 +65,6 @@ def layer_at(depth: float, n_layers: int) -> int:
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth {depth} is not a fraction between 0 and 1")
     return int(round(depth * (n_layers - 1)))
-
-
-def paired_effect(differences: Sequence[float] | np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Mean of per-unit paired differences with its 95% bootstrap CI over units and the one-sided
-    sign-flip p that it is > 0 (NaN with no units)."""
-    d = np.asarray(differences, dtype=float)
-    d = d[~np.isnan(d)]
-    if not d.size:
-        return {"n": 0, "mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p": float("nan")}
-    low, high = bootstrap_ci(d, seed=seed)
-    return {"n": int(d.size), "mean": float(d.mean()), "ci_low": low, "ci_high": high, "p": sign_flip_p(d, seed=seed)}
 
 
 def read_answers(handle: ModelHandle, logits: torch.Tensor, prop_name: str, kind: str, targets: Sequence[str | None]) -> list[str | None]:

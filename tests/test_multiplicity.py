@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from introspect_mi.multiplicity import holm, sign_flip_p
+from introspect_mi.multiplicity import holm, paired_effect, sign_flip_p
 from probes.nested import item_differences
 
 
@@ -34,3 +34,13 @@ def test_holm_adjusts_by_rank_and_keeps_order() -> None:
     adjusted = holm([0.01, np.nan, 0.04, 0.03])
     assert adjusted[0] == pytest.approx(0.03) and np.isnan(adjusted[1])
     assert adjusted[3] == pytest.approx(0.06) and adjusted[2] == pytest.approx(0.06)  # monotone: max(2·0.03, 1·0.04)
+
+
+def test_paired_effect_mean_ci_and_one_sided_p() -> None:
+    d = np.array([1.0, 0.0, 1.0, 1.0, -1.0, 1.0, 1.0, 1.0, np.nan])
+    got = paired_effect(d, seed=3)
+    assert got["n"] == 8 and got["mean"] == pytest.approx(5 / 8)
+    assert got["ci_low"] <= got["mean"] <= got["ci_high"]
+    assert got["p"] == sign_flip_p(d[:-1], seed=3)
+    assert paired_effect(-d, seed=3)["p"] > 0.9  # the test is one-sided: a negative effect is not evidence
+    assert np.isnan(paired_effect([np.nan])["p"]) and paired_effect([np.nan])["n"] == 0

@@ -12,11 +12,11 @@ import torch
 
 from introspect_mi.actstore import ActivationStore, StoreWriter, tensor_key
 from introspect_mi.models import ModelHandle, load
-from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm, sign_flip_p
+from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm
 from introspect_mi.places import resid_post
 from introspect_mi.steering import Steerer
 from introspect_mi.steering_experiments import (
-    POSITION_SETS, SteeringSetup, assign_folds, balanced, layer_at, paired_effect, position_set, random_controls, run_steering, site_norm,
+    POSITION_SETS, SteeringSetup, assign_folds, balanced, layer_at, position_set, random_controls, run_steering, site_norm,
     steer_values, steering_pattern, store_steering_vectors, summarise_steering, sweep_tests,
 )
 from tests.test_patching_pairs import item
@@ -163,16 +163,6 @@ def test_sweep_doubles_the_scale_until_a_random_push_changes_the_answers(handle:
     assert len(tests) == 2 * 5 and (tests["gain_mean"] == 0).all() and (tests["gain_p"] == 1.0).all()
     sweep, _, _, _ = run_steering(handle, steerer, items, setup, [1.0, 2.0], n_random=1, dose_until=0.0, progress=False)
     assert sorted(sweep["scale"].unique()) == [1.0, 2.0]
-
-
-def test_paired_effect_mean_ci_and_one_sided_p() -> None:
-    d = np.array([1.0, 0.0, 1.0, 1.0, -1.0, 1.0, 1.0, 1.0, np.nan])
-    got = paired_effect(d, seed=3)
-    assert got["n"] == 8 and got["mean"] == pytest.approx(5 / 8)
-    assert got["ci_low"] <= got["mean"] <= got["ci_high"]
-    assert got["p"] == sign_flip_p(d[:-1], seed=3)
-    assert paired_effect(-d, seed=3)["p"] > 0.9  # the test is one-sided: a negative effect is not evidence
-    assert np.isnan(paired_effect([np.nan])["p"]) and paired_effect([np.nan])["n"] == 0
 
 
 def sweep_item_rows(moved_by_steer: dict[float, int], n: int = 12) -> pd.DataFrame:
