@@ -30,10 +30,11 @@ the explorer (`introspect-mi explore runs/<capture>`) links the report.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -48,7 +49,7 @@ from introspect_mi.actstore import ActivationStore
 from introspect_mi.errors import UserError
 from introspect_mi.paths import runs_dir
 from introspect_mi.store import RunDir
-from introspect_mi.timing import StageClock
+from introspect_mi.timing import StageClock, cpu_seconds
 from experiments.probing_plan import M1_SUBJECTS, Cell, Labels, Planner
 from probes import ProbeConfig
 from probes.crossfit import CrossFit, cross_predict, score
@@ -102,6 +103,8 @@ class ProbingConfig(StudyChoice, ProbeConfig):
     """Within-task label permutations refitted at every layer for the max-over-layers null of each curve without transfer (0: none; e.g. 99)."""
     name: str = "probing"
     """Output folder inside the capture run."""
+    workers: int = 0
+    """Processes fitting subject × layer groups at once (0: one per CPU core; 1: in this process). Results do not depend on it."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,7 +118,7 @@ class ProbingConfig(StudyChoice, ProbeConfig):
         if not self.input_c_grid or any(not c > 0 for c in self.input_c_grid) or self.sign_flips < 1 or self.permutations < 0:
             raise UserError("input_c_grid needs positive numbers, sign_flips at least 1, permutations at least 0",
                             "e.g. --input-c-grid 0.01 0.1 1 --sign-flips 2000 --permutations 99")
-        floors = {"layer_stride": 1, "min_class_items": 1, "identity_min_items": 1, "item_folds": 2, "top_k": 2, "input_last_tokens": 0}
+        floors = {"layer_stride": 1, "min_class_items": 1, "identity_min_items": 1, "item_folds": 2, "top_k": 2, "input_last_tokens": 0, "workers": 0}
         low = [name for name, floor in floors.items() if getattr(self, name) < floor]
         if low:
             raise UserError(f"{', '.join(f'{n}={getattr(self, n)}' for n in low)} is too small",
@@ -208,42 +211,90 @@ class ProbeRun(NamedTuple):
 
 def run_cells(cells: Sequence[Cell], stores: Mapping[str, ActivationStore], layers: Mapping[str, Sequence[int]], config: ProbingConfig,
               progress: bool = True) -> ProbeRun:
-    """Fit every cell: one load per subject × layer (`layers`: subject → its layers), each fixed-feature cell once."""
+    """Fit every cell: one load per subject × layer (`layers`: subject → its layers), each fixed-feature cell once.
+
+    Each fit runs on one thread (small matrices: threads cost more than they give, several-fold on a
+    shared CPU); with `config.workers` > 1 the subject × layer groups run in that many forked
+    processes. Every fit is seeded by its own cell, so the result is the same, byte for byte, with
+    any number of workers (a test)."""
+    jobs: list[Job] = [(None, None)] + [(subject, layer) for subject in stores for layer in layers[subject]
+                                        if any(c.layered and c.subject == subject for c in cells)]
+    sizes = [len(_job_cells(cells, job)) for job in jobs]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matrices: threads cost more than they give (several-fold on a shared CPU)
+    torch.set_num_threads(1)
     try:
-        table, fits = _run_cells(cells, stores, layers, config, progress)
+        with tqdm(total=sum(sizes), desc="probes", unit="cell", disable=not progress) as bar:
+            done = []
+            for size, result in zip(sizes, _map_jobs(jobs, cells, stores, config)):
+                done.append(result)
+                bar.update(size)
     finally:
         torch.set_num_threads(threads)
+    fits: Fits = {}
+    rows: list[dict[str, Any]] = []
+    for job_rows, job_fits in done:
+        rows += job_rows
+        for (index, target, layer), fit in job_fits:
+            fits.setdefault((index, target), {})[layer] = fit
+    table = pd.DataFrame(rows).reindex(columns=list(TABLE_COLUMNS))
     return ProbeRun(table, curve_table(cells, fits, config), m1_vs_m2(cells, fits, config))
 
 
 Fits = dict[tuple[int, str], dict[int, CrossFit]]
 """(cell index, target) → layer → that cell's cross-fitted probe."""
+Job = tuple[str | None, int | None]
+"""(subject, layer) of a group of layered cells; (None, None): the fixed-feature cells."""
+JobResult = tuple[list[dict[str, Any]], list[tuple[tuple[int, str, int], CrossFit]]]
 
 
-def _run_cells(cells: Sequence[Cell], stores: Mapping[str, ActivationStore], layers: Mapping[str, Sequence[int]], config: ProbingConfig,
-               progress: bool) -> tuple[pd.DataFrame, Fits]:
-    fits: Fits = {}
+def _job_cells(cells: Sequence[Cell], job: Job) -> list[tuple[int, Cell]]:
+    subject, _ = job
+    if subject is None:
+        return [(i, c) for i, c in enumerate(cells) if not c.layered]
+    return [(i, c) for i, c in enumerate(cells) if c.layered and c.subject == subject]
+
+
+def _run_job(cells: Sequence[Cell], stores: Mapping[str, ActivationStore], config: ProbingConfig, job: Job) -> JobResult:
+    """The rows and fits of one job's cells, in cell order."""
+    subject, layer = job
+    mine = _job_cells(cells, job)
     rows: list[dict[str, Any]] = []
-    total = sum(len(layers[c.subject]) if c.layered else 1 for c in cells)
-    with tqdm(total=total, desc="probes", unit="cell", disable=not progress) as bar:
-        for cell in (c for c in cells if not c.layered):
-            rows += rows_of(cell, None, {t: score(fit, config) for t, fit in fit_cell(cell, None, config).items()})
-            bar.update()
-        for subject, store in stores.items():
-            mine = [(i, c) for i, c in enumerate(cells) if c.layered and c.subject == subject]
-            positions = sorted({s.position for _, c in mine for s in (c.train, c.test) if s is not None and s.position})
-            for layer in layers[subject] if mine else []:
-                vectors = load_vectors(store, layer, positions)
-                for index, cell in mine:
-                    bar.set_postfix(subject=subject, layer=layer, cell=f"{cell.experiment}/{cell.property}")
-                    result = fit_cell(cell, vectors, config)
-                    for target, fit in result.items():
-                        fits.setdefault((index, target), {})[layer] = fit
-                    rows += rows_of(cell, layer, {t: score(fit, config) for t, fit in result.items()})
-                    bar.update()
-    return pd.DataFrame(rows).reindex(columns=list(TABLE_COLUMNS)), fits
+    fits: list[tuple[tuple[int, str, int], CrossFit]] = []
+    vectors = None
+    if subject is not None:
+        positions = sorted({s.position for _, c in mine for s in (c.train, c.test) if s is not None and s.position})
+        vectors = load_vectors(stores[subject], layer, positions)
+    for index, cell in mine:
+        result = fit_cell(cell, vectors, config)
+        if layer is not None:  # the layered curves' fits (for the nested layer choice); fixed-feature cells keep rows only
+            fits += [((index, target, layer), fit) for target, fit in result.items()]
+        rows += rows_of(cell, layer, {t: score(fit, config) for t, fit in result.items()})
+    return rows, fits
+
+
+_FORKED: tuple[Sequence[Cell], Mapping[str, ActivationStore], ProbingConfig] | None = None
+"""What forked workers read (inherited, not pickled): the cells, stores and config of the running `run_cells`."""
+
+
+def _forked_job(job: Job) -> JobResult:
+    torch.set_num_threads(1)
+    assert _FORKED is not None
+    return _run_job(*_FORKED, job)
+
+
+def _map_jobs(jobs: Sequence[Job], cells: Sequence[Cell], stores: Mapping[str, ActivationStore], config: ProbingConfig) -> Iterator[JobResult]:
+    """Each job's result, in job order: here, or in `config.workers` forked processes."""
+    workers = min(config.workers or len(os.sched_getaffinity(0)), len(jobs))
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        yield from (_run_job(cells, stores, config, job) for job in jobs)
+        return
+    global _FORKED
+    _FORKED = (cells, stores, config)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            yield from pool.imap(_forked_job, jobs)
+    finally:
+        _FORKED = None
 
 
 M1_VS_M2_FAMILY = ("confirmatory: self-trained M1's activations vs cross-trained M2's on the same hypothetical prompts "
@@ -330,10 +381,20 @@ def store_properties(stores: Mapping[str, ActivationStore], wanted: Sequence[str
     return list(wanted) or held
 
 
-def main_probing(config: ProbingConfig, preset: str) -> dict[str, Any]:
-    from experiments.probing_report import print_summary, summary_metrics, write_probing_report
+class Plan(NamedTuple):
+    """What a probing run fits: the study, its capture, the stores found, the cells and each subject's layers."""
 
-    start, cpu_start = time.perf_counter(), time.process_time()
+    view: StudyView
+    capture: RunDir
+    stores: dict[str, ActivationStore]
+    missing: dict[str, str]
+    cells: list[Cell]
+    layers: dict[str, list[int]]
+    skipped: list[dict[str, str]]
+
+
+def plan(config: ProbingConfig, preset: str) -> Plan:
+    """Open the study and its capture and lay out every cell (`main_probing`, `benchmark probing`)."""
     view = open_study(preset, config)
     capture = open_capture(config.capture or f"mech-{view.name}", preset)
     stores, missing = capture_stores(capture, view, config.subjects)
@@ -341,23 +402,31 @@ def main_probing(config: ProbingConfig, preset: str) -> dict[str, Any]:
         print(f"missing subject {label}: {why}. Make it with: {CAPTURE_COMMAND}" + (" --subjects cross" if label == "cross" else ""), flush=True)
     if not stores:
         raise UserError(f"no finished activation store of {', '.join(config.subjects)} in {capture.folder}", f"capture first: {CAPTURE_COMMAND}")
-    run = RunDir.create(capture.folder, config.name, cfg.to_dict(resolved(config, view)), seed=config.seed)
     m2_values = m2_object_values(view) if "F" in config.experiments and set(stores) & set(M1_SUBJECTS) else None
     skipped: list[dict[str, str]] = []
     labels = subject_labels(stores, config, skipped)
     props = store_properties(stores, config.properties)
     cells = [c for lab in labels.values() for p in props for c in Planner(lab, p, config, skipped).cells(m2_values)]
     layers = {label: layers_of(int(store.info["n_layers"]), config.layer_stride) for label, store in stores.items()}
-    print(f"probing {', '.join(f'{s} at layers {l}' for s, l in layers.items())}: {len(cells)} cells, {len(skipped)} skipped", flush=True)
+    return Plan(view, capture, dict(stores), dict(missing), cells, layers, skipped)
+
+
+def main_probing(config: ProbingConfig, preset: str) -> dict[str, Any]:
+    from experiments.probing_report import print_summary, summary_metrics, write_probing_report
+
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    p = plan(config, preset)
+    run = RunDir.create(p.capture.folder, config.name, cfg.to_dict(resolved(config, p.view)), seed=config.seed)
+    print(f"probing {', '.join(f'{s} at layers {l}' for s, l in p.layers.items())}: {len(p.cells)} cells, {len(p.skipped)} skipped", flush=True)
     clock = StageClock(run.folder)
     with clock.stage("probes"):
-        probed = run_cells(cells, stores, layers, config)
+        probed = run_cells(p.cells, p.stores, p.layers, config)
     run.write_table("results", probed.table)
     run.write_table("curves", probed.curves)
     run.write_table("m1_vs_m2", probed.m1_vs_m2)
-    timing = {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(time.process_time() - cpu_start, 1),
+    timing = {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(cpu_seconds() - cpu_start, 1),
               "load_average_1min_at_end": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count()}
-    metrics = summary_metrics(run.read_table("results"), run.read_table("curves"), skipped, missing, layers, timing,
+    metrics = summary_metrics(run.read_table("results"), run.read_table("curves"), p.skipped, p.missing, p.layers, timing,
                               run.read_table("m1_vs_m2"))
     run.write_json("metrics.json", metrics)
     with clock.stage("report"):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from introspect_mi.timing import TIMINGS_FILE, StageClock, read_invocations, rss_mb
+from introspect_mi.timing import TIMINGS_FILE, StageClock, cpu_seconds, read_invocations, rss_mb
 
 
 def test_a_stage_records_its_wall_time_cpu_time_and_is_written_at_once(tmp_path: Path) -> None:
@@ -70,3 +71,19 @@ def test_an_unreadable_file_reads_as_no_invocations(tmp_path: Path) -> None:
     (tmp_path / TIMINGS_FILE).write_text("{half")
     assert read_invocations(tmp_path / TIMINGS_FILE) == []
     assert read_invocations(tmp_path / "missing.json") == []
+
+
+def _spin(seconds: float) -> None:
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+
+
+def test_cpu_time_counts_finished_child_processes() -> None:
+    """Probing fits in forked workers: their CPU time belongs to the stage that ran them."""
+    before = cpu_seconds()
+    child = multiprocessing.get_context("fork").Process(target=_spin, args=(0.3,))
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+    assert cpu_seconds() - before >= 0.3

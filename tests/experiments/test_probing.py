@@ -222,6 +222,22 @@ def test_m1_vs_m2_of_a_store_with_itself_is_zero(tmp_path: Path) -> None:
     assert (table["diff"] == 0).all() and (table["only_self"] == 0).all() and (table["p_value"] == 1).all()
 
 
+def test_forked_workers_give_the_same_bytes_as_one_process(tmp_path: Path) -> None:
+    """The subject × layer groups may run in forked processes: every fit is seeded by its cell, so
+    the tables do not depend on how many run at once."""
+    folder = tmp_path / "untrained" / "store"
+    items = write_store(folder)
+    stores = {"untrained": ActivationStore.open(folder)}
+    m2_values = {it["item_id"]: {it["property"]: it["m2"]} for it in items}
+    labels = subject_labels(stores, CONFIG, [])["untrained"]
+    cells = [c for prop in ("second_character", "ethical_stance") for c in Planner(labels, prop, CONFIG, []).cells(m2_values)]
+    runs = [run_cells(cells, stores, {"untrained": layers_of(LAYERS, 1)}, dataclasses.replace(CONFIG, workers=w), progress=False)
+            for w in (1, 2)]
+    for one, forked in zip(*runs):
+        pd.testing.assert_frame_equal(one, forked, check_exact=True)
+    assert len(runs[0].table) > 20 and runs[0].table["layer"].nunique() > 1
+
+
 def test_every_cell_skipped_still_writes_metrics_report_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Too few items for any cell (here: each label value needs 100 items): the run still finishes, and its metrics,
     report and printout say no probe was fitted and list the skipped cells (it raised KeyError: 'subject')."""
