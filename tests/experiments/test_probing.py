@@ -267,8 +267,8 @@ def test_every_cell_skipped_still_writes_metrics_report_and_summary(tmp_path: Pa
     assert "no probe was fitted" in capsys.readouterr().out
 
 
-def test_cli_writes_the_run_and_names_missing_subjects(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """End to end through the CLI on a finished tiny study whose capture is the planted store (no model runs: F is left out)."""
+def _tiny_study(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A finished tiny study `study-x` whose capture `cap` is the planted store of its untrained subject; the environment that finds them."""
     from experiments.behavioral_config import StudyConfig
     from experiments.mech import StudyView, capture_identity
     from introspect_mi import evaluation as ev
@@ -285,6 +285,12 @@ def test_cli_writes_the_run_and_names_missing_subjects(tiny_llama_dir: Path, tmp
     RunDir.create(tmp_path, "cap", {"capture": "planted"}, seed=0)
     view = StudyView("study-x")
     write_store(tmp_path / "cap" / "untrained" / "store", capture_identity(view, view.subject("untrained")))
+    return env
+
+
+def test_cli_writes_the_run_and_names_missing_subjects(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end through the CLI on a finished tiny study whose capture is the planted store (no model runs: F is left out)."""
+    env = _tiny_study(tiny_llama_dir, tmp_path, monkeypatch)
     args = ["--study", "study-x", "--capture", "cap", "--subjects", "untrained", "self", "--experiments", "A", "B", "C", "D", "E",
             "--properties", "second_character", "ethical_stance", "--c-grid", "0.1", "--n-boot", "50", "--layer-stride", "2", "--min-class-items", "3", "--item-folds", "3"]
     done = subprocess.run([sys.executable, "-m", "experiments.probing", *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -298,6 +304,23 @@ def test_cli_writes_the_run_and_names_missing_subjects(tiny_llama_dir: Path, tmp
     assert json.loads((out / "config.json").read_text())["layer_stride"] == 2
     report = (out / "report.html").read_text()
     assert report.count('<div id="fig-') == 5 and "the layer chosen in inner folds" in report
+
+
+def test_benchmark_fits_the_same_tables_in_one_process_and_in_workers(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m experiments.benchmark probing` on the tiny study: both runs, their ratio, tables equal, the result file."""
+    import argparse
+
+    from experiments import bench_probing
+
+    _tiny_study(tiny_llama_dir, tmp_path, monkeypatch)
+    preset = tmp_path / "bench.toml"
+    preset.write_text('[probing]\nstudy = "study-x"\ncapture = "cap"\nsubjects = ["untrained"]\nexperiments = ["A", "B", "C", "D", "E"]\n'
+                      'properties = ["second_character", "ethical_stance"]\nc_grid = [0.1]\nn_boot = 50\nmin_class_items = 3\nitem_folds = 3\n')
+    got = bench_probing.run(argparse.Namespace(preset=str(preset), workers=2))
+    assert got.tables_equal and got.workers == 2 and got.probes > 20
+    assert got.seconds_one_process > 0 and got.seconds_workers > 0  # times rounded to 0.1 s, the ratio from the unrounded ones
+    assert got.speedup == pytest.approx(got.seconds_one_process / got.seconds_workers, rel=0.05)
+    assert json.loads((tmp_path / "benchmarks" / "probing.json").read_text())["tables_equal"] is True
 
 
 def test_quick_and_paper_presets_build() -> None:
