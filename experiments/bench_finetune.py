@@ -4,7 +4,7 @@
 model, ~32 realistic finetuning examples (a ~150-token rendered prompt of random words, an answer
 of 1-3 tokens plus the end-of-answer token) train a LoRA for a few optimizer steps; every step
 computes forward+backward both ways, on the same batch at the same weights: with
-`finetune.answer_loss` (decoder body, lm_head at the answer positions only) and with HF's forward
+`finetune_batches.answer_loss` (decoder body, lm_head at the answer positions only) and with HF's forward
 with `labels` (logits at every position). The two must agree on loss and gradients.
 Throughput counts the real (unpadded) tokens of each sequence.
 
@@ -38,17 +38,8 @@ from typing import Any
 import torch
 
 from introspect_mi.embedded import EMBEDDED
-from introspect_mi.finetune import (
-    PRESETS,
-    Encoded,
-    Example,
-    answer_loss,
-    collate,
-    encode_example,
-    end_of_answer_ids,
-    full_logits_loss,
-    lora_on,
-)
+from introspect_mi.finetune import PRESETS, lora_on
+from introspect_mi.finetune_batches import Encoded, Example, answer_loss, collate, encode_example, end_of_answer_ids, full_logits_loss
 from introspect_mi.models import ModelHandle, load
 from introspect_mi.paths import runs_dir
 from introspect_mi.prompt_format import Message

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from introspect_mi.evaluation import Pair, object_value
-from introspect_mi.finetune import Example
+from introspect_mi.finetune_batches import Example
 from introspect_mi.prompt_format import PromptFormat
 from introspect_mi.prompts import PromptConfig, hypothetical_prompt, hypothetical_question, object_prompt
 

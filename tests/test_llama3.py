@@ -21,7 +21,7 @@ import torch
 
 from introspect_mi import evaluation as ev
 from introspect_mi.alignment import align, p_token_indices
-from introspect_mi.finetune import Example, encode_example, end_of_answer_ids
+from introspect_mi.finetune_batches import Example, encode_example, end_of_answer_ids
 from introspect_mi.generate import greedy, user_prompt
 from introspect_mi.inference import Engine
 from introspect_mi.models import ModelHandle, attach_adapter, load
