@@ -82,7 +82,7 @@ class StudyConfig(RunSettings):
     trained_shots: int = 0
     """Format demonstrations in finetuned models' hypothetical prompts (training and evaluation)."""
     finetune: str = "quick"
-    """Finetune preset (introspect_mi.finetune.PRESETS): quick (CPU) or paper (rank 32, lr 2e-5, 1 epoch, batch 16)."""
+    """Finetune preset (introspect_mi.finetune_config.PRESETS): quick (CPU) or paper (rank 32, lr 2e-5, 1 epoch, batch 16)."""
     epochs: int = 0
     """Override the preset's epochs (0: keep)."""
     lr: float = 0.0
@@ -124,7 +124,7 @@ def check_names(models: Sequence[str], tasks: Sequence[str], properties: Sequenc
     for name in properties:
         get_property(name)
     if finetune is not None:
-        from introspect_mi.finetune import PRESETS
+        from introspect_mi.finetune_config import PRESETS
 
         if finetune not in PRESETS:
             raise UnknownName("finetune preset", finetune, list(PRESETS))

@@ -20,7 +20,8 @@ from introspect_mi import evaluation as ev
 from introspect_mi import finetune_data as fd
 from introspect_mi.answers import CallCounter
 from introspect_mi.errors import UserError
-from introspect_mi.finetune import PRESETS, FinetuneConfig, TrainResult, train
+from introspect_mi.finetune import TrainResult, train
+from introspect_mi.finetune_config import PRESETS, FinetuneConfig
 from introspect_mi.finetune_batches import Example, split_examples
 from introspect_mi.inference import Engine
 from introspect_mi.metrics import accuracy, exact_mcnemar

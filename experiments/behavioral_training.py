@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from introspect_mi import evaluation as ev
 from introspect_mi import finetune_data as fd
-from introspect_mi.finetune import FinetuneConfig
+from introspect_mi.finetune_config import FinetuneConfig
 from introspect_mi.inference import Engine
 from introspect_mi.models import ModelHandle
 

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 
 from introspect_mi.embedded import EMBEDDED
-from introspect_mi.finetune import PRESETS, lora_on
+from introspect_mi.finetune import lora_on
+from introspect_mi.finetune_config import PRESETS
 from introspect_mi.finetune_batches import Encoded, Example, answer_loss, collate, encode_example, end_of_answer_ids, full_logits_loss
 from introspect_mi.models import ModelHandle, load
 from introspect_mi.paths import runs_dir

@@ -33,7 +33,7 @@ from experiments.behavioral_study import Study, finetune_config
 from experiments.common import config_main
 from introspect_mi import evaluation as ev
 from introspect_mi.errors import UserError
-from introspect_mi.finetune import FinetuneConfig
+from introspect_mi.finetune_config import FinetuneConfig
 from introspect_mi.metrics import evaluate_table
 from introspect_mi.models import ModelHandle
 

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from introspect_mi.errors import UserError
-from introspect_mi.finetune import PRESETS, FinetuneConfig, lora_on, train
+from introspect_mi.finetune import lora_on, train
+from introspect_mi.finetune_config import PRESETS, FinetuneConfig
 from introspect_mi.finetune_batches import Example, answer_loss, collate, encode_example, end_of_answer_ids
 from introspect_mi.models import ADAPTER_SIDECAR, ModelHandle, load
 from introspect_mi.prompt_format import Message

@@ -8,7 +8,7 @@ import pytest
 
 from experiments.finetune_sweep import Setting
 from introspect_mi.errors import UserError
-from introspect_mi.finetune import PRESETS
+from introspect_mi.finetune_config import PRESETS
 
 
 def test_a_setting_overrides_preset_fields_with_their_types_and_names_its_adapter_folder() -> None:

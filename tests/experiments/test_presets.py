@@ -7,7 +7,7 @@ import pytest
 from experiments.behavioral_config import EvalConfig, StudyConfig
 from experiments.common import preset_path
 from introspect_mi import config as cfg
-from introspect_mi.finetune import PRESETS
+from introspect_mi.finetune_config import PRESETS
 from introspect_mi.properties import get_property
 from introspect_mi.tasks import get_task
 

@@ -106,7 +106,8 @@ FINETUNE = dict(rank=4, alpha=8.0, lr=1e-2, epochs=2, batch_size=2, grad_accum=1
 
 
 def run_finetune(folder: Path, ctx: dict) -> None:
-    from introspect_mi.finetune import FinetuneConfig, train
+    from introspect_mi.finetune import train
+    from introspect_mi.finetune_config import FinetuneConfig
     from introspect_mi.models import load
     from tests.test_finetune import examples
 
