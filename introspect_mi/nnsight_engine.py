@@ -26,7 +26,8 @@ import nnsight
 import torch
 
 from introspect_mi.batching import left_pad
-from introspect_mi.patching import Metric, Patch, Run, patch_writes, unchanged
+from introspect_mi.patching import Metric, Patch, Run, unchanged
+from introspect_mi.patching_forward import patch_writes
 from introspect_mi.places import Place, PlaceKind, execution_order, nnsight_value, resid_post
 
 

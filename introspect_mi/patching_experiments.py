@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from introspect_mi.models import ModelHandle
 from introspect_mi.nnsight_engine import NnsightEngine
-from introspect_mi.patching import Cell, Patch, Run, attribution, clean_run, logit_diff, n_layers, patch, unchanged
+from introspect_mi.patching import Cell, Patch, Run, attribution, clean_run, logit_diff, patch, unchanged
+from introspect_mi.patching_forward import n_layers
 from introspect_mi.patching_pairs import ItemPrompts, Pair, first_difference, group_of, position_groups, token_aligned
 from introspect_mi.places import resid_post
 
