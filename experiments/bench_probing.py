@@ -2,7 +2,7 @@
 
 `python -m experiments.benchmark probing [--preset quick] [--workers N]`. Lays out the cells the
 probing experiment fits (`experiments.probing.plan`, the preset's `[probing]` section), fits them
-all once with one worker and once with N (default: one per CPU core, as the experiment does),
+all once with one worker and once with N (default: one per CPU core on Linux, as the experiment does),
 and checks that the two runs' tables are equal to the byte. Each fit runs on one thread either
 way; the workers split the subject × layer groups. Needs the study and its capture (`make
 study`, or `python -m experiments.capture --preset quick`). Result: runs/benchmarks/probing.json.
@@ -37,11 +37,11 @@ class ProbingBench:
 
 
 def run(args: argparse.Namespace) -> ProbingBench:
-    from experiments.probing import ProbingConfig, plan, run_cells
+    from experiments.probing import ProbingConfig, default_workers, plan, run_cells
 
     config = cfg.build(ProbingConfig, load_preset(args.preset, "probing"), argparse.Namespace())
     p = plan(config, args.preset)
-    workers = args.workers or len(os.sched_getaffinity(0))
+    workers = args.workers or default_workers()
     timed: dict[int, tuple[Any, float]] = {}
     for n in (1, workers):
         print(f"fitting {len(p.cells)} cells with {n} worker(s)…", flush=True)
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> ProbingBench:
     equal = all(a.equals(b) for a, b in zip(one, many))
     result = ProbingBench(subjects=list(p.stores), cells=len(p.cells), probes=len(one.table), workers=workers,
                           seconds_one_process=round(t1, 1), seconds_workers=round(tn, 1), speedup=round(t1 / tn, 2),
-                          tables_equal=equal, cpu_count=len(os.sched_getaffinity(0)), load_average=os.getloadavg()[0])
+                          tables_equal=equal, cpu_count=os.cpu_count() or 1, load_average=os.getloadavg()[0])
     print(f"{result.probes} probes: one process {t1:.1f} s, {workers} workers {tn:.1f} s = {t1 / tn:.2f}×; tables equal: {equal}")
     save_result("probing", result)
     return result

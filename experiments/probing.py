@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import sys
 import time
+import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
@@ -104,7 +105,7 @@ class ProbingConfig(StudyChoice, ProbeConfig):
     name: str = "probing"
     """Output folder inside the capture run."""
     workers: int = 0
-    """Processes fitting subject × layer groups at once (0: one per CPU core; 1: in this process). Results do not depend on it."""
+    """Processes fitting subject × layer groups at once (0: one per CPU core on Linux, 1 elsewhere; 1: in this process). Results do not depend on it."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -277,15 +278,29 @@ _FORKED: tuple[Sequence[Cell], Mapping[str, ActivationStore], ProbingConfig] | N
 
 
 def _forked_job(job: Job) -> JobResult:
+    """One job in a worker. An exception that does not unpickle would leave the pool waiting
+    forever, so anything but a UserError (which pickles as itself) comes back as a RuntimeError
+    carrying the worker's traceback."""
     torch.set_num_threads(1)
     assert _FORKED is not None
-    return _run_job(*_FORKED, job)
+    try:
+        return _run_job(*_FORKED, job)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise RuntimeError(f"probing worker, job {job}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}") from None
+
+
+def default_workers() -> int:
+    """One worker per CPU core this process may use, on Linux; elsewhere 1 (forking a process that
+    has loaded torch is not safe on macOS, and there is no fork on Windows)."""
+    return len(os.sched_getaffinity(0)) if sys.platform == "linux" else 1
 
 
 def _map_jobs(jobs: Sequence[Job], cells: Sequence[Cell], stores: Mapping[str, ActivationStore], config: ProbingConfig) -> Iterator[JobResult]:
-    """Each job's result, in job order: here, or in `config.workers` forked processes."""
-    workers = min(config.workers or len(os.sched_getaffinity(0)), len(jobs))
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    """Each job's result, in job order: here, or in `config.workers` forked processes (Linux)."""
+    workers = min(config.workers or default_workers(), len(jobs))
+    if workers <= 1 or sys.platform != "linux":
         yield from (_run_job(cells, stores, config, job) for job in jobs)
         return
     global _FORKED

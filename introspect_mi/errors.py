@@ -17,6 +17,17 @@ class UserError(Exception):
         self.problem = problem
         self.fix = fix
 
+    def __reduce__(self) -> tuple:
+        """Pickle as (class, problem, fix), whatever a subclass's __init__ takes: an error raised in
+        a worker process (probing's forked fits) reaches the parent as the same one-line error."""
+        return _rebuilt, (type(self), self.problem, self.fix)
+
+
+def _rebuilt(cls: type[UserError], problem: str, fix: str) -> UserError:
+    error = cls.__new__(cls)
+    UserError.__init__(error, problem, fix)
+    return error
+
 
 class UnknownName(UserError, ValueError):
     """A name (task, property, preset, model) that is not in its registry."""

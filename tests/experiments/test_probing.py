@@ -238,6 +238,37 @@ def test_forked_workers_give_the_same_bytes_as_one_process(tmp_path: Path) -> No
     assert len(runs[0].table) > 20 and runs[0].table["layer"].nunique() > 1
 
 
+def test_a_user_error_in_a_worker_reaches_the_caller_as_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A damaged store found by a forked worker is the same one-line error as in one process; any other
+    error comes back with the worker's traceback, never a pool that waits forever."""
+    from experiments import probing
+    from introspect_mi.errors import UserError
+
+    folder = tmp_path / "untrained" / "store"
+    items = write_store(folder)
+    stores = {"untrained": ActivationStore.open(folder)}
+    labels = subject_labels(stores, CONFIG, [])["untrained"]
+    cells = Planner(labels, "second_character", CONFIG, []).cells({it["item_id"]: {it["property"]: it["m2"]} for it in items})
+
+    def damaged(*_args: object) -> None:
+        raise UserError("the store is damaged", "capture again")
+
+    monkeypatch.setattr(probing, "load_vectors", damaged)
+    with pytest.raises(UserError, match="the store is damaged — capture again"):
+        run_cells(cells, stores, {"untrained": layers_of(LAYERS, 1)}, dataclasses.replace(CONFIG, workers=2), progress=False)
+
+    class Unpicklable(Exception):
+        def __init__(self, a: str, b: str) -> None:
+            super().__init__(f"{a} {b}")
+
+    def broken(*_args: object) -> None:
+        raise Unpicklable("not", "picklable")
+
+    monkeypatch.setattr(probing, "load_vectors", broken)  # would leave the pool waiting forever if sent as is
+    with pytest.raises(RuntimeError, match="Unpicklable: not picklable"):
+        run_cells(cells, stores, {"untrained": layers_of(LAYERS, 1)}, dataclasses.replace(CONFIG, workers=2), progress=False)
+
+
 def test_every_cell_skipped_still_writes_metrics_report_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Too few items for any cell (here: each label value needs 100 items): the run still finishes, and its metrics,
     report and printout say no probe was fitted and list the skipped cells (it raised KeyError: 'subject')."""
