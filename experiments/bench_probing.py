@@ -37,7 +37,8 @@ class ProbingBench:
 
 
 def run(args: argparse.Namespace) -> ProbingBench:
-    from experiments.probing import ProbingConfig, default_workers, plan, run_cells
+    from experiments.probing import ProbingConfig, plan, run_cells
+    from experiments.probing_fit import default_workers
 
     config = cfg.build(ProbingConfig, load_preset(args.preset, "probing"), argparse.Namespace())
     p = plan(config, args.preset)

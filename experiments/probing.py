@@ -30,18 +30,14 @@ the explorer (`introspect-mi explore runs/<capture>`) links the report.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 import time
-import traceback
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
 from experiments.common import config_main
 from experiments.mech import SUBJECTS, StudyChoice, StudyView, capture_stores, open_capture, open_study, resolved
@@ -51,9 +47,10 @@ from introspect_mi.errors import UserError
 from introspect_mi.paths import runs_dir
 from introspect_mi.store import RunDir
 from introspect_mi.timing import StageClock, cpu_seconds
+from experiments.probing_fit import Fits, fit_all, rows_of
 from experiments.probing_plan import M1_SUBJECTS, Cell, Labels, Planner
 from probes import ProbeConfig
-from probes.crossfit import CrossFit, cross_predict, score
+from probes.crossfit import CrossFit
 from introspect_mi.multiplicity import holm
 from introspect_mi.paired import compare_paired
 from probes.nested import aligned_hits, max_over_layers_p, nested_summary, subset_summary
@@ -61,7 +58,6 @@ from probes.nested import aligned_hits, max_over_layers_p, nested_summary, subse
 EXPERIMENTS = ("A", "B", "C", "D", "E", "F")
 LABEL_SOURCE = {"untrained": "untrained", "self": "self", "cross": "self"}
 """Whose object answers a subject's labels are (cross-trained M2 predicts self-trained M1)."""
-PLACE = "resid_post"
 CAPTURE_COMMAND = "python -m experiments.capture --preset quick"
 TABLE_COLUMNS = ("experiment", "subject", "property", "target", "split", "train_run", "test_run", "layer",
                  "n_train", "n_test", "n_classes", "acc", "acc_lo", "acc_hi", "balanced_acc", "majority", "task_majority",
@@ -134,17 +130,6 @@ def layers_of(n_layers: int, stride: int) -> list[int]:
 # --- fitting ---------------------------------------------------------------------------------------
 
 
-def load_vectors(store: ActivationStore, layer: int, positions: Iterable[str]) -> dict[str, torch.Tensor]:
-    """position → [records, d] at `layer`, one vector per record in record order."""
-    out = {}
-    for position in positions:
-        x, meta = store.load(PLACE, layer, position, as_="torch")
-        if len(meta) != len(store.records) or not (meta["record"].to_numpy() == store.records["record"].to_numpy()).all():
-            raise UserError(f"{store.folder} holds other than one {position} vector per record", "capture again with positions p_last final")
-        out[position] = x
-    return out
-
-
 CURVE = ("experiment", "subject", "property", "target", "split", "train_run", "test_run")
 """The columns that tell one curve (a value per layer) from another."""
 FAMILIES = {"confirmatory": "A and B on the item split for M1 (untrained, self-trained): the object property before and at the self-prediction",
@@ -157,24 +142,6 @@ def family(experiment: str, split: str, subject: str, target: str = "property") 
     `m1_vs_m2`'s own family; probes of the model's own self-prediction are exploratory)."""
     confirmatory = experiment in ("A", "B") and split == "items" and subject in M1_SUBJECTS and target == "property"
     return "confirmatory" if confirmatory else "exploratory"
-
-
-def rows_of(cell: Cell, layer: int | None, result: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    test_run = (cell.test or cell.train).run
-    return [{"experiment": cell.experiment, "subject": cell.subject, "property": cell.property, "target": target,
-             "split": cell.split, "train_run": cell.train.run, "test_run": test_run, "layer": layer, **metrics, **cell.extra}
-            for target, metrics in result.items()]
-
-
-def fit_cell(cell: Cell, vectors: Mapping[str, torch.Tensor] | None, config: ProbingConfig) -> dict[str, CrossFit]:
-    """A layered cell with inner folds (its layer is chosen on them) and, without transfer, the
-    within-task permutations of the max-over-layers null; a fixed-feature one (E) with its own C
-    grid, chosen in the inner folds of each outer training fold."""
-    if not cell.layered:
-        return cross_predict(cell.train.pool(None), replace(config, c_grid=config.input_c_grid))
-    if cell.test is not None:
-        return cross_predict(cell.train.pool(vectors), config, cell.test.pool(vectors), inner=True)
-    return cross_predict(cell.train.pool(vectors), config, inner=True, permutations=config.permutations)
 
 
 def curve_table(cells: Sequence[Cell], fits: Mapping[tuple[int, str], Mapping[int, CrossFit]], config: ProbingConfig) -> pd.DataFrame:
@@ -212,104 +179,11 @@ class ProbeRun(NamedTuple):
 
 def run_cells(cells: Sequence[Cell], stores: Mapping[str, ActivationStore], layers: Mapping[str, Sequence[int]], config: ProbingConfig,
               progress: bool = True) -> ProbeRun:
-    """Fit every cell: one load per subject × layer (`layers`: subject → its layers), each fixed-feature cell once.
-
-    Each fit runs on one thread (small matrices: threads cost more than they give, several-fold on a
-    shared CPU); with `config.workers` > 1 the subject × layer groups run in that many forked
-    processes. Every fit is seeded by its own cell, so the result is the same, byte for byte, with
-    any number of workers (a test)."""
-    jobs: list[Job] = [(None, None)] + [(subject, layer) for subject in stores for layer in layers[subject]
-                                        if any(c.layered and c.subject == subject for c in cells)]
-    sizes = [len(_job_cells(cells, job)) for job in jobs]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with tqdm(total=sum(sizes), desc="probes", unit="cell", disable=not progress) as bar:
-            done = []
-            for size, result in zip(sizes, _map_jobs(jobs, cells, stores, config)):
-                done.append(result)
-                bar.update(size)
-    finally:
-        torch.set_num_threads(threads)
-    fits: Fits = {}
-    rows: list[dict[str, Any]] = []
-    for job_rows, job_fits in done:
-        rows += job_rows
-        for (index, target, layer), fit in job_fits:
-            fits.setdefault((index, target), {})[layer] = fit
+    """Fit every cell (`probing_fit.fit_all`: one load per subject × layer, in forked workers), then
+    the curves at their nested layers and M1 vs M2."""
+    rows, fits = fit_all(cells, stores, layers, config, progress)
     table = pd.DataFrame(rows).reindex(columns=list(TABLE_COLUMNS))
     return ProbeRun(table, curve_table(cells, fits, config), m1_vs_m2(cells, fits, config))
-
-
-Fits = dict[tuple[int, str], dict[int, CrossFit]]
-"""(cell index, target) → layer → that cell's cross-fitted probe."""
-Job = tuple[str | None, int | None]
-"""(subject, layer) of a group of layered cells; (None, None): the fixed-feature cells."""
-JobResult = tuple[list[dict[str, Any]], list[tuple[tuple[int, str, int], CrossFit]]]
-
-
-def _job_cells(cells: Sequence[Cell], job: Job) -> list[tuple[int, Cell]]:
-    subject, _ = job
-    if subject is None:
-        return [(i, c) for i, c in enumerate(cells) if not c.layered]
-    return [(i, c) for i, c in enumerate(cells) if c.layered and c.subject == subject]
-
-
-def _run_job(cells: Sequence[Cell], stores: Mapping[str, ActivationStore], config: ProbingConfig, job: Job) -> JobResult:
-    """The rows and fits of one job's cells, in cell order."""
-    subject, layer = job
-    mine = _job_cells(cells, job)
-    rows: list[dict[str, Any]] = []
-    fits: list[tuple[tuple[int, str, int], CrossFit]] = []
-    vectors = None
-    if subject is not None:
-        positions = sorted({s.position for _, c in mine for s in (c.train, c.test) if s is not None and s.position})
-        vectors = load_vectors(stores[subject], layer, positions)
-    for index, cell in mine:
-        result = fit_cell(cell, vectors, config)
-        if layer is not None:  # the layered curves' fits (for the nested layer choice); fixed-feature cells keep rows only
-            fits += [((index, target, layer), fit) for target, fit in result.items()]
-        rows += rows_of(cell, layer, {t: score(fit, config) for t, fit in result.items()})
-    return rows, fits
-
-
-_FORKED: tuple[Sequence[Cell], Mapping[str, ActivationStore], ProbingConfig] | None = None
-"""What forked workers read (inherited, not pickled): the cells, stores and config of the running `run_cells`."""
-
-
-def _forked_job(job: Job) -> JobResult:
-    """One job in a worker. An exception that does not unpickle would leave the pool waiting
-    forever, so anything but a UserError (which pickles as itself) comes back as a RuntimeError
-    carrying the worker's traceback."""
-    torch.set_num_threads(1)
-    assert _FORKED is not None
-    try:
-        return _run_job(*_FORKED, job)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise RuntimeError(f"probing worker, job {job}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}") from None
-
-
-def default_workers() -> int:
-    """One worker per CPU core this process may use, on Linux; elsewhere 1 (forking a process that
-    has loaded torch is not safe on macOS, and there is no fork on Windows)."""
-    return len(os.sched_getaffinity(0)) if sys.platform == "linux" else 1
-
-
-def _map_jobs(jobs: Sequence[Job], cells: Sequence[Cell], stores: Mapping[str, ActivationStore], config: ProbingConfig) -> Iterator[JobResult]:
-    """Each job's result, in job order: here, or in `config.workers` forked processes (Linux)."""
-    workers = min(config.workers or default_workers(), len(jobs))
-    if workers <= 1 or sys.platform != "linux":
-        yield from (_run_job(cells, stores, config, job) for job in jobs)
-        return
-    global _FORKED
-    _FORKED = (cells, stores, config)
-    try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            yield from pool.imap(_forked_job, jobs)
-    finally:
-        _FORKED = None
 
 
 M1_VS_M2_FAMILY = ("confirmatory: self-trained M1's activations vs cross-trained M2's on the same hypothetical prompts "

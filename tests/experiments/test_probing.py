@@ -241,7 +241,7 @@ def test_forked_workers_give_the_same_bytes_as_one_process(tmp_path: Path) -> No
 def test_a_user_error_in_a_worker_reaches_the_caller_as_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A damaged store found by a forked worker is the same one-line error as in one process; any other
     error comes back with the worker's traceback, never a pool that waits forever."""
-    from experiments import probing
+    from experiments import probing_fit
     from introspect_mi.errors import UserError
 
     folder = tmp_path / "untrained" / "store"
@@ -253,7 +253,7 @@ def test_a_user_error_in_a_worker_reaches_the_caller_as_itself(tmp_path: Path, m
     def damaged(*_args: object) -> None:
         raise UserError("the store is damaged", "capture again")
 
-    monkeypatch.setattr(probing, "load_vectors", damaged)
+    monkeypatch.setattr(probing_fit, "load_vectors", damaged)
     with pytest.raises(UserError, match="the store is damaged — capture again"):
         run_cells(cells, stores, {"untrained": layers_of(LAYERS, 1)}, dataclasses.replace(CONFIG, workers=2), progress=False)
 
@@ -264,7 +264,7 @@ def test_a_user_error_in_a_worker_reaches_the_caller_as_itself(tmp_path: Path, m
     def broken(*_args: object) -> None:
         raise Unpicklable("not", "picklable")
 
-    monkeypatch.setattr(probing, "load_vectors", broken)  # would leave the pool waiting forever if sent as is
+    monkeypatch.setattr(probing_fit, "load_vectors", broken)  # would leave the pool waiting forever if sent as is
     with pytest.raises(RuntimeError, match="Unpicklable: not picklable"):
         run_cells(cells, stores, {"untrained": layers_of(LAYERS, 1)}, dataclasses.replace(CONFIG, workers=2), progress=False)
 
