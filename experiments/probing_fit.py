@@ -59,8 +59,9 @@ def fit_cell(cell: Cell, vectors: Mapping[str, torch.Tensor] | None, config: Pro
 
 def fit_all(cells: Sequence[Cell], stores: Mapping[str, ActivationStore], layers: Mapping[str, Sequence[int]], config: ProbingConfig,
             progress: bool = True) -> tuple[list[dict[str, Any]], Fits]:
-    """Every cell's result rows (cells in order, each at every layer of its subject) and the layered
-    cells' fits: one load per subject × layer (`layers`: subject → its layers), each fixed-feature cell once.
+    """Every cell's result rows (the fixed-feature cells, then per subject and layer its layered
+    cells, in cell order) and the layered cells' fits: one load per subject × layer (`layers`:
+    subject → its layers), each fixed-feature cell once.
 
     Each fit runs on one thread (small matrices: threads cost more than they give, several-fold on a
     shared CPU); with `config.workers` > 1 the subject × layer groups run in that many forked
