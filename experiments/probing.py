@@ -51,7 +51,7 @@ from experiments.probing_fit import Fits, fit_all, rows_of
 from experiments.probing_plan import M1_SUBJECTS, Cell, Labels, Planner
 from probes import ProbeConfig
 from probes.crossfit import CrossFit
-from introspect_mi.multiplicity import holm
+from introspect_mi.multiplicity import CONFIRMATORY, EXPLORATORY, holm
 from introspect_mi.paired import compare_paired
 from probes.nested import aligned_hits, max_over_layers_p, nested_summary, subset_summary
 
@@ -132,8 +132,8 @@ def layers_of(n_layers: int, stride: int) -> list[int]:
 
 CURVE = ("experiment", "subject", "property", "target", "split", "train_run", "test_run")
 """The columns that tell one curve (a value per layer) from another."""
-FAMILIES = {"confirmatory": "A and B on the item split for M1 (untrained, self-trained): the object property before and at the self-prediction",
-            "exploratory": "every other curve (transfer, identity, input only, whose behaviour, leave-one-task-out)"}
+FAMILIES = {CONFIRMATORY: "A and B on the item split for M1 (untrained, self-trained): the object property before and at the self-prediction",
+            EXPLORATORY: "every other curve (transfer, identity, input only, whose behaviour, leave-one-task-out)"}
 
 
 def family(experiment: str, split: str, subject: str, target: str = "property") -> str:
@@ -141,7 +141,7 @@ def family(experiment: str, split: str, subject: str, target: str = "property") 
     object-property curves; cross-trained M2's B curves are tested only against M1's, in
     `m1_vs_m2`'s own family; probes of the model's own self-prediction are exploratory)."""
     confirmatory = experiment in ("A", "B") and split == "items" and subject in M1_SUBJECTS and target == "property"
-    return "confirmatory" if confirmatory else "exploratory"
+    return CONFIRMATORY if confirmatory else EXPLORATORY
 
 
 def curve_table(cells: Sequence[Cell], fits: Mapping[tuple[int, str], Mapping[int, CrossFit]], config: ProbingConfig) -> pd.DataFrame:
@@ -215,7 +215,7 @@ def m1_vs_m2(cells: Sequence[Cell], fits: Fits, config: ProbingConfig) -> pd.Dat
                      "cross_acc": c.b.value, "cross_lo": c.b.ci_low, "cross_hi": c.b.ci_high,
                      "diff": c.diff.value, "diff_lo": c.diff.ci_low, "diff_hi": c.diff.ci_high,
                      "only_self": c.only_a, "only_cross": c.only_b, "p_value": c.test.p_value, "mdd": c.power.mdd,
-                     "family": "confirmatory"})
+                     "family": CONFIRMATORY})
     table = pd.DataFrame(rows, columns=list(M1_VS_M2_COLUMNS))
     table["p_holm"] = holm(table["p_value"].to_numpy(dtype=float))
     return table

@@ -211,8 +211,9 @@ class Planner:
         rows = self.labels.rows("hypothetical", self.prop)
         rows = rows[pd.notna(self.labels.prediction(rows))]
         rows = self.frequent(rows, self.labels.prediction(rows))
-        if len(rows) and len(set(self.labels.prediction(rows))) >= 2:
-            cells += [self.cell("B", "items", self.labels.side(run_name("hypothetical", p), rows, {"prediction": self.labels.prediction(rows)},
+        predicted = self.labels.prediction(rows)
+        if len(rows) and len(set(predicted)) >= 2:
+            cells += [self.cell("B", "items", self.labels.side(run_name("hypothetical", p), rows, {"prediction": predicted},
                                                                {"prediction": self.key[rows]}, "items"))
                       for p in self.config.hypothetical_positions]
         return cells

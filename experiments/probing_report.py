@@ -11,6 +11,7 @@ from introspect_mi.store import RunDir
 from introspect_mi.viz import Section, Table, write_report
 from introspect_mi.viz.probes import input_only_figure, layer_figure
 from experiments.probing import CURVE, FAMILIES, M1_VS_M2_COLUMNS, M1_VS_M2_FAMILY
+from introspect_mi.multiplicity import EXPLORATORY
 from probes.summary import onsets
 
 AT_LAYER = ["majority", "shuffled_acc", "control_task_acc", "control_majority", "selectivity", "control_seen", "agreement"]
@@ -83,7 +84,7 @@ def curve_summary(table: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     rows (its C chosen by nested CV; no layer, no test)."""
     layered = curves.merge(table[[*CURVE, "layer", *AT_LAYER]], how="left", on=[*CURVE, "layer"])
     e = table[table["layer"].isna()].rename(columns={"acc": "nested_acc", "acc_lo": "nested_lo", "acc_hi": "nested_hi"})
-    e = e.assign(family="exploratory", gain=e["nested_acc"] - e["task_majority"])
+    e = e.assign(family=EXPLORATORY, gain=e["nested_acc"] - e["task_majority"])
     return pd.concat([df.reindex(columns=SHOWN) for df in (layered, e) if not df.empty] or [pd.DataFrame(columns=SHOWN)], ignore_index=True)
 
 
