@@ -3,6 +3,7 @@
     inference   naive per-prompt generate vs the batched Engine vs a plain batched forward
     finetune    LoRA training tokens/s, logits only where the loss is vs full-sequence logits
     patching    layer × position patching sweep, batched engine vs one forward per cell; attribution
+    steering    steering (D) and concept injection (E) entering at the steered layer vs from the embeddings (same answers)
     capture     capture to disk vs a plain batched forward vs per-prompt run_with_cache; peak memory
     probing     probe fitting in one process vs forked workers on the study's stores (same tables)
     gpu         all of the above on a Llama-3-8B-shaped random model in bf16, engine agreement, placement
@@ -24,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-BENCHMARKS = ("bench_inference", "bench_finetune", "bench_patching", "bench_capture", "bench_probing", "bench_gpu", "bench_stages")  # modules under experiments/, one subcommand each
+BENCHMARKS = ("bench_inference", "bench_finetune", "bench_patching", "bench_steering", "bench_capture", "bench_probing", "bench_gpu", "bench_stages")  # modules under experiments/, one subcommand each
 
 
 def build_parser() -> argparse.ArgumentParser:

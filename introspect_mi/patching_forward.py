@@ -179,12 +179,13 @@ class _Stop(Exception):
 
 @contextmanager
 def reading(model: torch.nn.Module, place: Place | None, out: list[torch.Tensor]) -> Iterator[None]:
+    """Append `place`'s activation ([rows, tokens, d_model]) to `out` and skip the rest of the forward."""
     if place is None:
         yield
         return
 
     def read(x: torch.Tensor, _pos: torch.Tensor) -> torch.Tensor:
-        out.append(x[:, -1])
+        out.append(x)
         raise _Stop
 
     with editing(model, [(place, read)]):
@@ -212,7 +213,7 @@ def forward_from_prefix(model: torch.nn.Module, rows: Sequence[Patch], read: Pla
     read_out: list[torch.Tensor] = []
     with joining_at(model, starts, clean), prefix, editing(model, patch_edits(model, rows, width, starts)), reading(model, read, read_out):
         out = model(inputs_embeds=embeds, position_ids=positions, use_cache=False, logits_to_keep=1)
-    return read_out[0] if read is not None else out.logits[:, -1]
+    return read_out[0][:, -1] if read is not None else out.logits[:, -1]
 
 
 def forward_padded(model: torch.nn.Module, rows: Sequence[Patch], read: Place | None, pad_id: int) -> torch.Tensor:
@@ -232,7 +233,7 @@ def forward_padded(model: torch.nn.Module, rows: Sequence[Patch], read: Place | 
     with starting_at(model, start), editing(model, patch_edits(model, rows, width)), reading(model, read, read_out):
         out = model(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(like.device),
                     position_ids=batch.position_ids.to(like.device), use_cache=False, logits_to_keep=1)
-    return read_out[0] if read is not None else out.logits[:, -1]
+    return read_out[0][:, -1] if read is not None else out.logits[:, -1]
 
 
 def patch_writes(rows: Sequence[Patch], width: int) -> dict[Place, tuple[list[int], list[int], torch.Tensor]]:

@@ -34,7 +34,8 @@ import torch
 
 from introspect_mi.batching import MIN_SHARED_PREFIX, left_pad, sliding_window
 from introspect_mi.hooks import Edit, editing
-from introspect_mi.places import Place
+from introspect_mi.patching_forward import n_layers, reading, start_layer, starting_at
+from introspect_mi.places import Place, PlaceKind
 
 
 def steering_vector(group_x: torch.Tensor | np.ndarray, group_y: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -140,12 +141,20 @@ class Steerer:
     A batch's shared prefix is computed once (batch of one): its unsteered start is kept across
     calls (the KV cache of those tokens; unsteered states never change), the rest of the shared
     prefix — steered alike in every row — is computed per batch, and a batch whose rows would steer
-    that shared part with different vectors is split by vector. Use one Steerer per model: the kept
-    caches belong to its weights."""
+    that shared part with different vectors is split by vector.
 
-    def __init__(self, model: torch.nn.Module, pad_id: int, batch_size: int = 16) -> None:
-        self.model, self.pad_id, self.batch_size = model, pad_id, batch_size
+    Steering in the residual stream (resid_pre / resid_post of a layer above the embeddings)
+    changes nothing below it: there a batch enters the decoder at the steered layer (blocks below
+    are pass-throughs, as in patching) fed each prompt's clean stream plus its row's vector, kept
+    per prompt across calls after one forward that stops at that layer. Same logits up to float
+    rounding (other matrix shapes; `python -m experiments.benchmark steering` measures both);
+    `join=False` is the plain path, for checks: every batch from the embeddings, steered by a hook.
+    Use one Steerer per model: the kept caches and streams belong to its weights."""
+
+    def __init__(self, model: torch.nn.Module, pad_id: int, batch_size: int = 16, join: bool = True) -> None:
+        self.model, self.pad_id, self.batch_size, self.join = model, pad_id, batch_size, join
         self._kept: dict[tuple[int, ...], Any] = {}
+        self._streams: dict[tuple[tuple[int, ...], int], torch.Tensor] = {}
 
     def logits(self, seqs: Sequence[Sequence[int]], steers: Sequence[RowSteer], place: Place) -> torch.Tensor:
         """[rows, vocab] float32: each prompt's next-token logits with its row's steer at `place`."""
@@ -162,11 +171,63 @@ class Steerer:
             self._kept[prefix] = self.model(input_ids=torch.tensor([prefix], device=dev), use_cache=True, logits_to_keep=1).cache
         return copy.deepcopy(self._kept[prefix])
 
+    def _join_layer(self, place: Place) -> int | None:
+        """The block a batch steered at `place` can enter the decoder at (None: from the embeddings)."""
+        if not self.join or place.kind not in (PlaceKind.RESID_PRE, PlaceKind.RESID_POST):
+            return None
+        layer = start_layer(place, n_layers(self.model))
+        return layer if 0 < layer < n_layers(self.model) else None
+
+    def _clean_streams(self, seqs: Sequence[tuple[int, ...]], layer: int) -> list[torch.Tensor]:
+        """[tokens, d_model] clean stream entering block `layer` of each prompt, computed (left-padded
+        batches, each forward stopped at that block) the first time a prompt is asked for."""
+        todo = list(dict.fromkeys(s for s in seqs if (s, layer) not in self._streams))
+        dev = next(self.model.parameters()).device
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            batch, got = left_pad([list(s) for s in chunk], self.pad_id), []
+            with reading(self.model, Place(PlaceKind.RESID_PRE, layer), got):
+                self.model(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
+                           position_ids=batch.position_ids.to(dev), use_cache=False, logits_to_keep=1)
+            for row, s in enumerate(chunk):
+                self._streams[(s, layer)] = got[0][row, batch.width - len(s) :]
+        return [self._streams[(s, layer)] for s in seqs]
+
+    def _steered_streams(self, batch: Sequence[tuple[int, ...]], k: int, width: int, positions: torch.Tensor, real: torch.Tensor,
+                         deltas: torch.Tensor, member: torch.Tensor, layer: int) -> torch.Tensor:
+        """[rows, width, d_model]: each row's clean stream from token k on (left-padded) plus its delta
+        where it is steered: what enters block `layer`."""
+        streams = self._clean_streams(batch, layer)
+        x = streams[0].new_zeros((len(batch), width, streams[0].shape[-1]))
+        for i, (s, stream) in enumerate(zip(batch, streams)):
+            x[i, width - (len(s) - k) :] = stream[k:]
+        hit = member.gather(1, positions.clamp(max=member.shape[1] - 1)) & real
+        return torch.where(hit[..., None].to(x.device), x + deltas.to(x.device, x.dtype)[:, None, :], x)
+
+    def _shared_part(self, ids: tuple[int, ...], k0: int, k: int, delta: torch.Tensor, member: torch.Tensor, place: Place,
+                     layer: int | None, cache: Any) -> Any:
+        """The KV cache after the shared prefix's steered part, tokens [k0, k) (steered alike in every
+        row), computed once (batch of one) on top of `cache`."""
+        model, dev = self.model, next(self.model.parameters()).device
+        positions = torch.arange(k0, k)[None]
+        if layer is None:
+            with _adding(model, place, delta, member[:, :k]):
+                return model(input_ids=torch.tensor([list(ids[k0:k])], device=dev), position_ids=positions.to(dev),
+                             cache=cache, use_cache=True, logits_to_keep=1).cache
+        x = self._clean_streams([ids], layer)[0][k0:k]
+        x = torch.where(member[0, k0:k, None].to(x.device), x + delta.to(x.device, x.dtype), x)[None]
+        with starting_at(model, layer):
+            cache = model(inputs_embeds=x, position_ids=positions.to(dev), cache=cache, use_cache=True, logits_to_keep=1).cache
+        like = cache.layers[layer].keys
+        for below in cache.layers[:layer]:  # pass-through blocks never read their cache, but its length sizes the masks
+            below.update(like.new_zeros((*like.shape[:2], k - k0, like.shape[-1])), like.new_zeros((*like.shape[:2], k - k0, like.shape[-1])))
+        return cache
+
     @torch.no_grad()
     def _run(self, rows: list[int], seqs: Sequence[Sequence[int]], steers: Sequence[RowSteer], place: Place,
              out: dict[int, torch.Tensor]) -> None:
         model, dev = self.model, next(self.model.parameters()).device
-        batch = [seqs[i] for i in rows]
+        batch = [tuple(seqs[i]) for i in rows]
         member = _membership([steers[i] for i in rows], max(map(len, batch)))
         window = sliding_window(model.config)
         k = 0 if window is not None and max(map(len, batch)) > window else _shared(batch, member)
@@ -181,17 +242,23 @@ class Steerer:
             return
         d = int(model.config.hidden_size)
         deltas = torch.stack([torch.zeros(d) if steers[i].vector is None else steers[i].vector.float().cpu() for i in rows])
-        cache = self._unsteered(tuple(batch[0][:k0])) if k0 >= MIN_SHARED_PREFIX else None
+        layer = self._join_layer(place) if bool(member.any()) else None
+        cache = self._unsteered(batch[0][:k0]) if k0 >= MIN_SHARED_PREFIX else None
         k0 = k0 if cache is not None else 0
         if k > k0:
-            with _adding(model, place, deltas[:1], member[:1, :k]):
-                cache = model(input_ids=torch.tensor([list(batch[0][k0:k])], device=dev), position_ids=torch.arange(k0, k, device=dev)[None],
-                              cache=cache, use_cache=True, logits_to_keep=1).cache
+            cache = self._shared_part(batch[0], k0, k, deltas[:1], member[:1], place, layer, cache)
         if cache is not None:
             cache.batch_repeat_interleave(len(batch))
         suffix = left_pad([list(s[k:]) for s in batch], self.pad_id)
-        mask = torch.cat([torch.ones((len(batch), k), dtype=torch.long), suffix.attention_mask], 1)
-        with _adding(model, place, deltas, member):
-            logits = model(input_ids=suffix.input_ids.to(dev), attention_mask=mask.to(dev), position_ids=(suffix.position_ids + k).to(dev),
-                           cache=cache, use_cache=cache is not None, logits_to_keep=1).logits[:, -1].float().cpu()
-        out.update(zip(rows, logits))
+        mask = torch.cat([torch.ones((len(batch), k), dtype=torch.long), suffix.attention_mask], 1).to(dev)
+        positions = suffix.position_ids + k
+        if layer is None:
+            with _adding(model, place, deltas, member):
+                logits = model(input_ids=suffix.input_ids.to(dev), attention_mask=mask, position_ids=positions.to(dev),
+                               cache=cache, use_cache=cache is not None, logits_to_keep=1).logits
+        else:
+            x = self._steered_streams(batch, k, suffix.width, positions, suffix.attention_mask.bool(), deltas, member, layer)
+            with starting_at(model, layer):
+                logits = model(inputs_embeds=x, attention_mask=mask, position_ids=positions.to(dev),
+                               cache=cache, use_cache=cache is not None, logits_to_keep=1).logits
+        out.update(zip(rows, logits[:, -1].float().cpu()))

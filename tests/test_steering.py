@@ -172,3 +172,33 @@ def test_per_row_steering_equals_steer_on_each_prompt_alone(handle: ModelHandle,
     for row, ids in zip(got, prompts()):
         with steering(model, Steer(place, v, 1.0, (2, 3, 4, 5, 13))):
             torch.testing.assert_close(row, model(torch.tensor([ids])).logits[0, -1].float(), **CLOSE)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+@pytest.mark.parametrize("place", [resid_post(0), Place(PlaceKind.RESID_PRE, 1)], ids=str)
+def test_residual_steering_enters_at_its_layer_and_equals_steer_alone(family: str, place: Place, request: pytest.FixtureRequest) -> None:
+    """Rows enter the decoder at the steered layer (the block below runs only to keep each prompt's
+    clean stream, once) and get the logits of the hooked full forward of each prompt alone."""
+    model = load(request.getfixturevalue(f"tiny_{family}_dir")).model
+    d = int(model.config.hidden_size)
+    v, w = 3 * unit(1, d), -2 * unit(2, d)
+    steers = [RowSteer(v, frozenset({13, 14})), RowSteer(w, None), RowSteer(None)]
+    block0 = model.get_submodule("model.layers.0")
+    runs: list[int] = []
+    counting = block0.register_forward_hook(lambda _m, args, _out: runs.append(args[0].shape[0]))
+    steerer = Steerer(model, 0, batch_size=4)
+    try:
+        first = steerer.logits(prompts(), steers, place)
+        rows_below = sum(runs)
+        again = steerer.logits(prompts(), steers, place)
+    finally:
+        counting.remove()
+    assert rows_below == 3 and sum(runs) == 3  # each prompt's clean stream once, then never again
+    torch.testing.assert_close(again, first)
+    # one vector steering part of the shared prefix (after its kept unsteered start) and later tokens
+    alike = [RowSteer(v, frozenset({9, 10, 15}))] * 3
+    for steered, got in ((steers, first), (alike, steerer.logits(prompts(), alike, place))):
+        for row, ids, s in zip(got, prompts(), steered):
+            with steering(model, [] if s.vector is None else [Steer(place, s.vector, 1.0, None if s.positions is None else tuple(s.positions))]):
+                torch.testing.assert_close(row, model(torch.tensor([ids])).logits[0, -1].float(), **CLOSE)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,12 +18,28 @@ from introspect_mi.errors import UserError
 from introspect_mi.properties import get_property
 from introspect_mi.store import RunDir
 from introspect_mi.tasks import get_task
-from tests.experiments.conftest import TinyStudy
+from tests.experiments.conftest import ROOT, TinyStudy
 
 TINY_ARGS = ("--tasks", "animals", "myopic_reward", "--properties", "first_character", "ethical_stance", "--pair-candidates", "4",
              "--min-gap", "0", "--group-layer-stride", "2", "--exact-cells", "4", "--steer-task", "animals", "--steer-property", "first_character", "--steer-items", "4",
              "--steer-scales", "1", "4", "--n-random", "1", "--concepts", "cat", "dog", "--baseline-words", "fox", "owl",
              "--concept-items", "2")
+
+BENCH_PRESET = """[patching]
+study = "tiny"
+capture = "mech-patch"
+tasks = ["animals", "myopic_reward"]
+properties = ["first_character", "ethical_stance"]
+steer_task = "animals"
+steer_property = "first_character"
+steer_items = 4
+steer_scales = [1.0, 4.0]
+n_random = 1
+concepts = ["cat", "dog"]
+baseline_words = ["fox", "owl"]
+concept_items = 2
+"""
+"""TINY_ARGS' steering and concept settings as a preset for the steering benchmark."""
 
 
 def test_quick_preset_names_resolve() -> None:
@@ -121,3 +139,13 @@ def test_patching_end_to_end_on_the_tiny_study(two_value_study: TinyStudy) -> No
     bad = tiny_study.run("patching", "--capture", "mech-patch", "--subjects", "self", *TINY_ARGS, "--tasks", "animals",
                          "--properties", "ethical_stance", "--name", "patching-bad")
     assert bad.returncode == 2 and "error: self: no token-aligned pair of items" in bad.stderr and "Traceback" not in bad.stderr
+    # `python -m experiments.benchmark steering`: D and E entering at the steered layer report what the plain path does
+    preset = tiny_study.runs / "bench.toml"
+    preset.write_text(BENCH_PRESET)
+    bench = subprocess.run([sys.executable, "-m", "experiments.benchmark", "steering", "--preset", str(preset)], cwd=ROOT,
+                           env=tiny_study.env(), capture_output=True, text=True, timeout=600)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    got = json.loads((tiny_study.runs / "benchmarks" / "steering.json").read_text())
+    assert got["answers_compared"] > 20 and got["answers_equal"] == 1.0 and got["same_scale"]
+    assert got["concept_logprob_max_abs_diff"] < 1e-4 and got["concept_reports_equal"] == 1.0
+    assert got["speedup"] == pytest.approx(sum(got["seconds_plain"].values()) / sum(got["seconds_joined"].values()), rel=0.05)
