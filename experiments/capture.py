@@ -201,7 +201,7 @@ def capture_subject(view: StudyView, run: RunDir, label: str, config: CaptureCon
     clock.lap(f"{label}: load, capture")
     _log(f"logit lens {label}")
     table, lens = run_lens(handle, run, subject, store, config.top_k)
-    n_views = write_explorer(handle, run, label, store, table, prompts, config.explorer_items, max(1, config.batch_size // 2))
+    n_views = write_explorer(handle, run, label, store, table, prompts, config.explorer_items, config.batch_size)
     result = {"n_records": len(store.records), "lens": lens, "explorer_items": n_views}
     run.mark_done(stage, result)
     clock.lap(f"{label}: logit lens, explorer views")

@@ -24,16 +24,17 @@ class TokenViews:
 
 def token_views(handle: ModelHandle, items: Sequence[tuple[CapturePrompt, CapturePrompt, Alignment]],
                 adapter_enabled: bool = True) -> list[TokenViews]:
-    """Views of (object prompt, hypothetical prompt, alignment) triples: one forward for all
-    their prompts (left-padded, so each row computes what it would alone), every layer's
-    resid_post recorded."""
+    """Views of (object prompt, hypothetical prompt, alignment) triples: one forward for the object
+    prompts and one for the hypothetical ones (left-padded, each batch's shared demonstration prefix
+    run once, as capture does, so each row computes what it would alone up to float rounding),
+    every layer's resid_post recorded."""
     places = [resid_post(layer) for layer in range(handle.n_layers)]
-    prompts = [p for obj, hyp, _ in items for p in (obj, hyp)]
-    fw = forward(handle, [encode(handle, p) for p in prompts], places, answer_step=False, adapter_enabled=adapter_enabled)
+    runs = [forward(handle, [encode(handle, triple[kind]) for triple in items], places, answer_step=False, adapter_enabled=adapter_enabled,
+                    prefix_reuse=True) for kind in (0, 1)]
     out = []
     for i, (_, _, alignment) in enumerate(items):
         # [layer, token, d] of each prompt's real tokens
-        grids = [torch.stack([fw.gather(p, row, range(len(fw.encoded[row].ids))) for p in places]).float() for row in (2 * i, 2 * i + 1)]
+        grids = [torch.stack([fw.gather(p, i, range(len(fw.encoded[i].ids))) for p in places]).float() for fw in runs]
         o_idx = torch.tensor([o for o, _ in alignment.pairs], dtype=torch.long)
         h_idx = torch.tensor([h for _, h in alignment.pairs], dtype=torch.long)
         cosine = torch.nn.functional.cosine_similarity(grids[0][:, o_idx], grids[1][:, h_idx], dim=-1)
