@@ -219,8 +219,9 @@ class Steerer:
         with starting_at(model, layer):
             cache = model(inputs_embeds=x, position_ids=positions.to(dev), cache=cache, use_cache=True, logits_to_keep=1).cache
         like = cache.layers[layer].keys
+        filler = like.new_zeros((*like.shape[:2], k - k0, like.shape[-1]))
         for below in cache.layers[:layer]:  # pass-through blocks never read their cache, but its length sizes the masks
-            below.update(like.new_zeros((*like.shape[:2], k - k0, like.shape[-1])), like.new_zeros((*like.shape[:2], k - k0, like.shape[-1])))
+            below.update(filler, filler)
         return cache
 
     @torch.no_grad()
