@@ -6,8 +6,9 @@ patching experiment's D and E stages (`experiments.patching.steer_stage`, `conce
 preset's `[patching]` settings) on one subject twice, `Steerer(join=False)` then the default
 `Steerer()`, each with a fresh Steerer, and compares what they report: the share of D's answers
 (sweep and position sets) that are equal, D's chosen scale, the largest difference of E's
-log P(value | valid values) and the share of E's reports that are equal. Needs the study and its capture (`make study`, or `python -m experiments.capture
---preset quick`). Result: runs/benchmarks/steering.json.
+log P(value | valid values) and the share of E's reports that are equal. Needs the study and its
+capture (`make study`, or `python -m experiments.capture --preset quick`). Result:
+runs/benchmarks/steering.json.
 """
 
 from __future__ import annotations
@@ -105,5 +106,5 @@ def add_parser(sub: Any) -> None:
     """Register the `steering` subcommand."""
     p = sub.add_parser("steering", help="steering and concept injection entering at the steered layer vs the plain path (same answers, the ratio)")
     p.add_argument("--preset", default="quick", help="quick | paper | path/to/preset.toml (its [patching] section)")
-    p.add_argument("--subject", default="untrained", help="untrained | self (the capture's subject to steer)")
+    p.add_argument("--subject", default="untrained", choices=("untrained", "self", "cross"), help="the captured subject to steer")
     p.set_defaults(run=run)
