@@ -110,19 +110,20 @@ def _membership(steers: Sequence[RowSteer], width: int) -> torch.Tensor:
     return out
 
 
+def _steered(x: torch.Tensor, positions: torch.Tensor, deltas: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """x [rows, tokens, d] plus row r's `deltas[r]` at the tokens whose position id `member[r]` marks."""
+    table = member.to(x.device)
+    hit = table.gather(1, positions.to(x.device).expand(x.shape[0], -1).clamp(max=table.shape[1] - 1))
+    return torch.where(hit[..., None], x + deltas.to(x.device, x.dtype)[:, None, :], x)
+
+
 @contextmanager
 def _adding(model: torch.nn.Module, place: Place, deltas: torch.Tensor, member: torch.Tensor) -> Iterator[None]:
     """Add row r's `deltas[r]` at `place` where `member[r, position id]`."""
     if not bool(member.any()):
         yield
         return
-
-    def add(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        table = member.to(x.device)
-        hit = table.gather(1, pos.expand(x.shape[0], -1).clamp(max=table.shape[1] - 1))
-        return torch.where(hit[..., None], x + deltas.to(x.device, x.dtype)[:, None, :], x)
-
-    with editing(model, [(place, add)]):
+    with editing(model, [(place, lambda x, pos: _steered(x, pos, deltas, member))]):
         yield
 
 
@@ -193,16 +194,16 @@ class Steerer:
                 self._streams[(s, layer)] = got[0][row, batch.width - len(s) :]
         return [self._streams[(s, layer)] for s in seqs]
 
-    def _steered_streams(self, batch: Sequence[tuple[int, ...]], k: int, width: int, positions: torch.Tensor, real: torch.Tensor,
+    def _steered_streams(self, batch: Sequence[tuple[int, ...]], k: int, width: int, positions: torch.Tensor,
                          deltas: torch.Tensor, member: torch.Tensor, layer: int) -> torch.Tensor:
         """[rows, width, d_model]: each row's clean stream from token k on (left-padded) plus its delta
-        where it is steered: what enters block `layer`."""
+        where it is steered: what enters block `layer` (padded columns, masked from attention, are zeros
+        steered as position k, like the hook steers them)."""
         streams = self._clean_streams(batch, layer)
         x = streams[0].new_zeros((len(batch), width, streams[0].shape[-1]))
         for i, (s, stream) in enumerate(zip(batch, streams)):
             x[i, width - (len(s) - k) :] = stream[k:]
-        hit = member.gather(1, positions.clamp(max=member.shape[1] - 1)) & real
-        return torch.where(hit[..., None].to(x.device), x + deltas.to(x.device, x.dtype)[:, None, :], x)
+        return _steered(x, positions, deltas, member)
 
     def _shared_part(self, ids: tuple[int, ...], k0: int, k: int, delta: torch.Tensor, member: torch.Tensor, place: Place,
                      layer: int | None, cache: Any) -> Any:
@@ -214,8 +215,7 @@ class Steerer:
             with _adding(model, place, delta, member[:, :k]):
                 return model(input_ids=torch.tensor([list(ids[k0:k])], device=dev), position_ids=positions.to(dev),
                              cache=cache, use_cache=True, logits_to_keep=1).cache
-        x = self._clean_streams([ids], layer)[0][k0:k]
-        x = torch.where(member[0, k0:k, None].to(x.device), x + delta.to(x.device, x.dtype), x)[None]
+        x = _steered(self._clean_streams([ids], layer)[0][None, k0:k], positions, delta, member)
         with starting_at(model, layer):
             cache = model(inputs_embeds=x, position_ids=positions.to(dev), cache=cache, use_cache=True, logits_to_keep=1).cache
         like = cache.layers[layer].keys
@@ -258,7 +258,7 @@ class Steerer:
                 logits = model(input_ids=suffix.input_ids.to(dev), attention_mask=mask, position_ids=positions.to(dev),
                                cache=cache, use_cache=cache is not None, logits_to_keep=1).logits
         else:
-            x = self._steered_streams(batch, k, suffix.width, positions, suffix.attention_mask.bool(), deltas, member, layer)
+            x = self._steered_streams(batch, k, suffix.width, positions, deltas, member, layer)
             with starting_at(model, layer):
                 logits = model(inputs_embeds=x, attention_mask=mask, position_ids=positions.to(dev),
                                cache=cache, use_cache=cache is not None, logits_to_keep=1).logits

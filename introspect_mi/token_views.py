@@ -29,8 +29,8 @@ def token_views(handle: ModelHandle, items: Sequence[tuple[CapturePrompt, Captur
     run once, as capture does, so each row computes what it would alone up to float rounding),
     every layer's resid_post recorded."""
     places = [resid_post(layer) for layer in range(handle.n_layers)]
-    runs = [forward(handle, [encode(handle, triple[kind]) for triple in items], places, answer_step=False, adapter_enabled=adapter_enabled,
-                    prefix_reuse=True) for kind in (0, 1)]
+    runs = [forward(handle, [encode(handle, p) for p in prompts], places, answer_step=False, adapter_enabled=adapter_enabled, prefix_reuse=True)
+            for prompts in ([obj for obj, _, _ in items], [hyp for _, hyp, _ in items])]
     out = []
     for i, (_, _, alignment) in enumerate(items):
         # [layer, token, d] of each prompt's real tokens
