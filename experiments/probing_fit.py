@@ -120,7 +120,7 @@ def _run_job(cells: Sequence[Cell], stores: Mapping[str, ActivationStore], confi
 
 
 _FORKED: tuple[Sequence[Cell], Mapping[str, ActivationStore], ProbingConfig] | None = None
-"""What forked workers read (inherited, not pickled): the cells, stores and config of the running `run_cells`."""
+"""What forked workers read (inherited, not pickled): the cells, stores and config of the running `fit_all`."""
 
 
 def _forked_job(job: Job) -> JobResult:
